@@ -1,0 +1,36 @@
+# One entry point for setup, demo, tests and benchmarks.
+#   make demo   build the venv (pinned set) and run the demo
+#   make test   build the venv and run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU torch wheel lives in a local folder on this team's machines; elsewhere
+# the registry's torch==2.13.0 is used.
+FIND_LINKS := $(if $(and $(PIP_FIND_LINKS),$(wildcard $(PIP_FIND_LINKS))),--find-links $(PIP_FIND_LINKS),)
+export HF_HUB_OFFLINE ?= 1
+export NO_ALBUMENTATIONS_UPDATE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test bench clean
+
+$(VENV)/.installed: requirements.lock setup.py
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
+	uv venv -q --allow-existing --python $(PYTHON) $(VENV)
+	uv pip install -q --python $(PY) $(FIND_LINKS) -r requirements.lock
+	uv pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/dupmine demo --output demo_out
+
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: venv
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo_out bench_out

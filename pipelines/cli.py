@@ -1,0 +1,45 @@
+"""The ``dupmine`` command: one subcommand per stage.
+
+    dupmine embed  --input SHARDS --output DIR [--model SPEC] [beam options]
+    dupmine demo   [--output DIR]
+
+Each subcommand's ``--help`` lists its flags; flags it does not know are
+passed to Apache Beam (``--runner``, ``--direct_num_workers``, ...).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+SUBCOMMANDS = {
+    "embed": ("pipelines.embed", "img2dataset shards -> image/text embeddings (LAION layout)"),
+    "demo": ("pipelines.demo", "build a small synthetic dataset offline and run the pipeline on it"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: dupmine <command> [flags] [beam options]", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += ["", "Run 'dupmine <command> --help' for a command's flags."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"dupmine: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    module.run(rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Beam transforms of the embed stage.
+
+``EmbedShards`` takes a PCollection of :class:`models.shards.ShardRef` (small
+records, never image payloads) and, per shard, reads, decodes, embeds and
+writes that shard's output files, emitting one stats dict per shard. The
+embedder is loaded once per worker process in ``setup()`` and shared across
+threads with :class:`apache_beam.utils.shared.Shared`.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from models import layout
+from models.embed_run import ShardJob, embed_shard, shard_is_done, write_shard
+from models.embedders import EmbedderConfig, load_embedder
+from models.shards import ShardRef
+
+NAMESPACE = "dupmine.embed"
+log = logging.getLogger("dupmine.embed")
+
+
+class _Loaded:
+    """A weak-referenceable holder for a shared embedder (``Shared`` needs one)."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+
+
+class EmbedShardFn(beam.DoFn):
+    """Embed one shard end to end; skip it when its marker matches the fingerprint.
+
+    Yields a stats dict: ``{"shards": 1, "skipped": 0|1, "rows": n, "rejects": m, counters...}``.
+    """
+
+    def __init__(self, embedder_cfg: EmbedderConfig, job: ShardJob, output: str, fingerprint: str, overwrite: bool):
+        self.embedder_cfg, self.job, self.output = embedder_cfg, job, output
+        self.fingerprint, self.overwrite = fingerprint, overwrite
+        self._shared = shared.Shared()
+        self._counters: dict = {}
+
+    def setup(self):
+        cfg = self.embedder_cfg
+        self._loaded = self._shared.acquire(lambda: _Loaded(load_embedder(cfg)), tag=layout.fingerprint(cfg.to_dict()))
+
+    def _count(self, name: str, n: int) -> None:
+        if name not in self._counters:
+            self._counters[name] = Metrics.counter(NAMESPACE, name)
+        self._counters[name].inc(n)
+
+    def process(self, shard: ShardRef):
+        folder = layout.EmbeddingFolder(self.output)
+        if not self.overwrite and shard_is_done(folder, shard, self.fingerprint):
+            self._count("shards_skipped", 1)
+            marker = layout.read_json(folder.marker(shard.shard_id))
+            yield Counter({"shards": 1, "skipped": 1, "rows": marker["rows"], "rejects": marker["rejects"]})
+            return
+        result = embed_shard(shard, self._loaded.embedder, self.job, self._count)
+        marker = write_shard(folder, result, self.fingerprint)
+        self._count("shards_done", 1)
+        stats = Counter({f"count.{k}": v for k, v in result.counts.items()})
+        stats.update({"shards": 1, "rows": marker["rows"], "rejects": marker["rejects"]})
+        yield stats
+
+
+def sum_stats(parts) -> dict:
+    """Combine per-shard stats dicts by summing every field."""
+    total: Counter = Counter()
+    for part in parts:
+        total.update(part)
+    return dict(total)
+
+
+class EmbedShards(beam.PTransform):
+    """ShardRefs -> per-shard outputs on disk -> one merged stats dict."""
+
+    def __init__(self, embedder_cfg: EmbedderConfig, job: ShardJob, output: str, fingerprint: str, overwrite: bool = False):
+        super().__init__()
+        self.fn = EmbedShardFn(embedder_cfg, job, output, fingerprint, overwrite)
+
+    def expand(self, shards):
+        return (
+            shards
+            | "SpreadShards" >> beam.Reshuffle()
+            | "EmbedEachShard" >> beam.ParDo(self.fn)
+            | "SumStats" >> beam.CombineGlobally(sum_stats)
+        )
