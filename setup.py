@@ -40,7 +40,7 @@ setup(
         "diffusion": ["diffusers>=0.30", "transformers>=4.40"],
         "download": ["img2dataset>=1.45"],
         "report": ["matplotlib>=3.7"],
-        "test": ["pytest>=8", "networkx>=3", "img2dataset>=1.45", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "onnx>=1.15", "networkx>=3", "img2dataset>=1.45", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["dupmine=pipelines.cli:main"]},
 )

@@ -32,7 +32,7 @@ helpers, larger scores mean "more likely positive/memorized".
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Union
+from typing import Callable, Union
 
 import numpy as np
 import torch

@@ -97,19 +97,18 @@ def expand_braces(pattern: str) -> list[str]:
     >>> expand_braces("s/{00000..00002}.tar")
     ['s/00000.tar', 's/00001.tar', 's/00002.tar']
     """
-    m = _BRACE_RANGE.search(pattern)
-    if m:
-        lo, hi = int(m.group(1)), int(m.group(2))
-        if hi < lo:
-            raise InputError(f"brace range {m.group(0)!r} in {pattern!r} is empty (end < start)")
-        width = len(m.group(1))
-        head, tail = pattern[: m.start()], pattern[m.end():]
-        return [p for i in range(lo, hi + 1) for p in expand_braces(f"{head}{i:0{width}d}{tail}")]
-    m = _BRACE_LIST.search(pattern)
-    if m:
-        head, tail = pattern[: m.start()], pattern[m.end():]
+    matches = [m for m in (_BRACE_RANGE.search(pattern), _BRACE_LIST.search(pattern)) if m]
+    if not matches:
+        return [pattern]
+    m = min(matches, key=lambda m: m.start())  # leftmost brace first, like the shell
+    head, tail = pattern[: m.start()], pattern[m.end():]
+    if m.re is _BRACE_LIST:
         return [p for alt in m.group(1).split(",") for p in expand_braces(f"{head}{alt}{tail}")]
-    return [pattern]
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if hi < lo:
+        raise InputError(f"brace range {m.group(0)!r} in {pattern!r} is empty (end < start)")
+    width = len(m.group(1))
+    return [p for i in range(lo, hi + 1) for p in expand_braces(f"{head}{i:0{width}d}{tail}")]
 
 
 def _fs(path: str):

@@ -1,6 +1,7 @@
 """The ``dupmine`` command: one subcommand per stage.
 
     dupmine embed  --input SHARDS --output DIR [--model SPEC] [beam options]
+    dupmine download --url-list FILE --output DIR
     dupmine demo   [--output DIR]
 
 Each subcommand's ``--help`` lists its flags; flags it does not know are
@@ -16,6 +17,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 SUBCOMMANDS = {
     "embed": ("pipelines.embed", "img2dataset shards -> image/text embeddings (LAION layout)"),
+    "download": ("pipelines.download", "URL list -> img2dataset webdataset shards (wraps img2dataset)"),
     "demo": ("pipelines.demo", "build a small synthetic dataset offline and run the pipeline on it"),
 }
 

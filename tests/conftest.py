@@ -27,3 +27,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED_DATA} (set DUPMINE_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def beam_pipeline():
+    """A TestPipeline on Beam's in-process FnApiRunner (no Prism download attempt)."""
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    return TestPipeline(runner=FnApiRunner())
+
+
+@pytest.fixture
+def synthetic_shards(tmp_path):
+    """Three img2dataset webdataset shards with planted duplicates and one failed download each."""
+    from models.synthetic import planted_dataset, write_webdataset_shard
+
+    root = tmp_path / "shards"
+    root.mkdir()
+    all_samples = {}
+    for shard in range(3):
+        samples = planted_dataset(n_unique=20, exact_groups=[3], near_groups=[3], seed=shard, shard=shard, size=96)
+        failed = [(f"{shard:05d}9999", f"http://x.invalid/{shard}.jpg", "HTTP Error 404: Not Found")]
+        write_webdataset_shard(str(root / f"{shard:05d}.tar"), samples, failed)
+        all_samples.update({s.key: s for s in samples})
+        all_samples.update({k: None for k, _, _ in failed})
+    return root, all_samples

@@ -1,0 +1,134 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from models import layout
+from models.embed_run import ShardJob, embed_shard, write_shard
+from models.embedders import PixelEmbedder
+from models.shards import list_shards
+from pipelines import cli, embed
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _keys(out: str) -> Counter:
+    """How many times each key appears in metadata + rejects of the completed shards."""
+    folder = layout.EmbeddingFolder(out)
+    seen: Counter = Counter()
+    for i in folder.parts():
+        seen.update(layout.read_parquet(folder.metadata(i), ["key"]).column("key").to_pylist())
+        seen.update(layout.read_parquet(folder.rejects(i), ["key"]).column("key").to_pylist())
+    return seen
+
+
+def test_cli_help_lists_commands(capsys):
+    assert cli.main(["--help"]) == 0
+    assert "embed" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["embed", "--help"])
+    assert e.value.code == 0
+    assert "--model" in capsys.readouterr().out
+    assert cli.main(["nope"]) == 2
+
+
+def test_every_config_field_reaches_its_consumer():
+    args = ["--input", "x", "--output", "y", "--model", "onnx:/m.onnx", "--batch-size", "7", "--device", "cpu",
+            "--preprocess", '{"size": 9}', "--max-pixels", "123", "--decode-workers", "3", "--threads", "2",
+            "--overwrite", "--progress-seconds", "5"]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    embed.add_arguments(parser)
+    cfg = embed.config_from_args(parser.parse_args(args))
+    assert cfg.embedder.model == "onnx:/m.onnx" and cfg.embedder.device == "cpu"
+    assert cfg.embedder.preprocess == '{"size": 9}' and cfg.embedder.threads == 2
+    assert cfg.job == ShardJob(batch_size=7, max_pixels=123, decode_workers=3, progress_seconds=5.0)
+    assert cfg.overwrite and cfg.output_fingerprint_params() == {"model": "onnx:/m.onnx", "preprocess": '{"size": 9}', "max_pixels": 123}
+    with pytest.raises(ValueError, match="device"):
+        embed.EmbedConfig(input="x", output="y", device="tpu")
+
+
+def test_run_writes_config_and_stats_and_every_sample_once(synthetic_shards, tmp_path):
+    root, samples = synthetic_shards
+    out = str(tmp_path / "emb")
+    stats = embed.run(["--input", str(root / "{00000..00002}.tar"), "--output", out, "--model", "pixel", "--device", "cpu"])
+    assert stats["rows"] + stats["rejects"] == len(samples)
+    assert _keys(out) == Counter({k: 1 for k in samples})
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["config"]["model"] == "pixel" and cfg["embedder"]["dim"] == 256 and len(cfg["shards"]) == 3
+    # A rerun skips every shard and changes nothing.
+    before = {i: os.path.getmtime(layout.EmbeddingFolder(out).img_emb(i)) for i in ("00000", "00001", "00002")}
+    again = embed.run(["--input", str(root), "--output", out, "--model", "pixel"])
+    assert again["skipped"] == 3 and again["rows"] == stats["rows"]
+    assert before == {i: os.path.getmtime(layout.EmbeddingFolder(out).img_emb(i)) for i in before}
+
+
+def test_crash_midway_then_rerun_has_each_sample_exactly_once(synthetic_shards, tmp_path):
+    root, samples = synthetic_shards
+    out = str(tmp_path / "emb")
+    folder = layout.EmbeddingFolder(out)
+    shards = list_shards(str(root))
+    fp = layout.fingerprint(embed.EmbedConfig(input="", output="", model="pixel").output_fingerprint_params())
+    write_shard(folder, embed_shard(shards[0], PixelEmbedder(), ShardJob()), fp)  # finished before the crash
+    partial = embed_shard(shards[1], PixelEmbedder(), ShardJob())  # crashed after data, before its marker
+    layout.write_npy(folder.img_emb("00001"), partial.img_emb[:5])
+    assert folder.parts() == ["00000"]  # unmarked shards are invisible to readers
+    stats = embed.run(["--input", str(root), "--output", out, "--model", "pixel"])
+    assert stats["skipped"] == 1 and stats["shards"] == 3
+    assert _keys(out) == Counter({k: 1 for k in samples})
+
+
+def test_changed_parameters_redo_shards_and_drop_stale_text_embeddings(synthetic_shards, tmp_path):
+    root, _ = synthetic_shards
+    out = str(tmp_path / "emb")
+    embed.run(["--input", str(root), "--output", out, "--model", "openclip:dupmine-tiny/random", "--batch-size", "16"])
+    folder = layout.EmbeddingFolder(out)
+    assert layout.read_npy(folder.text_emb("00000")).shape[1] == 64
+    stats = embed.run(["--input", str(root), "--output", out, "--model", "pixel"])
+    assert stats.get("skipped", 0) == 0
+    assert not os.path.exists(folder.text_emb("00000")) and layout.read_npy(folder.img_emb("00000")).shape[1] == 256
+
+
+def test_multiprocess_runner_gives_same_outputs_as_in_process(synthetic_shards, tmp_path):
+    root, _ = synthetic_shards
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    embed.run(["--input", str(root), "--output", a, "--model", "pixel"])
+    embed.run(["--input", str(root), "--output", b, "--model", "pixel", "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    fa, fb = layout.EmbeddingFolder(a), layout.EmbeddingFolder(b)
+    assert fa.parts() == fb.parts()
+    for i in fa.parts():
+        np.testing.assert_array_equal(layout.read_npy(fa.img_emb(i)), layout.read_npy(fb.img_emb(i)))
+        assert layout.read_parquet(fa.metadata(i)).equals(layout.read_parquet(fb.metadata(i)))
+
+
+def test_killed_process_then_rerun_has_each_sample_exactly_once(tmp_path):
+    from models.synthetic import planted_dataset, write_webdataset_shard
+
+    root = tmp_path / "shards"
+    root.mkdir()
+    keys = set()
+    for shard in range(6):
+        samples = planted_dataset(n_unique=150, exact_groups=[2], near_groups=[2], seed=shard, shard=shard, size=160)
+        write_webdataset_shard(str(root / f"{shard:05d}.tar"), samples)
+        keys |= {s.key for s in samples}
+    out = tmp_path / "emb"
+    env = dict(os.environ, PYTHONPATH=REPO)
+    cmd = [sys.executable, "-m", "pipelines.cli", "embed", "--input", str(root), "--output", str(out),
+           "--model", "pixel", "--decode-workers", "1", "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "_done").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(os.listdir(out / "_done")) if (out / "_done").exists() else 0
+    assert done_before < 6, "the run finished before it could be killed; make the shards bigger"
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    assert _keys(str(out)) == Counter({k: 1 for k in keys})
