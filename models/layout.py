@@ -68,7 +68,10 @@ def write_parquet(path: str, table: pa.Table) -> None:
 
 
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file, or a folder of them read as one table (``drop_keys.parquet/``, ``groups/``)."""
     fs, p = _fs(path)
+    if fs.isdir(p):
+        return pq.read_table(p, columns=columns, filesystem=fs)
     with fs.open(p, "rb") as f:
         return pq.read_table(f, columns=columns)
 

@@ -35,9 +35,40 @@ REJECTS = pa.schema([
     ("stage", pa.string()),
 ])
 
+# --- dedup -------------------------------------------------------------------
+# groups/groups_{part}.parquet: one row per input row of embedding part {part}, same order.
+DEDUP_GROUPS = pa.schema([
+    ("key", pa.string()),
+    ("group_id", pa.string()),          # key of the group's first member (smallest part/row id); own key for singletons
+    ("group_size", pa.int64()),
+    ("is_representative", pa.bool_()),
+    ("representative_key", pa.string()),
+    ("max_cosine", pa.float32()),       # to any other member; null for singletons
+    ("part", pa.string()),
+])
+
+# edges/edges_{partition}.parquet (near) and edges/exact_{n}.parquet (exact)
+DEDUP_EDGES = pa.schema([
+    ("key_a", pa.string()),
+    ("key_b", pa.string()),
+    ("cosine", pa.float32()),
+    ("kind", pa.string()),              # "near" | "exact"
+])
+
+# drop_keys.parquet/part-{part}.parquet: the rows an upstream filter removes
+DROP_KEYS = pa.schema([
+    ("key", pa.string()),
+    ("group_id", pa.string()),
+    ("representative_key", pa.string()),
+    ("reason", pa.string()),
+])
+
 ALL = {
     "embed.metadata": EMBED_METADATA,
     "rejects": REJECTS,
+    "dedup.groups": DEDUP_GROUPS,
+    "dedup.edges": DEDUP_EDGES,
+    "dedup.drop_keys": DROP_KEYS,
 }
 
 

@@ -1,0 +1,191 @@
+"""dedup end to end on planted embedding folders, checked against brute force + networkx."""
+import os
+
+import networkx as nx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from models import layout
+from pipelines import dedup
+
+T = 0.95
+
+
+def _perturb(rng, base, cos):
+    """A unit vector with cosine ~cos to ``base``."""
+    noise = rng.standard_normal(base.shape)
+    noise -= (noise @ base) * base
+    noise /= np.linalg.norm(noise)
+    angle = np.arccos(cos)
+    return np.cos(angle) * base + np.sin(angle) * noise
+
+
+def planted_folder(root, n_parts=3, rows_per_part=400, d=32, seed=0, laion_layout=False):
+    """Random unit vectors + planted groups, chains, exact-hash pairs, bad rows and a duplicate key."""
+    rng = np.random.default_rng(seed)
+    n = n_parts * rows_per_part
+    x = rng.standard_normal((n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sha = [f"sha{i:06d}" for i in range(n)]
+    keys = [f"{i:09d}" for i in range(n)]
+    width = rng.integers(100, 300, n)
+    height = rng.integers(100, 300, n)
+    perm = rng.permutation(n)
+    cursor = 0
+
+    def take(k):
+        nonlocal cursor
+        out = perm[cursor:cursor + k]
+        cursor += k
+        return out
+
+    for size in (2, 3, 5, 12, 30):          # tight groups spread over all parts
+        idx = take(size)
+        for j in idx[1:]:
+            x[j] = _perturb(rng, x[idx[0]], 0.985)
+    for _ in range(4):                       # chains a~b~c with cos(a, c) < t
+        a, b, c = take(3)
+        x[b] = _perturb(rng, x[a], 0.96)
+        x[c] = _perturb(rng, x[b], 0.96)
+        while x[a] @ x[c] >= T:
+            x[c] = _perturb(rng, x[b], 0.96)
+    ea, eb = take(2)                         # same bytes, unrelated vectors: joined by sha256
+    sha[eb] = sha[ea]
+    bad_nan, bad_zero = take(2)
+    x[bad_nan, 0] = np.nan
+    x[bad_zero] = 0.0
+    dup_key = take(1)[0]
+    keys[dup_key] = keys[perm[0]]            # a key that appears twice: the later row is rejected
+    dup_key = max(dup_key, perm[0])
+    x16 = x.astype(np.float16)
+    folder = layout.EmbeddingFolder(str(root))
+    for p in range(n_parts):
+        rows = slice(p * rows_per_part, (p + 1) * rows_per_part)
+        i = str(p) if laion_layout else f"{p:05d}"
+        layout.write_npy(folder.img_emb(i), x16[rows])
+        meta = {"key": keys[rows], "width": width[rows].tolist(), "height": height[rows].tolist()}
+        if not laion_layout:
+            meta["sha256"] = sha[rows]
+        os.makedirs(os.path.dirname(folder.metadata(i)), exist_ok=True)
+        pq.write_table(pa.table(meta), folder.metadata(i))
+        if not laion_layout:
+            layout.write_json(folder.marker(i), {"rows": rows_per_part})
+    return dict(x=x16.astype(np.float32), keys=keys, sha=sha, width=width, height=height,
+                bad={bad_nan, bad_zero}, dup_key=dup_key, exact=(ea, eb), laion=laion_layout)
+
+
+def expected_components(truth):
+    x, keys = truth["x"], truth["keys"]
+    valid = [i for i in range(len(keys)) if i not in truth["bad"] and i != truth["dup_key"]]
+    v = x[valid]
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    sims = v.astype(np.float64) @ v.T.astype(np.float64)
+    g = nx.Graph()
+    g.add_nodes_from(valid)
+    ii, jj = np.nonzero(np.triu(sims >= T, 1))
+    g.add_edges_from((valid[a], valid[b]) for a, b in zip(ii, jj))
+    if not truth["laion"]:
+        g.add_edge(*truth["exact"])
+    return {frozenset(keys[i] + f"@{i}" for i in comp) for comp in nx.connected_components(g)}
+
+
+def read_groups(out, truth):
+    rows = []
+    for name in sorted(os.listdir(os.path.join(out, "groups"))):
+        rows += pq.read_table(os.path.join(out, "groups", name)).to_pylist()
+    return rows
+
+
+def components_from_output(out, truth):
+    rows = read_groups(out, truth)
+    # keys are unique except the planted duplicate key, which is rejected: map key -> index
+    index = {}
+    for i, k in enumerate(truth["keys"]):
+        if i != truth["dup_key"]:
+            index.setdefault(k, i)
+    comps = {}
+    for r in rows:
+        comps.setdefault(r["group_id"], set()).add(r["key"] + f"@{index[r['key']]}")
+    return {frozenset(c) for c in comps.values()}, rows
+
+
+@pytest.fixture
+def planted(tmp_path):
+    return str(tmp_path / "emb"), planted_folder(tmp_path / "emb")
+
+
+def test_groups_match_brute_force_components_with_exact_spill(planted, tmp_path):
+    emb, truth = planted
+    out = str(tmp_path / "dd")
+    summary = dedup.run(["--embeddings", emb, "--output", out, "--partitions", "6", "--max-spill", "5"])
+    got, rows = components_from_output(out, truth)
+    assert got == expected_components(truth)
+    # every input row is in groups or rejects, exactly once
+    rejects = []
+    for name in os.listdir(os.path.join(out, "rejects")):
+        rejects += pq.read_table(os.path.join(out, "rejects", name)).to_pylist()
+    assert len(rows) + len(rejects) == len(truth["keys"]) == summary["rows"]
+    reasons = sorted(r["reason"].split(":")[0] for r in rejects)
+    assert reasons == ["duplicate-key", "non-finite-embedding", "zero-embedding"]
+    # one representative per group, chosen by the documented rule
+    by_group = {}
+    for r in rows:
+        by_group.setdefault(r["group_id"], []).append(r)
+    for members in by_group.values():
+        reps = [m for m in members if m["is_representative"]]
+        assert len(reps) == 1 and all(m["group_size"] == len(members) for m in members)
+        idx = {m["key"]: truth["keys"].index(m["key"]) for m in members}
+        area = {k: int(truth["width"][i] * truth["height"][i]) for k, i in idx.items()}
+        best = min(members, key=lambda m: (-area[m["key"]], m["key"]))
+        assert reps[0]["key"] == best["key"] and all(m["representative_key"] == best["key"] for m in members)
+        if len(members) > 1:
+            assert all(m["max_cosine"] is not None for m in members)
+    drops = pq.read_table(os.path.join(out, "drop_keys.parquet")).to_pylist()
+    assert len(drops) == sum(len(m) - 1 for m in by_group.values()) == summary["rows_dropped"]
+    assert all(d["reason"].startswith(("near-duplicate of", "duplicate of")) for d in drops)
+    edges = pq.read_table(os.path.join(out, "edges")).to_pylist()
+    assert {e["kind"] for e in edges} == {"near", "exact"}
+    assert all(e["cosine"] >= T for e in edges if e["kind"] == "near")
+    sizes = [len(m) for m in by_group.values() if len(m) > 1]
+    assert summary["group_size_histogram"] == {s: sizes.count(s) for s in set(sizes)}
+    assert summary["duplicate_groups"] == sum(1 for m in by_group.values() if len(m) > 1)
+
+
+def test_same_groups_with_other_partitions_and_multiprocess_workers(planted, tmp_path):
+    emb, truth = planted
+    want = expected_components(truth)
+    a = str(tmp_path / "a")
+    dedup.run(["--embeddings", emb, "--output", a, "--partitions", "1"])
+    assert components_from_output(a, truth)[0] == want
+    b = str(tmp_path / "b")
+    dedup.run(["--embeddings", emb, "--output", b, "--partitions", "4", "--max-spill", "3",
+               "--direct_num_workers=2", "--direct_running_mode=multi_processing"])
+    assert components_from_output(b, truth)[0] == want
+
+
+def test_laion_layout_folder_without_hashes_or_markers(tmp_path):
+    truth = planted_folder(tmp_path / "laion", n_parts=2, rows_per_part=300, laion_layout=True)
+    out = str(tmp_path / "dd")
+    summary = dedup.run(["--embeddings", str(tmp_path / "laion"), "--output", out, "--partitions", "3", "--max-spill", "2"])
+    assert summary["parameters"]["parts"] == 2
+    assert components_from_output(out, truth)[0] == expected_components(truth)
+
+
+def test_dimension_mismatch_is_a_clear_error_naming_parts(tmp_path):
+    folder = layout.EmbeddingFolder(str(tmp_path / "emb"))
+    for i, d in (("0", 8), ("1", 16)):
+        layout.write_npy(folder.img_emb(i), np.ones((2, d), np.float16))
+        os.makedirs(os.path.dirname(folder.metadata(i)), exist_ok=True)
+        pq.write_table(pa.table({"key": [f"{i}a", f"{i}b"]}), folder.metadata(i))
+    with pytest.raises(ValueError, match=r"dimensions differ.*dim 8: parts \['0'\].*dim 16: parts \['1'\]"):
+        dedup.run(["--embeddings", folder.root, "--output", str(tmp_path / "dd")])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="threshold"):
+        dedup.DedupConfig(embeddings="e", output="o", threshold=1.5)
+    cfg = dedup.DedupConfig(embeddings="e", output="o")
+    assert cfg.resolve_k(10_000) == 5 and cfg.sample_size(10_000, 5) == 1280
+    assert dedup.DedupConfig(embeddings="e", output="o", partitions=7, sample_fraction=0.5).sample_size(100, 7) == 50
