@@ -63,12 +63,68 @@ DROP_KEYS = pa.schema([
     ("reason", pa.string()),
 ])
 
+# --- mine --------------------------------------------------------------------
+# object_tags/object_tags_{part}.parquet
+OBJECT_TAGS = pa.schema([
+    ("key", pa.string()),
+    ("object", pa.string()),
+    ("score", pa.float32()),
+])
+
+# keyword_triggers.parquet (ranked; columns added by models.trigger_stats are kept)
+KEYWORD_TRIGGERS = pa.schema([
+    ("keyword", pa.string()),
+    ("n", pa.int64()),
+    ("n_in_groups", pa.int64()),
+    ("top_group_id", pa.string()),
+    ("top_group_share", pa.float64()),
+    ("lift", pa.float64()),
+    ("p_value", pa.float64()),
+    ("q_value", pa.float64()),
+    ("example_keys", pa.list_(pa.string())),
+    ("flagged", pa.bool_()),
+    ("rank", pa.int64()),
+])
+
+# object_triggers.parquet (ranked)
+OBJECT_TRIGGERS = pa.schema([
+    ("keyword", pa.string()),
+    ("object", pa.string()),
+    ("n_w", pa.int64()),
+    ("n_o", pa.int64()),
+    ("n_wo", pa.int64()),
+    ("p_o_given_w", pa.float64()),
+    ("p_o_given_not_w", pa.float64()),
+    ("lift", pa.float64()),
+    ("absent_fraction", pa.float64()),
+    ("p_value", pa.float64()),
+    ("q_value", pa.float64()),
+    ("flagged", pa.bool_()),
+    ("rank", pa.int64()),
+])
+
+# flagged_prompts.parquet: the hand-off to scoring
+FLAGGED_PROMPTS = pa.schema([
+    ("prompt", pa.string()),
+    ("kind", pa.string()),             # duplicate-caption | word-trigger | object-trigger
+    ("keyword", pa.string()),
+    ("object", pa.string()),
+    ("group_ids", pa.list_(pa.string())),
+    ("support", pa.int64()),
+    ("evidence", pa.string()),         # JSON of the statistics that flagged it
+    ("rank", pa.int64()),
+])
+
 ALL = {
     "embed.metadata": EMBED_METADATA,
     "rejects": REJECTS,
     "dedup.groups": DEDUP_GROUPS,
     "dedup.edges": DEDUP_EDGES,
     "dedup.drop_keys": DROP_KEYS,
+    "mine.object_tags": OBJECT_TAGS,
+    "mine.keyword_triggers": KEYWORD_TRIGGERS,
+    "mine.object_triggers": OBJECT_TRIGGERS,
+    "mine.flagged_prompts": FLAGGED_PROMPTS,
 }
 
 

@@ -2,6 +2,7 @@
 
     dupmine embed  --input SHARDS --output DIR [--model SPEC] [beam options]
     dupmine dedup  --embeddings DIR --output DIR [--threshold 0.95] [beam options]
+    dupmine mine   --embeddings DIR --groups DIR --output DIR [--vocab FILE] [beam options]
     dupmine download --url-list FILE --output DIR
     dupmine demo   [--output DIR]
 
@@ -19,6 +20,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 SUBCOMMANDS = {
     "embed": ("pipelines.embed", "img2dataset shards -> image/text embeddings (LAION layout)"),
     "dedup": ("pipelines.dedup", "embeddings -> near-duplicate groups, edges, drop list (faiss)"),
+    "mine": ("pipelines.mine", "keywords x groups x object tags -> trigger tables, flagged prompts"),
     "download": ("pipelines.download", "URL list -> img2dataset webdataset shards (wraps img2dataset)"),
     "demo": ("pipelines.demo", "build a small synthetic dataset offline and run the pipeline on it"),
 }

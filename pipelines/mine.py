@@ -1,0 +1,198 @@
+"""``dupmine mine``: keywords x duplicate groups x object tags -> trigger tables and flagged prompts.
+
+    dupmine mine --embeddings emb/ --groups dedup/ --output mine/ [--vocab FILE]
+        [--tagger zero-shot|onnx-classifier:MODEL.onnx,LABELS.txt|none] [--min-support 10] [--fdr 0.05]
+        [--spacy-model NAME] [beam options]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from pipelines.common import make_pipeline, positive_int, setup_logging, split_args
+
+log = logging.getLogger("dupmine.mine")
+
+SHARED_VOCAB = os.path.join("vocab", "lvis_v1_categories.json")
+
+
+def default_vocab() -> str | None:
+    """LVIS (1,203 categories with synonyms) from ``$DUPMINE_SHARED_DATA`` or ``../shared/data``, if present."""
+    roots = [os.environ.get("DUPMINE_SHARED_DATA"), os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")]
+    for root in filter(None, roots):
+        path = os.path.join(root, SHARED_VOCAB)
+        if os.path.exists(path):
+            return os.path.abspath(path)
+    return None
+
+
+@dataclass(frozen=True)
+class MineConfig:
+    """Resolved options of the mine stage (written to ``OUTPUT/config.json``)."""
+
+    embeddings: str
+    groups: str | None
+    output: str
+    vocab: str | None = None
+    tagger: str = "zero-shot"
+    min_support: int = 10
+    fdr: float = 0.05
+    min_concentration: float = 0.5
+    min_word_lift: float = 10.0
+    min_p_object: float = 0.3
+    min_object_lift: float = 5.0
+    min_absent: float = 0.9
+    spacy_model: str | None = None
+    max_ngram: int = 3
+    max_prompts: int = 200
+    calibration_rows: int = 20000
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.fdr <= 1:
+            raise ValueError(f"--fdr {self.fdr} must be in (0, 1]")
+        if self.tagger not in ("zero-shot", "none") and not self.tagger.startswith("onnx-classifier:"):
+            raise ValueError(f"--tagger {self.tagger!r}; expected zero-shot, onnx-classifier:MODEL.onnx,LABELS.txt or none")
+        if self.tagger != "none" and self.vocab is None and not self.tagger.startswith("onnx-classifier:"):
+            raise ValueError("--tagger zero-shot needs an object vocabulary: pass --vocab FILE (LVIS/COCO/Open Images "
+                             "files or a plain list), or --tagger none")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--embeddings", required=True, help="embedding folder (captions, image embeddings)")
+    parser.add_argument("--groups", default=None, help="dedup output folder (groups/); without it every row is a singleton")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--vocab", default=None, help="object vocabulary (default: LVIS from the shared data folder when present)")
+    parser.add_argument("--tagger", default="zero-shot", help="zero-shot | onnx-classifier:MODEL.onnx,LABELS.txt | none")
+    parser.add_argument("--min-support", type=positive_int, default=10, help="rows a keyword (and its top group / object pair) needs")
+    parser.add_argument("--fdr", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
+    parser.add_argument("--min-concentration", type=float, default=0.5, help="share of a keyword's rows in its top group")
+    parser.add_argument("--min-word-lift", type=float, default=10.0, help="P(G|w)/P(G) for word triggers")
+    parser.add_argument("--min-p-object", type=float, default=0.3, help="P(o|w) for object triggers")
+    parser.add_argument("--min-object-lift", type=float, default=5.0, help="P(o|w)/P(o) for object triggers")
+    parser.add_argument("--min-absent", type=float, default=0.9, help="share of w's captions that do not name o")
+    parser.add_argument("--spacy-model", default=None, help="installed spaCy pipeline for noun chunks / entities (default: blank English + lookups)")
+    parser.add_argument("--max-ngram", type=positive_int, default=3)
+    parser.add_argument("--max-prompts", type=positive_int, default=200)
+    parser.add_argument("--calibration-rows", type=positive_int, default=20000, help="image embeddings sampled to calibrate zero-shot tags")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def config_from_args(args: argparse.Namespace) -> MineConfig:
+    vocab = args.vocab or (default_vocab() if args.tagger == "zero-shot" else None)
+    return MineConfig(
+        embeddings=args.embeddings, groups=args.groups, output=args.output, vocab=vocab, tagger=args.tagger,
+        min_support=args.min_support, fdr=args.fdr, min_concentration=args.min_concentration,
+        min_word_lift=args.min_word_lift, min_p_object=args.min_p_object, min_object_lift=args.min_object_lift,
+        min_absent=args.min_absent, spacy_model=args.spacy_model, max_ngram=args.max_ngram,
+        max_prompts=args.max_prompts, calibration_rows=args.calibration_rows, seed=args.seed,
+    )
+
+
+def params_for(cfg: MineConfig):
+    from models import layout
+    from models.keywords import KeywordConfig
+    from transforms.mine import MineParams
+
+    folder = layout.EmbeddingFolder(cfg.embeddings)
+    parts = folder.parts()
+    if not parts:
+        raise ValueError(f"{cfg.embeddings!r} has no complete embedding parts")
+    model, shards = None, ()
+    if layout.exists(folder.config):
+        emb_cfg = layout.read_json(folder.config)
+        model = emb_cfg.get("config", {}).get("model")
+        shards = tuple((s["shard_id"], s["path"], s["format"]) for s in emb_cfg.get("shards", []))
+    if cfg.tagger == "zero-shot" and not (model or "").startswith("openclip:"):
+        raise ValueError(f"--tagger zero-shot needs embeddings made by an open_clip model (its text tower scores the "
+                         f"vocabulary); {cfg.embeddings} was made by {model!r}. Use --tagger onnx-classifier:... or none")
+    if cfg.tagger.startswith("onnx-classifier:") and not shards:
+        raise ValueError(f"--tagger {cfg.tagger} re-reads the images, but {cfg.embeddings}/config.json lists no shards "
+                         f"(not made by dupmine embed?)")
+    return MineParams(
+        embeddings=cfg.embeddings, groups=cfg.groups, output=cfg.output, parts=tuple(parts),
+        keyword_config=KeywordConfig(spacy_model=cfg.spacy_model, max_ngram=cfg.max_ngram),
+        vocab_path=cfg.vocab, tagger_spec=cfg.tagger, model=model, shard_paths=shards, seed=cfg.seed,
+        calibration_rows=cfg.calibration_rows,
+    )
+
+
+def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str]) -> dict:
+    """Driver-free final step (runs on one worker over the small combined counts)."""
+    from models import layout
+    from models.mine_tables import PromptConfig, flagged_prompts, object_table, word_table
+    from models.trigger_stats import ObjectTriggerConfig, WordTriggerConfig
+
+    stats = counts["stats"]
+    n_total = int(stats.get("rows_analysed", 0))
+    kw, kwin, grp, obj = (dict(counts[k]) for k in ("kw", "kwin", "grp", "obj"))
+    word_cfg = WordTriggerConfig(fdr=cfg.fdr, min_support=cfg.min_support, min_concentration=cfg.min_concentration, min_lift=cfg.min_word_lift)
+    obj_cfg = ObjectTriggerConfig(fdr=cfg.fdr, min_support=cfg.min_support, min_p_object=cfg.min_p_object,
+                                  min_lift=cfg.min_object_lift, min_absent=cfg.min_absent)
+    words = word_table(kw, kwin, counts["kwg"], grp, n_total, word_cfg)
+    objs = object_table(kw, obj, counts["kwo"], objects, n_total, obj_cfg)
+    prompts = flagged_prompts(words, objs, dict(counts["cap"]), grp, PromptConfig(max_prompts=cfg.max_prompts))
+    layout.write_parquet(layout.join(cfg.output, "keyword_triggers.parquet"), words)
+    layout.write_parquet(layout.join(cfg.output, "object_triggers.parquet"), objs)
+    layout.write_parquet(layout.join(cfg.output, "flagged_prompts.parquet"), prompts)
+    summary = {
+        "rows": int(stats.get("rows", 0)), "rows_analysed": n_total, "caption_rejects": int(stats.get("caption_rejects", 0)),
+        "object_tags": int(stats.get("object_tags", 0)), "keywords_tested": words.num_rows,
+        "word_triggers": int(sum(words.column("flagged").to_pylist())), "object_pairs_tested": objs.num_rows,
+        "object_triggers": int(sum(objs.column("flagged").to_pylist())), "flagged_prompts": prompts.num_rows,
+        "duplicate_groups_with_captions": len(grp),
+    }
+    layout.write_json(layout.join(cfg.output, "_stage", "summary.json"), summary)
+    return summary
+
+
+def build(p, params, cfg: MineConfig, objects: list[str]):
+    import apache_beam as beam
+    from apache_beam import pvalue
+
+    from transforms.mine import AnalyzeParts
+
+    counts = p | "ListParts" >> beam.Create(list(range(len(params.parts)))) | "AnalyzeParts" >> AnalyzeParts(params, cfg.min_support)
+    calibration = counts.pop("calibration")
+    side = {k: (pvalue.AsSingleton(v) if k == "stats" else pvalue.AsList(v)) for k, v in counts.items()}
+    calibration | "WriteCalibration" >> beam.Map(lambda c: _write_json_if(c, cfg.output))
+    return (p | "One" >> beam.Create([None])
+            | "WriteTables" >> beam.Map(lambda x, **kw: write_tables(x, kw, cfg, objects), **side))
+
+
+def _write_json_if(calibration: dict, output: str) -> None:
+    from models import layout
+
+    if calibration:
+        layout.write_json(layout.join(output, "tagger_calibration.json"), calibration)
+
+
+def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
+    """Parse flags, run the pipeline, write ``summary.json``; return the summary."""
+    from models import layout
+    from transforms.mine import tagger_for
+
+    parser = argparse.ArgumentParser(prog="dupmine mine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args, beam_args = split_args(parser, argv)
+    setup_logging()
+    cfg = config_from_args(args)
+    started = time.monotonic()
+    params = params_for(cfg)
+    tagger = tagger_for(params)  # fail early on a bad vocabulary or model
+    objects = list(tagger.objects) if tagger is not None else []
+    layout.write_json(layout.join(cfg.output, "config.json"), {"stage": "mine", "config": asdict(cfg), "beam_args": beam_args,
+                                                               "embedding_model": params.model, "objects": len(objects)})
+    log.info("mine: %d part(s), tagger %s over %d objects", len(params.parts), cfg.tagger, len(objects))
+    p = make_pipeline(beam_args, test_pipeline)
+    build(p, params, cfg, objects)
+    p.run().wait_until_finish()
+    summary = layout.read_json(layout.join(cfg.output, "_stage", "summary.json")) | {
+        "parameters": asdict(cfg), "seconds": round(time.monotonic() - started, 3)}
+    layout.write_json(layout.join(cfg.output, "summary.json"), summary)
+    log.info("mine done: %d word triggers, %d object triggers, %d flagged prompts", summary["word_triggers"],
+             summary["object_triggers"], summary["flagged_prompts"])
+    return summary
