@@ -3,6 +3,7 @@
     dupmine embed  --input SHARDS --output DIR [--model SPEC] [beam options]
     dupmine dedup  --embeddings DIR --output DIR [--threshold 0.95] [beam options]
     dupmine mine   --embeddings DIR --groups DIR --output DIR [--vocab FILE] [beam options]
+    dupmine apply  --input SHARDS --drop FILE --output DIR
     dupmine download --url-list FILE --output DIR
     dupmine demo   [--output DIR]
 
@@ -21,6 +22,7 @@ SUBCOMMANDS = {
     "embed": ("pipelines.embed", "img2dataset shards -> image/text embeddings (LAION layout)"),
     "dedup": ("pipelines.dedup", "embeddings -> near-duplicate groups, edges, drop list (faiss)"),
     "mine": ("pipelines.mine", "keywords x groups x object tags -> trigger tables, flagged prompts"),
+    "apply": ("pipelines.apply", "drop list + shards -> filtered shards (same img2dataset format)"),
     "download": ("pipelines.download", "URL list -> img2dataset webdataset shards (wraps img2dataset)"),
     "demo": ("pipelines.demo", "build a small synthetic dataset offline and run the pipeline on it"),
 }
