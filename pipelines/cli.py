@@ -1,5 +1,6 @@
 """The ``dupmine`` command: one subcommand per stage.
 
+    dupmine run    --input SHARDS --output DIR [--config FILE.yaml] [--set STAGE.KEY=VALUE] [beam options]
     dupmine embed  --input SHARDS --output DIR [--model SPEC] [beam options]
     dupmine dedup  --embeddings DIR --output DIR [--threshold 0.95] [beam options]
     dupmine mine   --embeddings DIR --groups DIR --output DIR [--vocab FILE] [beam options]
@@ -19,6 +20,7 @@ import sys
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 SUBCOMMANDS = {
+    "run": ("pipelines.run", "every stage, shards to report, with a YAML config and caching"),
     "embed": ("pipelines.embed", "img2dataset shards -> image/text embeddings (LAION layout)"),
     "dedup": ("pipelines.dedup", "embeddings -> near-duplicate groups, edges, drop list (faiss)"),
     "mine": ("pipelines.mine", "keywords x groups x object tags -> trigger tables, flagged prompts"),
