@@ -96,6 +96,15 @@ def remove(path: str) -> None:
     fs.rm(p)
 
 
+def clear_outputs(root: str, names: list[str]) -> None:
+    """Remove a stage's own output entries under ``root`` before it is rerun (stale parts must not mix in)."""
+    fs, base = _fs(root)
+    for name in names:
+        path = join(base, name)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
 def fingerprint(obj) -> str:
     """Stable short hash of a JSON-able object (the parameters that made an output)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

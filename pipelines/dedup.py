@@ -21,7 +21,8 @@ from pipelines.common import make_pipeline, positive_int, setup_logging, split_a
 
 log = logging.getLogger("dupmine.dedup")
 
-ROWS_PER_PARTITION = 2000  # auto --partitions aims at this many home rows per partition
+ROWS_PER_PARTITION = 2000
+OUTPUTS = ["groups", "edges", "drop_keys.parquet", "rejects", "_stage", "summary.json"]  # cleared before a run  # auto --partitions aims at this many home rows per partition
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     cfg = config_from_args(args)
     started = time.monotonic()
     params = params_for(cfg)
+    layout.clear_outputs(cfg.output, OUTPUTS)
     layout.write_json(layout.join(cfg.output, "config.json"), {"stage": "dedup", "config": asdict(cfg), "beam_args": beam_args,
                                                                "resolved": asdict(params)})
     log.info("dedup: %d rows in %d part(s), dim %d, %d partition(s), threshold %.3f", params.n_rows, len(params.parts),

@@ -16,6 +16,8 @@ from pipelines.common import make_pipeline, positive_int, setup_logging, split_a
 
 log = logging.getLogger("dupmine.mine")
 
+OUTPUTS = ["object_tags", "rejects", "_stage", "keyword_triggers.parquet", "object_triggers.parquet",
+           "flagged_prompts.parquet", "tagger_calibration.json", "summary.json"]  # cleared before a run
 SHARED_VOCAB = os.path.join("vocab", "lvis_v1_categories.json")
 
 
@@ -182,6 +184,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     cfg = config_from_args(args)
     started = time.monotonic()
     params = params_for(cfg)
+    layout.clear_outputs(cfg.output, OUTPUTS)
     tagger = tagger_for(params)  # fail early on a bad vocabulary or model
     objects = list(tagger.objects) if tagger is not None else []
     layout.write_json(layout.join(cfg.output, "config.json"), {"stage": "mine", "config": asdict(cfg), "beam_args": beam_args,

@@ -189,3 +189,13 @@ def test_config_validation():
     cfg = dedup.DedupConfig(embeddings="e", output="o")
     assert cfg.resolve_k(10_000) == 5 and cfg.sample_size(10_000, 5) == 1280
     assert dedup.DedupConfig(embeddings="e", output="o", partitions=7, sample_fraction=0.5).sample_size(100, 7) == 50
+
+
+def test_rerun_with_other_partitions_leaves_no_stale_files(planted, tmp_path):
+    emb, truth = planted
+    out = str(tmp_path / "dd")
+    dedup.run(["--embeddings", emb, "--output", out, "--partitions", "6", "--max-spill", "5"])
+    assert len([n for n in os.listdir(os.path.join(out, "edges")) if n.startswith("edges_")]) > 1
+    dedup.run(["--embeddings", emb, "--output", out, "--partitions", "1"])
+    assert [n for n in os.listdir(os.path.join(out, "edges")) if n.startswith("edges_")] == ["edges_000000.parquet"]
+    assert components_from_output(out, truth)[0] == expected_components(truth)
