@@ -59,7 +59,7 @@ def tagger_for(params: MineParams):
     """The object tagger the spec names, or None for ``none``."""
     if params.tagger_spec == "none":
         return None
-    from models.object_tagging import build_tagger
+    from models.mine_taggers import build_tagger
 
     return build_tagger(params.tagger_spec, params.vocab_path, params.model)
 
