@@ -115,6 +115,32 @@ FLAGGED_PROMPTS = pa.schema([
     ("rank", pa.int64()),
 ])
 
+# --- score -------------------------------------------------------------------
+# prompt_scores.parquet: one row per (prompt, check), flagged and reference prompts
+PROMPT_SCORES = pa.schema([
+    ("prompt", pa.string()),
+    ("check", pa.string()),            # plaplace | plaplace-train | wen
+    ("statistic", pa.float64()),
+    ("spread", pa.float64()),          # std of the per-sample statistic
+    ("threshold", pa.float64()),       # 1 - fpr quantile of the reference prompts (NaN without references)
+    ("decision", pa.bool_()),          # statistic > threshold: memorized
+    ("role", pa.string()),             # flagged | reference
+    ("n_samples", pa.int64()),
+    ("seed", pa.int64()),
+    ("cost_evals", pa.int64()),        # model (eps) evaluations
+    ("seconds", pa.float64()),
+])
+
+# extractions.parquet: SIDE generations matched to the training set
+EXTRACTIONS = pa.schema([
+    ("generation_id", pa.string()),
+    ("prompt", pa.string()),
+    ("matched_key", pa.string()),
+    ("similarity", pa.float64()),
+    ("band", pa.string()),             # low | mid | high | null (below every band)
+    ("group_id", pa.string()),         # duplicate group of the matched image, null for singletons
+])
+
 ALL = {
     "embed.metadata": EMBED_METADATA,
     "rejects": REJECTS,
@@ -125,6 +151,8 @@ ALL = {
     "mine.keyword_triggers": KEYWORD_TRIGGERS,
     "mine.object_triggers": OBJECT_TRIGGERS,
     "mine.flagged_prompts": FLAGGED_PROMPTS,
+    "score.prompt_scores": PROMPT_SCORES,
+    "score.extractions": EXTRACTIONS,
 }
 
 

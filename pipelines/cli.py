@@ -5,6 +5,7 @@
     dupmine dedup  --embeddings DIR --output DIR [--threshold 0.95] [beam options]
     dupmine mine   --embeddings DIR --groups DIR --output DIR [--vocab FILE] [beam options]
     dupmine apply  --input SHARDS --drop FILE --output DIR
+    dupmine score  --flagged FILE --target SPEC --output DIR [--checks plaplace,side,wen] [beam options]
     dupmine download --url-list FILE --output DIR
     dupmine demo   [--output DIR]
 
@@ -25,6 +26,7 @@ SUBCOMMANDS = {
     "dedup": ("pipelines.dedup", "embeddings -> near-duplicate groups, edges, drop list (faiss)"),
     "mine": ("pipelines.mine", "keywords x groups x object tags -> trigger tables, flagged prompts"),
     "apply": ("pipelines.apply", "drop list + shards -> filtered shards (same img2dataset format)"),
+    "score": ("pipelines.score", "flagged prompts x target model -> p-Laplace, SIDE, Wen scores"),
     "download": ("pipelines.download", "URL list -> img2dataset webdataset shards (wraps img2dataset)"),
     "demo": ("pipelines.demo", "build a small synthetic dataset offline and run the pipeline on it"),
 }

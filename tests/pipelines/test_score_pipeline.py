@@ -1,0 +1,95 @@
+"""score end to end on a conditional perfect memorizer built from a planted embedding folder (METHODS 5.2-5.3)."""
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from models import layout, schemas
+from models.diffusion_targets import MemorizerTarget, VPSchedule, save_memorizer
+from models.plaplace import roc_auc
+from pipelines import score
+
+D = 16
+
+
+def build(tmp_path, n_groups=6, copies=8, n_generic=6, per_generic=15, seed=0):
+    """Memorized prompts: one image duplicated `copies` times. Generic prompts: `per_generic` distinct images."""
+    rng = np.random.default_rng(seed)
+    rows, labels, keys, groups, group_of = [], [], [], [], {}
+    for g in range(n_groups):
+        base = rng.standard_normal(D)
+        for c in range(copies):
+            v = base + 1e-3 * rng.standard_normal(D)
+            rows.append(v / np.linalg.norm(v))
+            labels.append(g)
+            keys.append(f"m{g}_{c}")
+            group_of[keys[-1]] = f"G{g}"
+    for j in range(n_generic):
+        for c in range(per_generic):
+            v = rng.standard_normal(D)
+            rows.append(v / np.linalg.norm(v))
+            labels.append(n_groups + j)
+            keys.append(f"s{j}_{c}")
+    x = np.asarray(rows)
+    folder = layout.EmbeddingFolder(str(tmp_path / "emb"))
+    layout.write_npy(folder.img_emb("0"), x.astype(np.float16))
+    os.makedirs(os.path.dirname(folder.metadata("0")), exist_ok=True)
+    pq.write_table(pa.table({"key": keys, "caption": [f"caption {k}" for k in keys]}), folder.metadata("0"))
+    sizes = {g: sum(1 for v in group_of.values() if v == g) for g in set(group_of.values())}
+    grows = [{"key": k, "group_id": group_of.get(k, k), "group_size": sizes.get(group_of.get(k), 1), "is_representative": True,
+              "representative_key": k, "max_cosine": None, "part": "0"} for k in keys]
+    layout.write_parquet(str(tmp_path / "dd" / "groups" / "groups_0.parquet"), schemas.table(grows, schemas.DEDUP_GROUPS))
+    x16 = np.asarray(layout.read_npy(folder.img_emb("0")), np.float64)
+    target = MemorizerTarget(x16 / np.linalg.norm(x16, axis=1, keepdims=True), None, VPSchedule.linear(200), cond_labels=np.asarray(labels))
+    path = str(tmp_path / "target.npz")
+    save_memorizer(path, target)
+    mapping = {f"memorized prompt {g}": g for g in range(n_groups)} | {f"generic prompt {j}": n_groups + j for j in range(n_generic)}
+    with open(path + ".prompts.json", "w") as f:
+        json.dump(mapping, f)
+    flagged = [{"prompt": f"memorized prompt {g}", "kind": "duplicate-caption", "keyword": None, "object": None,
+                "group_ids": [f"G{g}"], "support": copies, "evidence": "{}", "rank": g + 1} for g in range(n_groups)]
+    layout.write_parquet(str(tmp_path / "flagged.parquet"), schemas.table(flagged, schemas.FLAGGED_PROMPTS))
+    (tmp_path / "reference.txt").write_text("\n".join(f"generic prompt {j}" for j in range(n_generic)))
+    return f"memorizer:{path}"
+
+
+def test_score_separates_memorized_prompts_and_side_extracts(tmp_path):
+    spec = build(tmp_path)
+    out = str(tmp_path / "score")
+    summary = score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", out,
+                         "--train", str(tmp_path / "emb"), "--groups", str(tmp_path / "dd"),
+                         "--reference", str(tmp_path / "reference.txt"), "--n-samples", "4", "--steps", "20",
+                         "--n-dirs", "32", "--side-k", "8", "--side-n-syn", "64", "--side-n-g", "64", "--fpr", "0.2"])
+    rows = pq.read_table(os.path.join(out, "prompt_scores.parquet")).to_pylist()
+    for check in ("wen", "plaplace"):
+        pos = [r["statistic"] for r in rows if r["check"] == check and r["role"] == "flagged"]
+        neg = [r["statistic"] for r in rows if r["check"] == check and r["role"] == "reference"]
+        assert len(pos) == 6 and len(neg) == 6
+        if check == "wen":
+            assert roc_auc(np.asarray(pos), np.asarray(neg)) == 1.0
+            assert summary["memorized"]["wen"] == 6
+        thr = {r["threshold"] for r in rows if r["check"] == check}
+        assert len(thr) == 1 and thr.pop() == pytest.approx(np.quantile(neg, 0.8, method="higher"))
+    # around the duplicated training images of each flagged prompt's group, the learned score points inward
+    train_rows = [r for r in rows if r["check"] == "plaplace-train"]
+    assert len(train_rows) == 6 and all(r["statistic"] > 0.9 for r in train_rows)
+    assert all(r["cost_evals"] > 0 for r in rows if r["check"] != "wen" or r["role"] == "flagged")
+    ext = pq.read_table(os.path.join(out, "extractions.parquet")).to_pylist()
+    side = json.load(open(os.path.join(out, "side_summary.json")))
+    assert len(ext) == side["N_G"] == 64 and side["K"] == 8
+    assert all(e["matched_key"] for e in ext) and {e["band"] for e in ext} <= {"low", "mid", "high", None}
+    assert side["metrics"]["high"]["ams"] == pytest.approx(sum(e["band"] == "high" for e in ext) / 64)
+    assert summary["side"] == side["metrics"]
+
+
+def test_score_config_errors(tmp_path):
+    spec = build(tmp_path)
+    with pytest.raises(ValueError, match="unknown"):
+        score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", str(tmp_path / "o"), "--checks", "magic"])
+    with pytest.raises(ValueError, match="--train"):
+        score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", str(tmp_path / "o"), "--checks", "side"])
+    with pytest.raises((ValueError, FileNotFoundError)):
+        score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", "diffusers:/nope", "--output", str(tmp_path / "o"), "--checks", "wen"])
