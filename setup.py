@@ -39,8 +39,9 @@ setup(
         "gpu": ["faiss-gpu>=1.8"],
         "diffusion": ["diffusers>=0.30", "transformers>=4.40"],
         "download": ["img2dataset>=1.45"],
+        "demo": ["img2dataset>=1.45", "scikit-image>=0.22"],
         "report": ["matplotlib>=3.7"],
-        "test": ["pytest>=8", "onnx>=1.15", "networkx>=3", "img2dataset>=1.45", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "onnx>=1.15", "scikit-image>=0.22", "selenium>=4.20", "networkx>=3", "img2dataset>=1.45", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["dupmine=pipelines.cli:main"]},
 )

@@ -39,11 +39,12 @@ partner y homed elsewhere, and homes x homes covers partners homed with x:
 recall is exactly 1.0. :func:`assign_with_spill` caps the spill at the
 ``max_spill`` partitions with the smallest margin (bounded spill); with
 ``max_spill = k - 1`` nothing is cut and recall stays exact, with a smaller cap
-recall is measured, not guaranteed (pairs across a cut boundary are lost only
+recall is measured, not guaranteed (a pair across a cut boundary is lost only
 if *both* endpoints drop the other's partition). At t = 0.95 the bound is
-sin(theta) = 0.312. The implementation widens the bound by float32 rounding
-of the centroid scores (4 gamma_d + the 1e-4 norm tolerance, ~2e-4 at d = 512)
-so the exactness holds for computed, not just ideal, scores.
+sin(theta) = 0.312. The implementation subtracts the float32 rounding of the
+centroid scores (4 gamma_d, 1.2e-4 at d = 512) from the score gap and widens
+the bound for the 1e-4 norm tolerance, so exactness holds for computed, not
+just ideal, scores.
 
 Pair decision
 -------------
@@ -55,6 +56,18 @@ float32 rounding error of a d-term dot product (``band = 2 * gamma_d + 2^-20``,
 the few candidates below ``threshold + band`` in float64. Results are thus
 independent of block sizes and BLAS kernels, and no returned pair is below the
 threshold.
+
+Distributed components
+----------------------
+Each partition labels its own edges (:func:`local_components`, root = smallest
+id) and emits (node, local_root). A node kept in several partitions (a spilled
+visitor with edges in more than one) links those local components; grouping
+by node and calling :func:`root_links` yields one link per extra distinct
+root. Union-find then runs on one worker over the links only
+(:func:`resolve_roots`, O(l log l) for l links, which is bounded by the
+spilled memberships that carry edges, not by the number of nodes or edges),
+and :func:`apply_root_map` relabels every (node, local_root) pair. Labels are
+the smallest id in each component, so runs compare directly.
 """
 from __future__ import annotations
 
@@ -68,6 +81,7 @@ import scipy.sparse.csgraph
 __all__ = [
     "NORM_TOLERANCE",
     "DEFAULT_MAX_SPILL",
+    "decision_band",
     "train_centroids",
     "assign_with_spill",
     "partition_pairs",
@@ -85,11 +99,13 @@ __all__ = [
 NORM_TOLERANCE = 1e-4
 """Accepted ``| ||x|| - 1 |`` for input rows and centroids."""
 
-DEFAULT_MAX_SPILL = 8
-"""Spill cap used by the pipeline unless configured; see :func:`assign_with_spill`."""
+DEFAULT_MAX_SPILL = 4
+"""Default spill cap (see :func:`assign_with_spill`). Bounds the pair work at
+(0.5 + 4) / 0.5 = 9x that of no-spill clustering; on the planted test and
+benchmark sets recall is >= 0.9999 with it, 1.0 in most runs."""
 
 _U32 = 2.0**-24  # unit roundoff of float32
-_MAX_GATHER_FLOATS = 1 << 24  # 64 MiB of float32 scratch per block in assign_with_spill
+_SCRATCH_BYTES = 64 << 20  # cap on gathered-centroid scratch in assign_with_spill
 
 
 def _gamma(d: int) -> float:
@@ -98,6 +114,16 @@ def _gamma(d: int) -> float:
     if du >= 0.5:
         raise ValueError(f"dimension d={d} too large for float32 error bounds")
     return du / (1.0 - du)
+
+
+def decision_band(d: int) -> float:
+    """Half-width of the float64 re-check band of the pair decision, for dimension ``d``.
+
+    ``2 * gamma_d + 2^-20``: bounds the float32 rounding error of a d-term dot
+    product of unit vectors (6.2e-5 at d = 512). A float32 tile value outside
+    ``[t - band, t + band)`` decides ``>= t`` exactly as float64 would.
+    """
+    return 2.0 * _gamma(int(d)) + 2.0**-20
 
 
 def _check_threshold(threshold: float) -> float:
@@ -132,13 +158,14 @@ def _unit_rows(name: str, x: np.ndarray, d: int | None = None) -> np.ndarray:
     return x
 
 
-def _id_array(name: str, ids: np.ndarray, n: int) -> np.ndarray:
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or ids.shape[0] != n:
-        raise ValueError(f"{name} must be 1-D with {n} entries, got shape {ids.shape}")
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise ValueError(f"{name} must be integer ids, got dtype {ids.dtype}")
-    return ids.astype(np.int64, copy=False)
+def _int_array(name: str, values: np.ndarray, n: int) -> np.ndarray:
+    """Return ``values`` as (n,) int64, checking shape and integer dtype."""
+    values = np.asarray(values)
+    if values.ndim != 1 or values.shape[0] != n:
+        raise ValueError(f"{name} must be 1-D with {n} entries, got shape {values.shape}")
+    if values.size and not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name} must be integer, got dtype {values.dtype}")
+    return values.astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------- partitioning
@@ -157,9 +184,11 @@ def train_centroids(sample: np.ndarray, k: int, seed: int, niter: int = 20) -> n
         (min(k, n), d) float32 centroids, L2-normalised. Identical for identical
         (sample, k, seed, niter) on the same hardware and thread count.
 
-    faiss subsamples to 256 points per centroid; cost O(niter * min(n, 256 k) * k * d)
-    flops, memory O(min(n, 256 k) * (d + k')) where faiss tiles the distance
-    matrix. Runs on GPU only when ``faiss.get_num_gpus() > 0``.
+    faiss subsamples to 256 points per centroid: cost
+    O(niter * min(n, 256 k) * k * d) flops, memory the float32 sample plus
+    faiss' blocked assignment buffers. Runs on GPU only when
+    ``faiss.get_num_gpus() > 0`` (GPU results are deterministic per device,
+    not bit-identical to CPU ones).
     """
     x = _unit_rows("sample", sample)
     n, d = x.shape
@@ -206,8 +235,10 @@ def assign_with_spill(
     centroids with the largest inner product (faiss search). With
     ``max_spill = k - 1`` every centroid is a candidate, nothing is capped and
     recall is exactly 1.0; smaller caps trade recall (measured, not
-    guaranteed) for less work. The spill test uses margins widened by float32
-    rounding of the scores (``4 gamma_d``) and the 1e-4 norm tolerance.
+    guaranteed) for less work. To stay exact for computed (not ideal)
+    scores, the score gap is reduced by ``4 gamma_d`` (float32 rounding of
+    faiss' scores, 1.2e-4 at d = 512) and the bound is widened for the
+    :data:`NORM_TOLERANCE` on row norms.
 
     Args:
         x: (n, d) float32, L2-normalised rows.
@@ -223,10 +254,11 @@ def assign_with_spill(
         (int64, never containing ``home[i]``) are the visitor partitions of row
         i in increasing margin order; ``indptr`` is (n + 1,) int64.
 
-    Cost: O(n k d) flops for the search plus O(n L d) for margins
-    (L = min(k, 2 max_spill + 1)); memory O(n L) for the results plus
-    O(block L) search scratch plus at most 64 MiB for the centroid differences.
-    Never O(n k) memory.
+    Cost: O(n k d) flops for the faiss search plus O(u d) for centroid
+    distances, u = distinct (home, candidate) pairs per block (<= block L,
+    L = min(k, 2 max_spill + 1)); memory: the (n,) home and CSR outputs
+    (O(n max_spill)), O(block L) search/margin scratch (~40 B per entry), and
+    at most 64 MiB for gathered centroids. Never O(n k) memory.
     """
     t = _check_threshold(threshold)
     c = _unit_rows("centroids", centroids)
@@ -245,38 +277,53 @@ def assign_with_spill(
     t_eff = min(1.0, t / (1.0 + eta) ** 2)
     radius = math.sqrt(1.0 - t_eff * t_eff)  # sin(theta), widened for norm slack
     slack = 4.0 * _gamma(d) * (1.0 + eta) ** 3 / (1.0 - eta)  # float32 score rounding
-    scale = np.float32(1.0 + eta)
 
     index = faiss.IndexFlatIP(d)
     index.add(c)
     home = np.empty(n, dtype=np.int64)
     counts = np.zeros(n, dtype=np.int64)
     parts: list[np.ndarray] = []
-    sub = max(1, _MAX_GATHER_FLOATS // (max(n_cand - 1, 1) * d))
+    c64 = c.astype(np.float64)
     for s in range(0, n, block):
         scores, labels = index.search(x[s : s + block], n_cand)
-        home[s : s + len(labels)] = labels[:, 0]
+        m = labels.shape[0]
+        home[s : s + m] = labels[:, 0]
         if n_cand == 1:
             continue
-        for r in range(0, len(labels), sub):
-            lab = labels[r : r + sub]
-            sc = scores[r : r + sub]
-            cand = lab[:, 1:]
-            diff = c[lab[:, :1]] - c[cand]  # (rows, L-1, d) float32, <= 64 MiB
-            dist = np.sqrt(np.einsum("nld,nld->nl", diff, diff)) * scale
-            gap = np.maximum(sc[:, :1] - sc[:, 1:] - np.float32(slack), np.float32(0.0))
-            # dist == 0 only for coincident centroids, where gap == 0 too: margin 0, spill.
-            margin = np.divide(gap, dist, out=np.zeros_like(gap), where=dist > 0)
-            margin[(dist == 0) & (gap > 0)] = np.inf
-            margin[margin > radius] = np.inf
-            order = np.argsort(margin, axis=1, kind="stable")[:, :max_spill]
-            ok = np.isfinite(np.take_along_axis(margin, order, axis=1))
-            counts[s + r : s + r + len(lab)] = ok.sum(axis=1)
-            parts.append(np.take_along_axis(cand, order, axis=1)[ok])
+        cand = labels[:, 1:]
+        dist = _centroid_distances(c64, np.broadcast_to(labels[:, :1], cand.shape), cand) * (1.0 + eta)
+        gap = np.maximum(scores[:, :1] - scores[:, 1:] - slack, 0.0)
+        # dist == 0 only for coincident centroids, whose scores tie within slack: margin 0, spill.
+        margin = np.divide(gap, dist, out=np.zeros_like(gap, dtype=np.float64), where=dist > 0)
+        margin[(dist == 0) & (gap > 0)] = np.inf
+        margin[margin > radius] = np.inf
+        order = np.argsort(margin, axis=1, kind="stable")[:, :max_spill]
+        ok = np.isfinite(np.take_along_axis(margin, order, axis=1))
+        counts[s : s + m] = ok.sum(axis=1)
+        parts.append(np.take_along_axis(cand, order, axis=1)[ok])
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     part = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
     return home, (indptr, part)
+
+
+def _centroid_distances(c64: np.ndarray, h: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """float64 ``|c64[h] - c64[j]|`` for index arrays of equal shape.
+
+    Distances are computed once per distinct (h, j) pair (neighbouring rows
+    share them), in chunks of at most 64 MiB of float64 scratch, so memory is
+    O(h.size) plus the scratch, never O(k^2) or O(h.size * d).
+    """
+    k, d = c64.shape
+    key, inv = np.unique(h.astype(np.int64) * k + j, return_inverse=True)
+    uh, uj = np.divmod(key, k)
+    out = np.empty(key.size, dtype=np.float64)
+    step = max(1, _SCRATCH_BYTES // (2 * 8 * d))  # two gathered (step, d) float64 blocks
+    for s in range(0, key.size, step):
+        diff = c64[uh[s : s + step]]
+        diff -= c64[uj[s : s + step]]
+        out[s : s + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+    return out[inv.reshape(h.shape)]
 
 
 # --------------------------------------------------------------------------- exact pairs
@@ -287,7 +334,12 @@ def _tile_edges(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate (row, col, cos32) of one float32 tile qa @ qb.T with cos32 >= lo."""
     g = qa @ qb.T
-    r, col = np.nonzero(g >= lo)
+    if diagonal:
+        np.fill_diagonal(g, -np.inf)  # self pairs; the lower triangle is dropped below
+    # Hits are sparse: a row-max pass (one read of the tile) finds the few rows to scan.
+    rows = np.flatnonzero(g.max(axis=1) >= lo)
+    r, col = np.nonzero(g[rows] >= lo)
+    r = rows[r]
     if diagonal:
         keep = col > r
         r, col = r[keep], col[keep]
@@ -331,8 +383,10 @@ def partition_pairs(
     only tiles on or above the diagonal are computed (half the flops of a
     range search, which scores every query against every vector); faiss keeps
     strictly greater-than-radius results for inner product while we need
-    ``>=``; and a dense tile plus ``np.nonzero`` has no per-query result-list
-    overhead. Both run the same sgemm underneath.
+    ``>=``; and a dense tile plus a row-max prefilter has no per-query
+    result-list overhead. Both run sgemm underneath; on the 2-core dev box the
+    blocked np.dot brute force was ~2x faster than range_search (20k x 512:
+    1.5 s vs 2.1 s; 100k x 512: see benchmarks/bench_dedup_kernels.py).
 
     Args:
         home_ids: (a,) int64 global ids of the partition's homes.
@@ -340,8 +394,9 @@ def partition_pairs(
         visitor_ids: (b,) int64 global ids of visitors (homed elsewhere).
         visitor_vecs: (b, d) float32 L2-normalised.
         threshold: cosine threshold in (0, 1].
-        block: tile side; scratch memory is about ``5 * block**2`` bytes
-            (float32 tile + boolean mask), 80 MiB at the default 4096.
+        block: tile side; scratch memory is the float32 tile (``4 * block**2``
+            bytes, 64 MiB at the default 4096) plus a copy and mask of the
+            rows that have hits (at most another ``5 * block**2``).
 
     Returns:
         ``(i, j, cos)``: int64, int64, float32 arrays of equal length, one
@@ -356,12 +411,13 @@ def partition_pairs(
     block = _check_block(block)
     hv = _unit_rows("home_vecs", home_vecs)
     d = hv.shape[1]
-    vv = _unit_rows("visitor_vecs", np.asarray(visitor_vecs).reshape(-1, d), d)
-    hid = _id_array("home_ids", home_ids, hv.shape[0])
-    vid = _id_array("visitor_ids", visitor_ids, vv.shape[0])
+    vv = np.asarray(visitor_vecs)
+    vv = _unit_rows("visitor_vecs", vv.reshape(0, d) if vv.size == 0 else vv, d)
+    hid = _int_array("home_ids", home_ids, hv.shape[0])
+    vid = _int_array("visitor_ids", visitor_ids, vv.shape[0])
     a, b = hv.shape[0], vv.shape[0]
 
-    band = 2.0 * _gamma(d) + 2.0**-20
+    band = decision_band(d)
     lo = np.float32(t - band)
     hi = np.float32(t + band)
     ri: list[np.ndarray] = []
@@ -434,6 +490,7 @@ def search_partitioned(
     threshold: float,
     max_spill: int = DEFAULT_MAX_SPILL,
     block: int = 4096,
+    assignment: tuple[np.ndarray, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """In-process partitioned search: assign + spill, then pairs per partition.
 
@@ -449,6 +506,8 @@ def search_partitioned(
         threshold: cosine threshold in (0, 1].
         max_spill: spill cap, see :func:`assign_with_spill`.
         block: tile side for :func:`partition_pairs`.
+        assignment: optional precomputed ``assign_with_spill(vecs, centroids,
+            threshold, max_spill)`` result (then ``max_spill`` is unused).
 
     Returns:
         ``(i, j, cos)`` as :func:`partition_pairs`, over the whole set.
@@ -457,9 +516,15 @@ def search_partitioned(
     plus :func:`assign_with_spill`'s O(n max_spill).
     """
     vecs = _unit_rows("vecs", vecs)
-    ids = _id_array("ids", ids, vecs.shape[0])
-    home, (indptr, part) = assign_with_spill(vecs, centroids, threshold, max_spill)
+    ids = _int_array("ids", ids, vecs.shape[0])
+    if assignment is None:
+        assignment = assign_with_spill(vecs, centroids, threshold, max_spill)
+    home, (indptr, part) = assignment
     k = np.asarray(centroids).shape[0]
+    if home.shape != (vecs.shape[0],) or indptr.shape != (vecs.shape[0] + 1,):
+        raise ValueError(
+            f"assignment does not match vecs: home {home.shape}, indptr {indptr.shape}, n={vecs.shape[0]}"
+        )
     home_order = np.argsort(home, kind="stable")
     home_start = np.searchsorted(home[home_order], np.arange(k + 1))
     vis_rows = np.repeat(np.arange(vecs.shape[0]), np.diff(indptr))
@@ -518,10 +583,10 @@ def connected_components(n_nodes: int, a: np.ndarray, b: np.ndarray) -> np.ndarr
     if n == 0:
         return np.zeros(0, np.int64)
     graph = scipy.sparse.csr_matrix(
-        (np.ones(a.size, dtype=np.int8), (a.astype(np.int64), b.astype(np.int64))), shape=(n, n)
+        (np.ones(a.size, dtype=bool), (a.astype(np.int64), b.astype(np.int64))), shape=(n, n)
     )
     _, lab = scipy.sparse.csgraph.connected_components(graph, directed=False)
-    # Nodes are visited in index order, so a component's first occurrence is its minimum.
+    # The first index holding each label is the smallest member of that component.
     _, first = np.unique(lab, return_index=True)
     return first.astype(np.int64)[lab]
 
@@ -707,8 +772,8 @@ def choose_representatives(
     """
     g = np.asarray(group_labels, dtype=np.int64).ravel()
     n = g.size
-    w = _id_array("width", np.asarray(width).ravel(), n)
-    h = _id_array("height", np.asarray(height).ravel(), n)
+    w = _int_array("width", np.asarray(width).ravel(), n)
+    h = _int_array("height", np.asarray(height).ravel(), n)
     k = np.asarray(keys, dtype=str).ravel()
     if k.size != n:
         raise ValueError(f"keys must have {n} entries, got {k.size}")

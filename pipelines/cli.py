@@ -6,6 +6,7 @@
     dupmine mine   --embeddings DIR --groups DIR --output DIR [--vocab FILE] [beam options]
     dupmine apply  --input SHARDS --drop FILE --output DIR
     dupmine score  --flagged FILE --target SPEC --output DIR [--checks plaplace,side,wen] [beam options]
+    dupmine report --run DIR [--output DIR]
     dupmine download --url-list FILE --output DIR
     dupmine demo   [--output DIR]
 
@@ -27,6 +28,7 @@ SUBCOMMANDS = {
     "mine": ("pipelines.mine", "keywords x groups x object tags -> trigger tables, flagged prompts"),
     "apply": ("pipelines.apply", "drop list + shards -> filtered shards (same img2dataset format)"),
     "score": ("pipelines.score", "flagged prompts x target model -> p-Laplace, SIDE, Wen scores"),
+    "report": ("pipelines.report", "stage outputs -> static HTML report (galleries, triggers, scores)"),
     "download": ("pipelines.download", "URL list -> img2dataset webdataset shards (wraps img2dataset)"),
     "demo": ("pipelines.demo", "build a small synthetic dataset offline and run the pipeline on it"),
 }
