@@ -159,6 +159,7 @@ def run(argv: list[str] | None = None) -> dict:
         parser.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, help=f"shortcut for --set {dotted}=...")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("--only", default=None, help="comma-separated stages to consider (default: all)")
+    parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
     args, beam_args = split_args(parser, argv)
     setup_logging()
     cfg = resolve_config(args)
@@ -193,7 +194,8 @@ def run(argv: list[str] | None = None) -> dict:
         upstream = fingerprint
     summary = final_summary(run_dir, results, timings)
     layout.write_json(os.path.join(run_dir, "summary.json"), summary)
-    print(format_summary(summary))
+    if not args.quiet:
+        print(format_summary(summary))
     return summary
 
 
