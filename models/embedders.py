@@ -35,6 +35,7 @@ from models.imaging import resize_center_crop
 DEFAULT_MODEL = "openclip:ViT-B-32/laion2b_s34b_b79k"
 CONFIG_DIR = Path(__file__).parent / "configs"
 MODEL_KINDS = ("openclip", "onnx", "pixel")
+RANDOM_INIT_SEED = 0  # openclip:ARCH/random is this seed's init, identical across workers and runs
 
 
 class ModelUnavailable(RuntimeError):
@@ -271,7 +272,14 @@ class OpenClipEmbedder(Embedder):
                 f"tags: {open_clip.list_pretrained_tags_by_model(arch)}"
             )
         try:
-            model = open_clip.create_model(arch, pretrained=weights, device=device)
+            if weights is None:
+                # Random weights must be the same in every worker and every run: seed them, without
+                # touching the caller's global RNG state.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(RANDOM_INIT_SEED)
+                    model = open_clip.create_model(arch, pretrained=None, device=device)
+            else:
+                model = open_clip.create_model(arch, pretrained=weights, device=device)
         except RuntimeError as exc:
             raise ModelUnavailable(
                 f"cannot load open_clip weights {arch}/{pretrained} ({exc}). Put them in the Hugging Face cache or "

@@ -78,8 +78,12 @@ class MineTagger:
         return r[order], o[order], s[order]
 
 
-def build_tagger(spec: str, vocab_path: str | None, model: str | None) -> MineTagger:
-    """``zero-shot`` (needs ``vocab_path`` and the open_clip ``model`` spec) or ``onnx-classifier:MODEL,LABELS``."""
+def build_tagger(spec: str, vocab_path: str | None, model: str | None, z: float = ZERO_SHOT_Z,
+                 top_k: int = ZERO_SHOT_TOP_K) -> MineTagger:
+    """``zero-shot`` (needs ``vocab_path`` and the open_clip ``model`` spec) or ``onnx-classifier:MODEL,LABELS``.
+
+    ``z`` and ``top_k`` are the zero-shot decision rule: robust z-score threshold per object, tags kept per image.
+    """
     from models.object_tagging import ZeroShotConfig, load_tagger, parse_tagger_spec
 
     parsed = parse_tagger_spec(spec)
@@ -91,7 +95,7 @@ def build_tagger(spec: str, vocab_path: str | None, model: str | None) -> MineTa
             raise ValueError("zero-shot tagging needs a vocabulary file (--vocab)")
         embedder = load_embedder(EmbedderConfig(model=model, device="cpu"))
         tagger = load_tagger(parsed, embedder=embedder, vocab=load_vocab(vocab_path),
-                             zero_shot=ZeroShotConfig(z=ZERO_SHOT_Z, top_k=ZERO_SHOT_TOP_K))
+                             zero_shot=ZeroShotConfig(z=z, top_k=top_k))
     else:
         tagger = load_tagger(parsed)
     return MineTagger(tagger)

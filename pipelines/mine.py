@@ -51,6 +51,8 @@ class MineConfig:
     max_ngram: int = 3
     max_prompts: int = 200
     calibration_rows: int = 20000
+    tag_z: float = 4.0
+    tag_top_k: int = 3
     seed: int = 0
 
     def __post_init__(self):
@@ -80,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-ngram", type=positive_int, default=3)
     parser.add_argument("--max-prompts", type=positive_int, default=200)
     parser.add_argument("--calibration-rows", type=positive_int, default=20000, help="image embeddings sampled to calibrate zero-shot tags")
+    parser.add_argument("--tag-z", type=float, default=4.0, help="zero-shot: robust z-score an object needs on an image")
+    parser.add_argument("--tag-top-k", type=positive_int, default=3, help="zero-shot: most tags kept per image")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -90,7 +94,8 @@ def config_from_args(args: argparse.Namespace) -> MineConfig:
         min_support=args.min_support, fdr=args.fdr, min_concentration=args.min_concentration,
         min_word_lift=args.min_word_lift, min_p_object=args.min_p_object, min_object_lift=args.min_object_lift,
         min_absent=args.min_absent, spacy_model=args.spacy_model, max_ngram=args.max_ngram,
-        max_prompts=args.max_prompts, calibration_rows=args.calibration_rows, seed=args.seed,
+        max_prompts=args.max_prompts, calibration_rows=args.calibration_rows, tag_z=args.tag_z,
+        tag_top_k=args.tag_top_k, seed=args.seed,
     )
 
 
@@ -118,7 +123,7 @@ def params_for(cfg: MineConfig):
         embeddings=cfg.embeddings, groups=cfg.groups, output=cfg.output, parts=tuple(parts),
         keyword_config=KeywordConfig(spacy_model=cfg.spacy_model, max_ngram=cfg.max_ngram),
         vocab_path=cfg.vocab, tagger_spec=cfg.tagger, model=model, shard_paths=shards, seed=cfg.seed,
-        calibration_rows=cfg.calibration_rows,
+        calibration_rows=cfg.calibration_rows, tag_z=cfg.tag_z, tag_top_k=cfg.tag_top_k,
     )
 
 

@@ -48,6 +48,8 @@ class MineParams:
     shard_paths: tuple[tuple[str, str, str], ...]  # (shard_id, path, format) for image re-reads
     seed: int
     calibration_rows: int
+    tag_z: float = 4.0
+    tag_top_k: int = 3
 
 
 class _Holder:
@@ -61,7 +63,7 @@ def tagger_for(params: MineParams):
         return None
     from models.mine_taggers import build_tagger
 
-    return build_tagger(params.tagger_spec, params.vocab_path, params.model)
+    return build_tagger(params.tagger_spec, params.vocab_path, params.model, z=params.tag_z, top_k=params.tag_top_k)
 
 
 def _load_tools(params: MineParams):

@@ -57,6 +57,19 @@ def test_openclip_tiny_random_identical_images_cosine_one_and_text_tower():
     assert ok.all() and float(t[0] @ t[1]) == pytest.approx(1.0, abs=1e-5) and float(t[0] @ t[2]) < 0.9999
 
 
+def test_openclip_random_weights_are_identical_across_loads_and_leave_global_rng_alone():
+    import torch
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = load_embedder(EmbedderConfig(TINY, device="cpu"))
+    after = torch.rand(1)
+    b = load_embedder(EmbedderConfig(TINY, device="cpu"))
+    assert torch.equal(before, after)
+    np.testing.assert_array_equal(a.embed_texts(["a flag"]), b.embed_texts(["a flag"]))
+
+
 def test_openclip_tokenizer_is_the_real_bpe_vocabulary():
     import open_clip
 

@@ -89,3 +89,52 @@ def test_zero_shot_needs_vocab_and_clip_embeddings(tmp_path):
     with pytest.raises(ValueError, match="vocabulary|open_clip"):
         mine.run(["--embeddings", str(tmp_path / "emb"), "--output", str(tmp_path / "m"), "--tagger", "zero-shot",
                   "--vocab", str(tmp_path / "none.txt")])
+
+
+def test_object_trigger_astronaut_flag_comes_out_on_top_with_zero_shot_tags(tmp_path):
+    """Planted: "astronaut" images carry a flag no caption names; "beach" images carry a boat the captions name."""
+    from models.mine_taggers import build_tagger
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("flag: us flag, banner\nboat: ship\ndog\ncar\ntree\n")
+    spec = "openclip:dupmine-tiny/random"
+    zs = build_tagger("zero-shot", str(vocab), spec).tagger
+    t, g = zs.text_embeddings, zs.generic_embedding
+    rng = np.random.default_rng(0)
+    dim, n = t.shape[1], 1500
+
+    def unit(v):
+        return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+    x = unit(g + 0.01 * rng.standard_normal((n, dim)) / np.sqrt(dim))
+    captions = [" ".join(rng.choice(FILLER, 4)) for _ in range(n)]
+    order = rng.permutation(n)
+    astro, beach = order[:40], order[40:80]
+    x[astro] = unit(t[0] + 0.01 * rng.standard_normal((40, dim)) / np.sqrt(dim))
+    x[beach] = unit(t[1] + 0.01 * rng.standard_normal((40, dim)) / np.sqrt(dim))
+    for i in astro:
+        captions[i] = f"astronaut on the moon {captions[i]}"
+    for i in beach:
+        captions[i] = f"beach with a boat {captions[i]}"
+    folder = layout.EmbeddingFolder(str(tmp_path / "emb"))
+    keys = [f"{i:09d}" for i in range(n)]
+    layout.write_npy(folder.img_emb("0"), x.astype(np.float16))
+    os.makedirs(os.path.dirname(folder.metadata("0")), exist_ok=True)
+    pq.write_table(pa.table({"key": keys, "caption": captions}), folder.metadata("0"))
+    layout.write_json(folder.config, {"config": {"model": spec}, "shards": []})
+    out = str(tmp_path / "mine")
+    summary = mine.run(["--embeddings", folder.root, "--output", out, "--tagger", "zero-shot", "--vocab", str(vocab),
+                        "--tag-top-k", "1"])
+    objects = pq.read_table(os.path.join(out, "object_triggers.parquet")).to_pylist()
+    flagged = [(o["keyword"], o["object"]) for o in objects if o["flagged"]]
+    assert flagged and flagged[0][1] == "flag" and flagged[0][0] in {"astronaut", "moon", "astronaut moon"}
+    assert ("astronaut", "flag") in flagged
+    assert not any(obj == "boat" for _, obj in flagged)  # mentioned in the captions: not a hidden object
+    beach_boat = next(o for o in objects if o["keyword"] == "beach" and o["object"] == "boat")
+    assert beach_boat["p_o_given_w"] > 0.9 and beach_boat["absent_fraction"] == 0.0
+    tags = pq.read_table(os.path.join(out, "object_tags")).to_pylist()
+    tagged_flag = {r["key"] for r in tags if r["object"] == "flag"}
+    assert len(tagged_flag & {keys[i] for i in astro}) >= 36  # >= 90% recall of the planted object
+    assert len(tagged_flag - {keys[i] for i in astro}) <= 0.02 * n
+    assert json.load(open(os.path.join(out, "tagger_calibration.json")))["objects"] == ["flag", "boat", "dog", "car", "tree"]
+    assert summary["object_triggers"] >= 1
