@@ -25,6 +25,12 @@ class ApplyConfig:
     output: str
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="the shards to filter (as for dupmine embed)")
+    parser.add_argument("--drop", required=True, help="drop list: Parquet file/folder with a key column (drop_keys.parquet) or a .txt of keys")
+    parser.add_argument("--output", required=True, help="folder for the filtered shards")
+
+
 class _Drop:
     def __init__(self, keys):
         self.keys = keys
@@ -58,9 +64,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     from models.shards import list_shards
 
     parser = argparse.ArgumentParser(prog="dupmine apply", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="the shards to filter (as for dupmine embed)")
-    parser.add_argument("--drop", required=True, help="drop list: Parquet file/folder with a key column (drop_keys.parquet) or a .txt of keys")
-    parser.add_argument("--output", required=True, help="folder for the filtered shards")
+    add_arguments(parser)
     args, beam_args = split_args(parser, argv)
     setup_logging()
     cfg = ApplyConfig(args.input, args.drop, args.output)

@@ -15,6 +15,23 @@ import sys
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
+# Set to 1 (deploy/dataflow/launch.py does) to submit pipelines without waiting for them.
+SUBMIT_ONLY_ENV = "DUPMINE_SUBMIT_ONLY"
+
+
+class PipelineSubmitted(Exception):
+    """Raised by ``run()`` of a pipeline from :func:`make_pipeline` when ``DUPMINE_SUBMIT_ONLY=1``.
+
+    The runner has accepted the job and nobody waits for it (a Dataflow Flex
+    Template launcher must exit after ``run()``), so the stage's driver-side
+    steps after the run (e.g. dedup's ``summary.json``) are skipped.
+    ``result`` is the runner's PipelineResult.
+    """
+
+    def __init__(self, result):
+        super().__init__(f"pipeline submitted and not awaited ({SUBMIT_ONLY_ENV}=1)")
+        self.result = result
+
 
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
@@ -39,11 +56,23 @@ def make_pipeline(beam_args: list[str], test_pipeline=None):
     if test_pipeline is not None:
         return test_pipeline
     options = PipelineOptions(beam_args)
+    pipeline_class = _submit_only_pipeline_class() if os.environ.get(SUBMIT_ONLY_ENV) == "1" else beam.Pipeline
     if options.view_as(StandardOptions).runner is None:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-        return beam.Pipeline(runner=FnApiRunner(), options=options)
-    return beam.Pipeline(options=options)
+        return pipeline_class(runner=FnApiRunner(), options=options)
+    return pipeline_class(options=options)
+
+
+def _submit_only_pipeline_class():
+    """A ``beam.Pipeline`` whose ``run()`` submits the job and raises :class:`PipelineSubmitted`."""
+    import apache_beam as beam
+
+    class SubmitOnlyPipeline(beam.Pipeline):
+        def run(self, test_runner_api="AUTO"):
+            raise PipelineSubmitted(super().run(test_runner_api))
+
+    return SubmitOnlyPipeline
 
 
 def positive_int(value: str) -> int:

@@ -93,3 +93,27 @@ def test_score_config_errors(tmp_path):
         score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", str(tmp_path / "o"), "--checks", "side"])
     with pytest.raises((ValueError, FileNotFoundError)):
         score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", "diffusers:/nope", "--output", str(tmp_path / "o"), "--checks", "wen"])
+
+
+def test_score_against_a_tiny_diffusers_text_to_image_folder(tmp_path):
+    """The diffusers:PATH target through the whole stage (random-init weights saved in diffusers layout)."""
+    from tests.models.test_diffusers_targets import make_tiny_sd
+
+    folder = make_tiny_sd(tmp_path / "sd")
+    flagged = [{"prompt": p, "kind": "word-trigger", "keyword": None, "object": None, "group_ids": [], "support": 10,
+                "evidence": "{}", "rank": i + 1} for i, p in enumerate(["the starry night by van gogh", "a red bicycle"])]
+    layout.write_parquet(str(tmp_path / "flagged.parquet"), schemas.table(flagged, schemas.FLAGGED_PROMPTS))
+    (tmp_path / "ref.txt").write_text("a house\na tree\na cloud\n")
+    out = str(tmp_path / "score")
+    summary = score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", f"diffusers:{folder}", "--output", out,
+                         "--checks", "plaplace,wen", "--reference", str(tmp_path / "ref.txt"), "--device", "cpu",
+                         "--n-samples", "2", "--steps", "3", "--n-dirs", "4", "--wen-n", "2", "--t-small", "10"])
+    rows = pq.read_table(os.path.join(out, "prompt_scores.parquet")).to_pylist()
+    assert {(r["check"], r["role"]) for r in rows} == {(c, role) for c in ("plaplace", "wen") for role in ("flagged", "reference")}
+    for r in rows:
+        assert np.isfinite(r["statistic"]) and r["cost_evals"] > 0
+        if r["check"] == "plaplace":
+            assert -1.0 <= r["statistic"] <= 1.0
+        else:
+            assert r["statistic"] > 0  # a real prompt differs from the empty prompt
+    assert summary["prompts_scored"] == 2 and summary["reference_prompts"] == 3
