@@ -83,14 +83,15 @@ def build(p, cfg: EmbedConfig, shards):
     from models import layout
     from transforms.embed import EmbedShards
 
-    folder = layout.EmbeddingFolder(cfg.output)
+    stats_path = layout.EmbeddingFolder(cfg.output).stats
     fp = layout.fingerprint(cfg.output_fingerprint_params())
-    return (
+    stats = (
         p
         | "ListShards" >> beam.Create(shards)
         | "EmbedShards" >> EmbedShards(cfg.embedder, cfg.job, cfg.output, fp, cfg.overwrite)
-        | "WriteStats" >> beam.Map(lambda stats: (layout.write_json(folder.stats, stats), stats)[1])
     )
+    stats | "WriteStats" >> beam.Map(lambda s: layout.write_json(stats_path, s))
+    return stats
 
 
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
