@@ -175,7 +175,8 @@ def run(argv: list[str] | None = None) -> dict:
     run_stage.run([*common, "--only", "embed,dedup,mine", "--quiet", *beam_args])
     target, reference = build_demo_target(run_dir, os.path.join(out, "target"), seed=args.seed)
     summary = run_stage.run([*common, "--target", target, "--set", f"score.reference={reference}",
-                             "--set", "score.side_n_syn=150", "--set", "score.side_n_g=150", *beam_args])
+                             "--set", "score.n_samples=4", "--set", "score.n_dirs=32", "--set", "score.steps=25",
+                             "--set", "score.side_n_syn=100", "--set", "score.side_n_g=100", *beam_args])
     print("\nplanted structure:")
     for line in truth_report(items, run_dir):
         print("  " + line)
