@@ -170,7 +170,7 @@ def run(argv: list[str] | None = None) -> dict:
         server.shutdown()
     tagger = shared_tagger()
     run_dir = os.path.join(out, "run")
-    common = ["--input", shards, "--output", run_dir, "--model", "pixel", "--threshold", "0.9", "--tagger", tagger,
+    common = ["--input", shards, "--output", run_dir, "--model", "pixel", "--threshold", "0.95", "--tagger", tagger,
               "--set", "mine.min_support=10"]
     run_stage.run([*common, "--only", "embed,dedup,mine", "--quiet", *beam_args])
     target, reference = build_demo_target(run_dir, os.path.join(out, "target"), seed=args.seed)
