@@ -45,6 +45,7 @@ class ScoreStageConfig:
     side_lambda: float = 2.0
     side_n_syn: int = 200
     side_n_g: int = 200
+    side_prompts: int = 0
 
     def __post_init__(self):
         bad = [c for c in self.checks if c not in CHECKS]
@@ -78,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--side-lambda", type=float, default=2.0)
     parser.add_argument("--side-n-syn", type=positive_int, default=200)
     parser.add_argument("--side-n-g", type=positive_int, default=200)
+    parser.add_argument("--side-prompts", type=int, default=0,
+                        help="conditional targets: also run SIDE conditioned on each of the top N flagged prompts")
 
 
 def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
@@ -88,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
         checks=tuple(c for c in args.checks.split(",") if c), train=args.train, groups=args.groups,
         reference=args.reference, n_reference=args.n_reference, max_prompts=args.max_prompts, device=args.device,
         score=score, side_k=args.side_k, side_tau=args.side_tau, side_lambda=args.side_lambda,
-        side_n_syn=args.side_n_syn, side_n_g=args.side_n_g,
+        side_n_syn=args.side_n_syn, side_n_g=args.side_n_g, side_prompts=args.side_prompts,
     )
 
 
@@ -155,7 +158,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     prompts = [("flagged", r["prompt"], tuple(r["group_ids"])) for r in flagged] + [("reference", q, ()) for q in reference]
     p | "ListPrompts" >> beam.Create(prompts) | "ScorePrompts" >> ScorePrompts(cfg)
     if "side" in cfg.checks:
-        p | "One" >> beam.Create([None]) | "RunSide" >> beam.Map(lambda _: run_side_stage(cfg))
+        side_prompts = [r["prompt"] for r in flagged[: cfg.side_prompts]]
+        p | "One" >> beam.Create([None]) | "RunSide" >> beam.Map(lambda _: run_side_stage(cfg, side_prompts))
     p.run().wait_until_finish()
     scores = layout.read_parquet(layout.join(cfg.output, "prompt_scores.parquet")).to_pylist()
     summary = {

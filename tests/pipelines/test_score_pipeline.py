@@ -62,7 +62,8 @@ def test_score_separates_memorized_prompts_and_side_extracts(tmp_path):
     summary = score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", out,
                          "--train", str(tmp_path / "emb"), "--groups", str(tmp_path / "dd"),
                          "--reference", str(tmp_path / "reference.txt"), "--n-samples", "4", "--steps", "20",
-                         "--n-dirs", "32", "--side-k", "8", "--side-n-syn", "64", "--side-n-g", "64", "--fpr", "0.2"])
+                         "--n-dirs", "32", "--side-k", "8", "--side-n-syn", "64", "--side-n-g", "64", "--fpr", "0.2",
+                         "--side-prompts", "2"])
     rows = pq.read_table(os.path.join(out, "prompt_scores.parquet")).to_pylist()
     for check in ("wen", "plaplace"):
         pos = [r["statistic"] for r in rows if r["check"] == check and r["role"] == "flagged"]
@@ -79,9 +80,15 @@ def test_score_separates_memorized_prompts_and_side_extracts(tmp_path):
     assert all(r["cost_evals"] > 0 for r in rows if r["check"] != "wen" or r["role"] == "flagged")
     ext = pq.read_table(os.path.join(out, "extractions.parquet")).to_pylist()
     side = json.load(open(os.path.join(out, "side_summary.json")))
-    assert len(ext) == side["N_G"] == 64 and side["K"] == 8
+    assert len(ext) == 3 * side["N_G"] and side["N_G"] == 64 and side["K"] == 8
     assert all(e["matched_key"] for e in ext) and {e["band"] for e in ext} <= {"low", "mid", "high", None}
-    assert side["metrics"]["high"]["ams"] == pytest.approx(sum(e["band"] == "high" for e in ext) / 64)
+    uncond = [e for e in ext if e["prompt"] is None]
+    assert side["metrics"]["high"]["ams"] == pytest.approx(sum(e["band"] == "high" for e in uncond) / 64)
+    # conditioned on a memorized prompt, SIDE lands on that prompt's duplicated image
+    assert [r["prompt"] for r in side["conditional_runs"]] == ["memorized prompt 0", "memorized prompt 1"]
+    for g in (0, 1):
+        hits = [e for e in ext if e["prompt"] == f"memorized prompt {g}"]
+        assert len(hits) == 64 and all(e["group_id"] == f"G{g}" for e in hits)
     assert summary["side"] == side["metrics"]
 
 
@@ -95,10 +102,17 @@ def test_score_config_errors(tmp_path):
         score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", "diffusers:/nope", "--output", str(tmp_path / "o"), "--checks", "wen"])
 
 
-def test_score_against_a_tiny_diffusers_text_to_image_folder(tmp_path):
-    """The diffusers:PATH target through the whole stage (random-init weights saved in diffusers layout)."""
+def test_score_against_a_tiny_diffusers_text_to_image_folder(synthetic_shards, tmp_path):
+    """The diffusers:PATH target through the whole stage (random-init weights saved in diffusers layout).
+
+    SIDE decodes its latents to images and embeds them with the training set's embed model (pixel) to match.
+    """
+    from pipelines import embed
     from tests.models.test_diffusers_targets import make_tiny_sd
 
+    root, _ = synthetic_shards
+    emb = str(tmp_path / "emb")
+    embed.run(["--input", str(root), "--output", emb, "--model", "pixel"])
     folder = make_tiny_sd(tmp_path / "sd")
     flagged = [{"prompt": p, "kind": "word-trigger", "keyword": None, "object": None, "group_ids": [], "support": 10,
                 "evidence": "{}", "rank": i + 1} for i, p in enumerate(["the starry night by van gogh", "a red bicycle"])]
@@ -106,8 +120,9 @@ def test_score_against_a_tiny_diffusers_text_to_image_folder(tmp_path):
     (tmp_path / "ref.txt").write_text("a house\na tree\na cloud\n")
     out = str(tmp_path / "score")
     summary = score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", f"diffusers:{folder}", "--output", out,
-                         "--checks", "plaplace,wen", "--reference", str(tmp_path / "ref.txt"), "--device", "cpu",
-                         "--n-samples", "2", "--steps", "3", "--n-dirs", "4", "--wen-n", "2", "--t-small", "10"])
+                         "--checks", "plaplace,wen,side", "--reference", str(tmp_path / "ref.txt"), "--device", "cpu",
+                         "--n-samples", "2", "--steps", "3", "--n-dirs", "4", "--wen-n", "2", "--t-small", "10",
+                         "--train", emb, "--side-k", "3", "--side-n-syn", "12", "--side-n-g", "6", "--side-prompts", "1"])
     rows = pq.read_table(os.path.join(out, "prompt_scores.parquet")).to_pylist()
     assert {(r["check"], r["role"]) for r in rows} == {(c, role) for c in ("plaplace", "wen") for role in ("flagged", "reference")}
     for r in rows:
@@ -117,3 +132,11 @@ def test_score_against_a_tiny_diffusers_text_to_image_folder(tmp_path):
         else:
             assert r["statistic"] > 0  # a real prompt differs from the empty prompt
     assert summary["prompts_scored"] == 2 and summary["reference_prompts"] == 3
+    ext = pq.read_table(os.path.join(out, "extractions.parquet")).to_pylist()
+    assert len(ext) == 12 and {e["prompt"] for e in ext} == {None, "the starry night by van gogh"}
+    assert all(-1.0 <= e["similarity"] <= 1.0 and e["matched_key"] for e in ext)
+    from PIL import Image
+
+    for name in ("side_00.png", "side_01.png"):
+        with Image.open(os.path.join(out, "grids", name)) as grid:
+            assert grid.size[0] > 0 and grid.mode == "RGB"
