@@ -2,7 +2,13 @@
 
     dupmine mine --embeddings emb/ --groups dedup/ --output mine/ [--vocab FILE]
         [--tagger zero-shot|onnx-classifier:MODEL.onnx,LABELS.txt|none] [--min-support 10] [--fdr 0.05]
-        [--spacy-model NAME] [beam options]
+        [--spacy-model NAME] [--previous PREV_MINE] [beam options]
+
+Every run saves its whole combined counts under ``OUTPUT/counts/``. With
+``--previous PREV_MINE`` (and ``--groups`` the dedup increment built on
+PREV_MINE's ``--groups``), only the parts of ``--embeddings`` that PREV_MINE
+did not count are analysed, the old rows whose group changed are corrected,
+and the tables are computed from the merged counts (see :mod:`transforms.mine`).
 """
 from __future__ import annotations
 
@@ -16,8 +22,11 @@ from pipelines.common import make_pipeline, positive_int, setup_logging, split_a
 
 log = logging.getLogger("dupmine.mine")
 
-OUTPUTS = ["object_tags", "rejects", "_stage", "keyword_triggers.parquet", "object_triggers.parquet",
-           "flagged_prompts.parquet", "tagger_calibration.json", "summary.json"]  # cleared before a run
+# Cleared before a run; manifest.json first: it is the commit point an increment builds on.
+OUTPUTS = ["manifest.json", "object_tags", "rejects", "_stage", "counts", "keyword_triggers.parquet",
+           "object_triggers.parquet", "flagged_prompts.parquet", "tagger_calibration.json", "summary.json"]
+# Options that decide what a row contributes to the counts: an increment must use its chain's values.
+COUNT_OPTIONS = ("tagger", "vocab", "spacy_model", "max_ngram", "tag_z", "tag_top_k")
 SHARED_VOCAB = os.path.join("vocab", "lvis_v1_categories.json")
 
 
@@ -54,6 +63,7 @@ class MineConfig:
     tag_z: float = 4.0
     tag_top_k: int = 3
     seed: int = 0
+    previous: str | None = None   # previous mine output: merge its counts instead of recounting
 
     def __post_init__(self):
         if not 0 < self.fdr <= 1:
@@ -85,6 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tag-z", type=float, default=4.0, help="zero-shot: robust z-score an object needs on an image")
     parser.add_argument("--tag-top-k", type=positive_int, default=3, help="zero-shot: most tags kept per image")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--previous", default=None,
+                        help="previous mine output: count only the parts it has not seen and the rows whose group "
+                             "changed (--groups must be the dedup increment on its --groups), merge its counts")
 
 
 def config_from_args(args: argparse.Namespace) -> MineConfig:
@@ -95,19 +108,75 @@ def config_from_args(args: argparse.Namespace) -> MineConfig:
         min_word_lift=args.min_word_lift, min_p_object=args.min_p_object, min_object_lift=args.min_object_lift,
         min_absent=args.min_absent, spacy_model=args.spacy_model, max_ngram=args.max_ngram,
         max_prompts=args.max_prompts, calibration_rows=args.calibration_rows, tag_z=args.tag_z,
-        tag_top_k=args.tag_top_k, seed=args.seed,
+        tag_top_k=args.tag_top_k, seed=args.seed, previous=args.previous,
     )
 
 
-def params_for(cfg: MineConfig):
-    from models import layout
+@dataclass(frozen=True)
+class Increment:
+    """What an incremental mine run builds on (resolved by :func:`plan_increment`)."""
+
+    chain: tuple            # previous mine chain (models.increments.MineEntry), oldest first
+    new_parts: tuple[str, ...]
+    changed: tuple[tuple[str, str, str], ...]  # (part, embedding folder, dedup changed file)
+    calibration: dict       # the chain's frozen tagger calibration ({} without one)
+    stats: dict             # previous counts/stats.json
+
+
+def plan_increment(cfg: MineConfig) -> Increment:
+    """Check that ``cfg.previous`` and ``cfg.groups`` fit together and list what this increment counts.
+
+    Raises:
+      ValueError: the previous run is not a finished mine output; an option in
+        :data:`COUNT_OPTIONS` differs from the previous run's; ``--groups`` is
+        missing or is not the dedup increment built on the previous run's
+        ``--groups``; ``--output`` is a run of the chain; dedup changed rows of
+        a part the previous mine chain never counted.
+    """
+    from models import increments, layout
+
+    chain = increments.read_mine_chain(cfg.previous)
+    previous_cfg = layout.read_json(layout.join(cfg.previous, "config.json"))["config"]
+    differ = {name: (previous_cfg.get(name), getattr(cfg, name)) for name in COUNT_OPTIONS if previous_cfg.get(name) != getattr(cfg, name)}
+    if differ:
+        detail = ", ".join(f"--{k.replace('_', '-')} {new!r} (previous {old!r})" for k, (old, new) in sorted(differ.items()))
+        raise ValueError(f"{detail}: an increment must count rows as --previous {cfg.previous} did")
+    if increments.normalize_path(cfg.output) in {increments.normalize_path(e.run) for e in chain}:
+        raise ValueError(f"--output {cfg.output} is a run of the --previous chain; write the increment to a new folder")
+    if not cfg.groups:
+        raise ValueError("--previous needs --groups: the dedup increment built on the previous mine run's --groups")
+    dedup_chain = increments.read_chain(cfg.groups)
+    before = chain[-1].groups
+    if before is None or len(dedup_chain) < 2 or \
+            increments.normalize_path(dedup_chain[-2].run) != increments.normalize_path(before):
+        raise ValueError(f"--groups {cfg.groups} must be the dedup increment built on {before} (the --groups of "
+                         f"--previous {cfg.previous}); its chain is {[e.run for e in dedup_chain]}")
+    counted = {part for entry in chain for part in entry.parts}
+    locations = increments.part_locations(dedup_chain)
+    changed = []
+    for part in dedup_chain[-1].changed_parts:
+        if part not in counted:
+            raise ValueError(f"dedup changed rows of part {part}, which the chain of {cfg.previous} never counted")
+        changed.append((part, locations[part].embeddings, layout.join(cfg.groups, "changed", f"changed_{part}.parquet")))
+    new_parts = tuple(p for p in layout.EmbeddingFolder(cfg.embeddings).parts() if p not in counted)
+    calibration_path = layout.join(cfg.previous, "tagger_calibration.json")
+    calibration = layout.read_json(calibration_path) if layout.exists(calibration_path) else {}
+    stats = layout.read_json(layout.join(cfg.previous, increments.COUNTS_DIR, "stats.json"))
+    return Increment(tuple(chain), new_parts, tuple(changed), calibration, stats)
+
+
+def params_for(cfg: MineConfig, increment: Increment | None = None):
+    from models import increments, layout
     from models.keywords import KeywordConfig
     from transforms.mine import MineParams
 
     folder = layout.EmbeddingFolder(cfg.embeddings)
-    parts = folder.parts()
-    if not parts:
+    parts = folder.parts() if increment is None else list(increment.new_parts)
+    if not parts and increment is None:
         raise ValueError(f"{cfg.embeddings!r} has no complete embedding parts")
+    group_runs = ()
+    if cfg.groups and layout.exists(layout.join(cfg.groups, increments.MANIFEST)):
+        group_runs = tuple(sorted(increments.part_runs(increments.read_chain(cfg.groups)).items()))
     model, shards = None, ()
     if layout.exists(folder.config):
         emb_cfg = layout.read_json(folder.config)
@@ -123,13 +192,20 @@ def params_for(cfg: MineConfig):
         embeddings=cfg.embeddings, groups=cfg.groups, output=cfg.output, parts=tuple(parts),
         keyword_config=KeywordConfig(spacy_model=cfg.spacy_model, max_ngram=cfg.max_ngram),
         vocab_path=cfg.vocab, tagger_spec=cfg.tagger, model=model, shard_paths=shards, seed=cfg.seed,
-        calibration_rows=cfg.calibration_rows, tag_z=cfg.tag_z, tag_top_k=cfg.tag_top_k,
+        calibration_rows=cfg.calibration_rows, tag_z=cfg.tag_z, tag_top_k=cfg.tag_top_k, group_runs=group_runs,
+        changed=increment.changed if increment is not None else (),
     )
 
 
-def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str]) -> dict:
-    """Driver-free final step (runs on one worker over the small combined counts)."""
-    from models import layout
+def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str], parts: tuple = (), chain: tuple = (),
+                 increment: dict | None = None) -> dict:
+    """Driver-free final step (runs on one worker over the small combined counts).
+
+    Writes the tables, ``_stage/summary.json`` and last ``manifest.json``
+    (``chain`` plus this run, which counted ``parts``): the commit point the
+    next increment builds on.
+    """
+    from models import increments, layout
     from models.mine_tables import PromptConfig, flagged_prompts, object_table, word_table
     from models.trigger_stats import ObjectTriggerConfig, WordTriggerConfig
 
@@ -139,8 +215,9 @@ def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str]) -> dict:
     word_cfg = WordTriggerConfig(fdr=cfg.fdr, min_support=cfg.min_support, min_concentration=cfg.min_concentration, min_lift=cfg.min_word_lift)
     obj_cfg = ObjectTriggerConfig(fdr=cfg.fdr, min_support=cfg.min_support, min_p_object=cfg.min_p_object,
                                   min_lift=cfg.min_object_lift, min_absent=cfg.min_absent)
-    words = word_table(kw, kwin, counts["kwg"], grp, n_total, word_cfg)
-    objs = object_table(kw, obj, counts["kwo"], objects, n_total, obj_cfg)
+    kwg, kwo = sorted(counts["kwg"]), sorted(counts["kwo"])  # side inputs come in any order; ties must not
+    words = word_table(kw, kwin, kwg, grp, n_total, word_cfg)
+    objs = object_table(kw, obj, kwo, objects, n_total, obj_cfg)
     prompts = flagged_prompts(words, objs, dict(counts["cap"]), grp, PromptConfig(max_prompts=cfg.max_prompts))
     layout.write_parquet(layout.join(cfg.output, "keyword_triggers.parquet"), words)
     layout.write_parquet(layout.join(cfg.output, "object_triggers.parquet"), objs)
@@ -151,23 +228,68 @@ def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str]) -> dict:
         "word_triggers": int(sum(words.column("flagged").to_pylist())), "object_pairs_tested": objs.num_rows,
         "object_triggers": int(sum(objs.column("flagged").to_pylist())), "flagged_prompts": prompts.num_rows,
         "duplicate_groups_with_captions": len(grp),
+        "increment": {"parts": len(parts), "rows": int((stats if increment is None else increment).get("rows", 0)),
+                      "changed_rows": int((increment or {}).get("changed_rows", 0))},
+        "previous": cfg.previous,
     }
     layout.write_json(layout.join(cfg.output, "_stage", "summary.json"), summary)
+    entry = increments.MineEntry(run=increments.normalize_path(cfg.output), embeddings=increments.normalize_path(cfg.embeddings),
+                                 parts=tuple(parts), groups=increments.normalize_path(cfg.groups) if cfg.groups else None,
+                                 previous=increments.normalize_path(cfg.previous) if cfg.previous else None)
+    increments.write_mine_manifest(cfg.output, [increments.MineEntry.from_json(e) for e in chain] + [entry])
     return summary
 
 
-def build(p, params, cfg: MineConfig, objects: list[str]):
+def build(p, params, cfg: MineConfig, objects: list[str], increment: Increment | None = None):
+    """Wire the stage: analyse (and for an increment merge), save counts, write tables and manifest."""
     import apache_beam as beam
     from apache_beam import pvalue
 
-    from transforms.mine import AnalyzeParts
+    from transforms.mine import COUNT_NAMES, AnalyzeParts, ChangedRowsFn, WriteCounts, combine_counts, read_counts, table_inputs
 
-    counts = p | "ListParts" >> beam.Create(list(range(len(params.parts)))) | "AnalyzeParts" >> AnalyzeParts(params, cfg.min_support)
-    calibration = counts.pop("calibration")
-    side = {k: (pvalue.AsSingleton(v) if k == "stats" else pvalue.AsList(v)) for k, v in counts.items()}
+    analysed = (p | "ListParts" >> beam.Create(list(range(len(params.parts))))
+                | "AnalyzeParts" >> AnalyzeParts(params, increment.calibration if increment is not None else None))
+    calibration = analysed.pop("calibration")
     calibration | "WriteCalibration" >> beam.Map(lambda c: _write_json_if(c, cfg.output))
+    if increment is None:
+        counts, inc_stats = analysed, analysed["stats"]
+    else:
+        changed = (p | "ListChanged" >> beam.Create(list(params.changed))
+                   | "ChangedRows" >> beam.ParDo(ChangedRowsFn(params)).with_outputs("kwg", "grp", "cap", "retired", "stats", main="kwin"))
+        retired = (changed.retired | "DistinctRetired" >> beam.Distinct()
+                   | "RetiredAsDict" >> beam.Map(lambda g: (g, True)))
+        sources = {name: [analysed[name]] for name in COUNT_NAMES + ("stats",)}
+        for name in COUNT_NAMES:
+            previous = read_counts(p, cfg.previous, name)
+            if name in ("kwg", "grp", "cap"):  # entries of previous groups that changed rows left are recounted
+                group_of = (lambda e: e[0][1]) if name == "kwg" else (lambda e: e[0][0]) if name == "cap" else (lambda e: e[0])
+                previous = previous | f"Unretired{name.capitalize()}" >> beam.Filter(
+                    lambda e, gone, g=group_of: g(e) not in gone, pvalue.AsDict(retired))
+            sources[name].append(previous)
+        for name in ("kwin", "kwg", "grp", "cap"):
+            sources[name].append(getattr(changed, name))
+        sources["stats"].append(p | "PreviousStats" >> beam.Create([increment.stats]))
+        counts = combine_counts(sources, prefix="Merged")
+        inc_stats = ((analysed["stats"], changed.stats) | "IncrementStatsParts" >> beam.Flatten()
+                     | "IncrementStats" >> beam.CombineGlobally(_sum_dicts))
+    written = counts | "SaveCounts" >> WriteCounts(cfg.output)
+    tables = table_inputs(counts, cfg.min_support)
+    side = {k: (pvalue.AsSingleton(v) if k == "stats" else pvalue.AsList(v)) for k, v in tables.items()}
+    side["increment"] = pvalue.AsSingleton(inc_stats)
+    side["_written"] = pvalue.AsList(written)  # tables and manifest after every count file
+    chain = tuple(e.to_json() for e in increment.chain) if increment is not None else ()
     return (p | "One" >> beam.Create([None])
-            | "WriteTables" >> beam.Map(lambda x, **kw: write_tables(x, kw, cfg, objects), **side))
+            | "WriteTables" >> beam.Map(
+                lambda x, increment, _written, **kw: write_tables(x, kw, cfg, objects, params.parts, chain, increment), **side))
+
+
+def _sum_dicts(dicts) -> dict:
+    from collections import Counter
+
+    total: Counter = Counter()
+    for d in dicts:
+        total.update(d)
+    return dict(total)
 
 
 def _write_json_if(calibration: dict, output: str) -> None:
@@ -188,15 +310,20 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     setup_logging()
     cfg = config_from_args(args)
     started = time.monotonic()
-    params = params_for(cfg)
+    increment = plan_increment(cfg) if cfg.previous else None
+    params = params_for(cfg, increment)
     layout.clear_outputs(cfg.output, OUTPUTS)
     tagger = tagger_for(params)  # fail early on a bad vocabulary or model
     objects = list(tagger.objects) if tagger is not None else []
     layout.write_json(layout.join(cfg.output, "config.json"), {"stage": "mine", "config": asdict(cfg), "beam_args": beam_args,
                                                                "embedding_model": params.model, "objects": len(objects)})
-    log.info("mine: %d part(s), tagger %s over %d objects", len(params.parts), cfg.tagger, len(objects))
+    if increment is None:
+        log.info("mine: %d part(s), tagger %s over %d objects", len(params.parts), cfg.tagger, len(objects))
+    else:
+        log.info("mine increment on %s: %d new part(s), changed rows in %d old part(s), tagger %s over %d objects",
+                 cfg.previous, len(params.parts), len(params.changed), cfg.tagger, len(objects))
     p = make_pipeline(beam_args, test_pipeline)
-    build(p, params, cfg, objects)
+    build(p, params, cfg, objects, increment)
     p.run().wait_until_finish()
     summary = layout.read_json(layout.join(cfg.output, "_stage", "summary.json")) | {
         "parameters": asdict(cfg), "seconds": round(time.monotonic() - started, 3)}

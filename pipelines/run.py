@@ -1,7 +1,8 @@
 """``dupmine run``: every stage, shards to report, each in its own subfolder.
 
     dupmine run --input SHARDS --output RUN/ [--config dupmine.yaml] [--set STAGE.KEY=VALUE ...]
-        [--model SPEC] [--threshold T] [--tagger SPEC] [--vocab FILE] [--target SPEC] [--dry-run] [beam options]
+        [--model SPEC] [--threshold T] [--tagger SPEC] [--vocab FILE] [--target SPEC] [--previous PREV_RUN]
+        [--dry-run] [beam options]
 
 Stages: ``embed -> dedup -> mine -> score (only with a target) -> report``,
 written to ``RUN/embed``, ``RUN/dedup``, ``RUN/mine``, ``RUN/score``,
@@ -14,6 +15,10 @@ own per-shard markers, so new shards are embedded incrementally.
 Configuration precedence: built-in defaults < ``--config`` YAML < shortcut
 flags (``--model`` ...) < ``--set``. The resolved configuration is printed by
 ``--dry-run`` and saved as ``RUN/config.yaml``.
+
+``--previous PREV_RUN`` makes dedup and mine increments of a previous run
+(``--previous PREV_RUN/dedup`` and ``--previous PREV_RUN/mine``): only the
+shards not in PREV_RUN's chain are deduplicated and counted.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ STAGES = ("embed", "dedup", "mine", "score", "report")
 DEFAULTS: dict = {
     "input": None,
     "output": None,
+    "previous": None,
     "embed": {"model": "openclip:ViT-B-32/laion2b_s34b_b79k", "batch_size": 64, "device": "auto"},
     "dedup": {"threshold": 0.95},
     "mine": {"tagger": "zero-shot", "min_support": 10, "fdr": 0.05},
@@ -85,19 +91,23 @@ def resolve_config(args: argparse.Namespace) -> dict:
             cfg[key] = getattr(args, key)
         if not cfg[key]:
             raise ValueError(f"--{key} is required (or set '{key}:' in the config file)")
+    if getattr(args, "previous", None):
+        cfg["previous"] = args.previous
+    if cfg["previous"] and os.path.abspath(str(cfg["previous"])) == os.path.abspath(str(cfg["output"])):
+        raise ValueError(f"--previous {cfg['previous']} is the --output folder; an incremental run writes to a new folder")
     return cfg
 
 
 def _merge(cfg: dict, loaded: dict, source: str) -> None:
     for key, value in loaded.items():
-        if key in ("input", "output"):
+        if key in ("input", "output", "previous"):
             cfg[key] = value
         elif key in STAGES:
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: '{key}' must be a mapping of flags, got {value!r}")
             cfg[key].update({k.replace("-", "_"): v for k, v in value.items()})
         else:
-            raise ValueError(f"{source}: unknown key {key!r}; expected input, output or one of {STAGES}")
+            raise ValueError(f"{source}: unknown key {key!r}; expected input, output, previous or one of {STAGES}")
 
 
 def _flags(options: dict) -> list[str]:
@@ -116,12 +126,15 @@ def stage_argv(stage: str, cfg: dict) -> list[str] | None:
     run = cfg["output"]
     path = {s: os.path.join(run, s) for s in STAGES}
     opts = dict(cfg[stage])
+    previous = cfg.get("previous")
     if stage == "embed":
         return ["--input", str(cfg["input"]), "--output", path["embed"], *_flags(opts)]
     if stage == "dedup":
-        return ["--embeddings", path["embed"], "--output", path["dedup"], *_flags(opts)]
+        prev = ["--previous", os.path.join(previous, "dedup")] if previous else []
+        return ["--embeddings", path["embed"], "--output", path["dedup"], *prev, *_flags(opts)]
     if stage == "mine":
-        return ["--embeddings", path["embed"], "--groups", path["dedup"], "--output", path["mine"], *_flags(opts)]
+        prev = ["--previous", os.path.join(previous, "mine")] if previous else []
+        return ["--embeddings", path["embed"], "--groups", path["dedup"], "--output", path["mine"], *prev, *_flags(opts)]
     if stage == "score":
         if not opts.get("target"):
             return None
@@ -157,6 +170,9 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE", help="override one stage flag (repeatable)")
     for flag, dotted in SHORTCUTS.items():
         parser.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, help=f"shortcut for --set {dotted}=...")
+    parser.add_argument("--previous", default=None,
+                        help="previous run folder: dedup and mine add this run's new shards to its results "
+                             "(--previous PREV/dedup, --previous PREV/mine)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
     parser.add_argument("--only", default=None, help="comma-separated stages to consider (default: all)")
     parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
