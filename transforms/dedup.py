@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import fsspec
 import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
@@ -51,19 +52,74 @@ def split_gid(gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Block:
     """Up to ``block_rows`` valid rows of one embedding part.
 
-    gids (n,) int64; keys (n,) str; vecs (n, D) float32 L2-normalised;
-    sha256 (n,) str ('' when unknown); area (n,) int64 width*height.
+    gids (n,) int64; keys (n,) str; sha256 (n,) str ('' when unknown); area
+    (n,) int64 width*height. The vectors are not carried: they never enter a
+    Beam shuffle (at 1M x 512 they would be 2 GB per copy); workers read the
+    rows they need from the part's ``.npy`` (:func:`row_vectors`).
     """
 
     part: int
     gids: np.ndarray
     keys: np.ndarray
-    vecs: np.ndarray
     sha256: np.ndarray
     area: np.ndarray
 
     def take(self, idx: np.ndarray) -> "Block":
-        return Block(self.part, self.gids[idx], self.keys[idx], self.vecs[idx], self.sha256[idx], self.area[idx])
+        return Block(self.part, self.gids[idx], self.keys[idx], self.sha256[idx], self.area[idx])
+
+
+_ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys
+_KEYS: dict = {}
+
+
+def _identity(path: str) -> tuple:
+    """(path, size, modification stamp): a rewritten file (atomic rename) is never served from a cache."""
+    fs, p = fsspec.core.url_to_fs(path)
+    info = fs.info(p)
+    return path, info.get("size"), info.get("mtime") or info.get("updated") or info.get("ETag")
+
+
+def _cached(cache: dict, key: tuple, load):
+    if key not in cache:
+        if len(cache) >= 64:
+            cache.pop(next(iter(cache)))
+        cache[key] = load()
+    return cache[key]
+
+
+def _part_array(params: "DedupParams", part_index: int) -> np.ndarray:
+    path = params.folder(part_index).img_emb(params.parts[part_index])
+    return _cached(_ARRAYS, _identity(path), lambda: layout.read_npy(path))
+
+
+def row_vectors(params: "DedupParams", gids: np.ndarray) -> np.ndarray:
+    """(n,) gids -> (n, D) float32 L2-normalised rows, read from their parts (memory-mapped when local).
+
+    Memory: the returned rows only; pages of a local ``.npy`` are shared and evictable.
+    """
+    gids = np.asarray(gids, np.int64)
+    out = np.empty((len(gids), params.dim), np.float32)
+    parts, rows = split_gid(gids)
+    for part in np.unique(parts).tolist():
+        sel = np.flatnonzero(parts == part)
+        order = np.argsort(rows[sel], kind="stable")  # sorted reads of the memory map
+        out[sel[order]] = np.asarray(_part_array(params, part)[rows[sel][order]], np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms > 0, norms, 1.0)
+
+
+def part_keys(params: "DedupParams", part_index: int) -> np.ndarray:
+    """The part's keys by row (cached per process; clip-retrieval parts without keys: ``PART:ROW``)."""
+    part = params.parts[part_index]
+    path = params.folder(part_index).metadata(part)
+
+    def load():
+        meta = layout.read_parquet(path, None)
+        if "key" in meta.column_names:
+            return np.asarray([str(k) for k in meta.column("key").to_pylist()], dtype=object)
+        return np.asarray([f"{part}:{i}" for i in range(meta.num_rows)], dtype=object)
+
+    return _cached(_KEYS, _identity(path), load)
 
 
 @dataclass(frozen=True)
@@ -167,8 +223,7 @@ class ReadPartFn(beam.DoFn):
             rows = np.flatnonzero(ok) + start
             self.read.inc(stop - start)
             if len(rows):
-                vecs = x[ok] / norms[ok, None]
-                yield Block(part_index, gid_of(part_index, rows), keys[rows], vecs, sha[rows], width[rows] * height[rows])
+                yield Block(part_index, gid_of(part_index, rows), keys[rows], sha[rows], width[rows] * height[rows])
 
     def _old_state(self, part_index: int, keys: np.ndarray):
         p = self.params
@@ -188,10 +243,10 @@ class ReadPartFn(beam.DoFn):
             yield pvalue.TaggedOutput("old_state", (gid, previous))
 
 
-def sample_rows(block: Block, fraction: float, seed: int) -> np.ndarray:
-    """A deterministic Bernoulli sample of a block's vectors for k-means training."""
-    rng = np.random.default_rng([seed, block.part, int(block.gids[0] & 0xFFFFFFFF)])
-    return block.vecs[rng.random(len(block.gids)) < fraction]
+def sample_rows(block: Block, fraction: float, params: "DedupParams") -> np.ndarray:
+    """A deterministic Bernoulli sample of a block's vectors for k-means training, (m, D) float32."""
+    rng = np.random.default_rng([params.seed, block.part, int(block.gids[0] & 0xFFFFFFFF)])
+    return row_vectors(params, block.gids[rng.random(len(block.gids)) < fraction])
 
 
 class ConcatArrays(beam.CombineFn):
@@ -233,8 +288,9 @@ def write_centroids(centroids: np.ndarray, output: str) -> int:
 
 
 def assign(block: Block, centroids: np.ndarray, params: DedupParams):
-    """Block -> (partition, ("home"|"visit", Block)) pieces, one per touched partition."""
-    home, (indptr, spill) = kernels.assign_with_spill(block.vecs, centroids, params.threshold, params.max_spill)
+    """Block -> (partition, ("home"|"visit", Piece)) pieces, one per touched partition (row ids only)."""
+    home, (indptr, spill) = kernels.assign_with_spill(row_vectors(params, block.gids), centroids, params.threshold,
+                                                      params.max_spill)
     for role, parts, rows in (("home", home, np.arange(len(home))),
                               ("visit", spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
         if not len(parts):
@@ -243,7 +299,7 @@ def assign(block: Block, centroids: np.ndarray, params: DedupParams):
         parts, rows = parts[order], rows[order]
         bounds = np.flatnonzero(np.diff(parts)) + 1
         for seg in np.split(np.arange(len(parts)), bounds):
-            yield int(parts[seg[0]]), (role, block.take(rows[seg]))
+            yield int(parts[seg[0]]), (role, Piece(block.part, block.gids[rows[seg]]))
 
 
 def old_piece_needed(element, touched: dict) -> bool:
@@ -258,10 +314,19 @@ def old_piece_needed(element, touched: dict) -> bool:
     return partition in touched and (role == "home" or touched[partition])
 
 
-def _concat(blocks: list, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    if not blocks:
-        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-    return np.concatenate([b.gids for b in blocks]), np.concatenate([b.vecs for b in blocks])
+@dataclass
+class Piece:
+    """The rows of one block that go to one partition, as global ids (8 bytes a row in the shuffle)."""
+
+    part: int
+    gids: np.ndarray
+
+
+def _concat(pieces: list, params: "DedupParams") -> tuple[np.ndarray, np.ndarray]:
+    if not pieces:
+        return np.zeros(0, np.int64), np.zeros((0, params.dim), np.float32)
+    gids = np.concatenate([b.gids for b in pieces])
+    return gids, row_vectors(params, gids)
 
 
 class SearchPartitionFn(beam.DoFn):
@@ -290,18 +355,17 @@ class SearchPartitionFn(beam.DoFn):
         visits_new, visits_old = split[("visit", True)], split[("visit", False)]
         if not homes_new and not (homes_old and visits_new):
             return
-        d = p.dim
         self.sizes.update(sum(len(b.gids) for b in homes_new + homes_old))
         found = []
         if homes_new:
-            h_ids, h_vecs = _concat(homes_new, d)
-            v_ids, v_vecs = _concat(homes_old + visits_old + visits_new, d)
+            h_ids, h_vecs = _concat(homes_new, p)
+            v_ids, v_vecs = _concat(homes_old + visits_old + visits_new, p)
             found.append(kernels.partition_pairs(h_ids, h_vecs, v_ids, v_vecs, p.threshold))
         if homes_old and visits_new:
             # new visitors x old homes, with the new visitors as "homes" of the kernel; it also pairs new
             # visitors with each other, which their own home partitions cover: keep pairs with an old home.
-            o_ids, o_vecs = _concat(homes_old, d)
-            n_ids, n_vecs = _concat(visits_new, d)
+            o_ids, o_vecs = _concat(homes_old, p)
+            n_ids, n_vecs = _concat(visits_new, p)
             i, j, cos = kernels.partition_pairs(n_ids, n_vecs, o_ids, o_vecs, p.threshold)
             keep = np.isin(i, o_ids) | np.isin(j, o_ids)
             found.append((i[keep], j[keep], cos[keep]))
@@ -312,10 +376,9 @@ class SearchPartitionFn(beam.DoFn):
         self.edges.inc(len(i))
         if not len(i):
             return
-        blocks = [b for _, b in pieces]
-        key_of = dict(zip(np.concatenate([b.gids for b in blocks]).tolist(), np.concatenate([b.keys for b in blocks]).tolist()))
-        rows = [{"key_a": key_of[a], "key_b": key_of[b], "cosine": float(c), "kind": "near"}
-                for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist())]
+        (pa_, ra), (pb, rb) = split_gid(i), split_gid(j)
+        rows = [{"key_a": part_keys(p, x)[y], "key_b": part_keys(p, u)[v], "cosine": float(c), "kind": "near"}
+                for x, y, u, v, c in zip(pa_.tolist(), ra.tolist(), pb.tolist(), rb.tolist(), cos.tolist())]
         layout.write_parquet(layout.join(self.params.output, "edges", f"edges_{partition:06d}.parquet"),
                              schemas.table(rows, schemas.DEDUP_EDGES))
         nodes, roots = kernels.local_components(np.zeros(0, np.int64), i, j)
@@ -641,7 +704,7 @@ class Deduplicate(beam.PTransform):
             fraction = min(1.0, 2.0 * p.sample_size / max(1, p.n_rows))
             centroids = (
                 blocks
-                | "SampleForCentroids" >> beam.Map(sample_rows, fraction, p.seed)
+                | "SampleForCentroids" >> beam.Map(sample_rows, fraction, p)
                 | "GatherSample" >> beam.CombineGlobally(ConcatArrays())
                 | "TrainCentroids" >> beam.Map(train, p)
             )
