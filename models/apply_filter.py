@@ -163,10 +163,15 @@ def filter_shard(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
 
 
 def load_drop_keys(path: str) -> frozenset:
-    """Keys to drop from a drop list (a Parquet file or folder with a ``key`` column, or a text file, one key per line).
+    """Keys to drop: a dedup output folder (the union over its run chain), a Parquet file or folder with a
+    ``key`` column (``drop_keys.parquet``), or a text file with one key per line.
 
     Memory: about 60 bytes per key.
     """
+    from models import increments
+
+    if layout.exists(layout.join(path, increments.MANIFEST)):  # a dedup output folder: its whole chain's drop list
+        return frozenset(str(k) for k in increments.load_drop_keys(path).column("key").to_pylist())
     if path.endswith(".txt"):
         fs, p = fsspec.core.url_to_fs(path)
         with fs.open(p, "rt") as f:

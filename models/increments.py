@@ -241,6 +241,20 @@ def load_group_state(dedup_dir: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def load_groups(dedup_dir: str, columns: list[str] | None = None) -> pa.Table:
+    """The current group of every row of a dedup output: its chain's state, or its ``groups/`` folder.
+
+    The reader for everything downstream (score, report, demo): an
+    incremental output's own ``groups/`` holds only its new parts. Folders
+    without a manifest (written by other tools, or by hand) are read as they are.
+    """
+    if layout.exists(layout.join(dedup_dir, MANIFEST)):
+        table = load_group_state(dedup_dir)
+    else:
+        table = layout.read_parquet(layout.join(dedup_dir, "groups"))
+    return table.select(columns) if columns else table
+
+
 def load_drop_keys(dedup_dir: str) -> pa.Table:
     """The union of the drop lists of ``dedup_dir``'s chain (see the module docstring for why a union is right).
 

@@ -27,7 +27,8 @@ class ApplyConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="the shards to filter (as for dupmine embed)")
-    parser.add_argument("--drop", required=True, help="drop list: Parquet file/folder with a key column (drop_keys.parquet) or a .txt of keys")
+    parser.add_argument("--drop", required=True, help="drop list: a dedup output folder (whole run chain), a Parquet file/folder with a key column "
+                        "(drop_keys.parquet), or a .txt of keys")
     parser.add_argument("--output", required=True, help="folder for the filtered shards")
 
 

@@ -61,12 +61,12 @@ def shared_tagger() -> str:
 
 def truth_report(items, run_dir: str) -> list[str]:
     """Where each planted structure ended up (groups, keyword and object trigger ranks)."""
-    from models import layout
+    from models import increments, layout
 
     lines = []
     meta = layout.read_parquet(os.path.join(run_dir, "embed", "metadata"), ["key", "url"]).to_pylist()
     key_of = {m["url"].rsplit("/", 1)[-1]: m["key"] for m in meta}  # by file name: the port changes between runs
-    groups = {r["key"]: r for r in layout.read_parquet(os.path.join(run_dir, "dedup", "groups")).to_pylist()}
+    groups = {r["key"]: r for r in increments.load_groups(os.path.join(run_dir, "dedup")).to_pylist()}
     for truth in sorted({i.truth for i in items if i.truth.startswith(("exact:", "near:", "word:"))}):
         keys = [key_of[i.name] for i in items if i.truth == truth and i.name in key_of]
         ids = {groups[k]["group_id"] for k in keys}
@@ -98,7 +98,7 @@ def build_demo_target(run_dir: str, out_dir: str, n_reference: int = 10, per_ref
 
     import numpy as np
 
-    from models import layout
+    from models import increments, layout
     from models.diffusion_targets import MemorizerTarget, VPSchedule, save_memorizer
 
     emb = layout.EmbeddingFolder(os.path.join(run_dir, "embed"))
@@ -107,7 +107,7 @@ def build_demo_target(run_dir: str, out_dir: str, n_reference: int = 10, per_ref
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     meta = [m for i in parts for m in layout.read_parquet(emb.metadata(i), ["key", "caption"]).to_pylist()]
     row = {m["key"]: j for j, m in enumerate(meta)}
-    groups = layout.read_parquet(os.path.join(run_dir, "dedup", "groups"), ["key", "group_id", "group_size"]).to_pylist()
+    groups = increments.load_groups(os.path.join(run_dir, "dedup"), ["key", "group_id", "group_size"]).to_pylist()
     members: dict = {}
     for g in groups:
         members.setdefault(g["group_id"], []).append(row[g["key"]])

@@ -118,14 +118,14 @@ def load_prompts(cfg: ScoreStageConfig) -> tuple[list[dict], list[str]]:
 
 def default_reference(cfg: ScoreStageConfig, exclude: set) -> list[str]:
     """Captions of rows that are not in a duplicate group (seeded sample), when ``--train``/``--groups`` are given."""
-    from models import layout
+    from models import increments, layout
 
     if not cfg.train:
         return []
     meta = layout.read_parquet(layout.join(cfg.train, "metadata"), ["key", "caption"]).to_pylist()
     single = None
     if cfg.groups:
-        single = {r["key"] for r in layout.read_parquet(layout.join(cfg.groups, "groups"), ["key", "group_size"]).to_pylist()
+        single = {r["key"] for r in increments.load_groups(cfg.groups, ["key", "group_size"]).to_pylist()
                   if r["group_size"] == 1}
     captions = sorted({m["caption"] for m in meta if m["caption"] and m["caption"] not in exclude
                        and (single is None or m["key"] in single)})

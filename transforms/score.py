@@ -14,7 +14,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from models import layout, schemas
+from models import increments, layout, schemas
 from models.scoring import PromptConditioner, calibrate, load_target, plaplace_at_points, plaplace_check, wen_check
 
 NAMESPACE = "dupmine.score"
@@ -41,7 +41,7 @@ def load_training_rows(train: str | None, groups: str | None):
     by_group: dict = {}
     if groups:
         row = {k: j for j, k in enumerate(keys)}
-        for r in layout.read_parquet(layout.join(groups, "groups"), ["key", "group_id", "group_size"]).to_pylist():
+        for r in increments.load_groups(groups, ["key", "group_id", "group_size"]).to_pylist():
             if r["group_size"] > 1 and r["key"] in row:
                 by_group.setdefault(r["group_id"], []).append(row[r["key"]])
     model = layout.read_json(folder.config).get("config", {}).get("model") if layout.exists(folder.config) else None

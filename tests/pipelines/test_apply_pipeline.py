@@ -31,6 +31,9 @@ def test_embed_dedup_apply_round_trip_webdataset(synthetic_shards, tmp_path):
     side = pq.read_table(os.path.join(out, "00000.parquet")).to_pylist()
     assert {r["key"] for r in side} & drops == set()
     assert any(r["status"] == "failed_to_download" for r in side)
+    # a dedup folder works as the drop list too (the union over its run chain)
+    again = apply.run(["--input", str(root), "--drop", dd, "--output", str(tmp_path / "filtered_from_dir")])
+    assert (again["kept"], again["dropped"]) == (manifest["kept"], manifest["dropped"])
     # the filtered output is itself valid dupmine input
     assert embed.run(["--input", out, "--output", str(tmp_path / "emb2"), "--model", "pixel"])["rows"] == len(after)
 
