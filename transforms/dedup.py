@@ -244,9 +244,10 @@ class ReadPartFn(beam.DoFn):
 
 
 def sample_rows(block: Block, fraction: float, params: "DedupParams") -> np.ndarray:
-    """A deterministic Bernoulli sample of a block's vectors for k-means training, (m, D) float32."""
+    """A deterministic Bernoulli sample of a block's vectors for k-means training, (m, D) float16."""
     rng = np.random.default_rng([params.seed, block.part, int(block.gids[0] & 0xFFFFFFFF)])
-    return row_vectors(params, block.gids[rng.random(len(block.gids)) < fraction])
+    # float16 halves the gathered sample (the embeddings are stored as float16 anyway); train() renormalises.
+    return row_vectors(params, block.gids[rng.random(len(block.gids)) < fraction]).astype(np.float16)
 
 
 class ConcatArrays(beam.CombineFn):
@@ -273,6 +274,8 @@ def train(sample: np.ndarray, params: DedupParams) -> np.ndarray:
         sample = sample[np.random.default_rng(params.seed).choice(len(sample), params.sample_size, replace=False)]
     if len(sample) == 0:
         return np.zeros((1, params.dim), np.float32)
+    sample = np.asarray(sample, np.float32)
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
     return kernels.train_centroids(sample, min(params.k, len(sample)), seed=params.seed, niter=params.niter)
 
 
@@ -701,7 +704,7 @@ class Deduplicate(beam.PTransform):
             centroids = (pipeline | "CentroidsPath" >> beam.Create([p.centroids_path])
                          | "FrozenCentroids" >> beam.Map(load_centroids))
         else:
-            fraction = min(1.0, 2.0 * p.sample_size / max(1, p.n_rows))
+            fraction = min(1.0, 1.2 * p.sample_size / max(1, p.n_rows))  # a little over the target, trimmed in train()
             centroids = (
                 blocks
                 | "SampleForCentroids" >> beam.Map(sample_rows, fraction, p)
