@@ -77,7 +77,7 @@ def config_from_args(args: argparse.Namespace) -> EmbedConfig:
 
 
 def build(p, cfg: EmbedConfig, shards):
-    """Wire the stage: shards -> EmbedShards -> WriteStats. Returns the stats PCollection."""
+    """Wire the stage: shards -> EmbedShards -> WriteStats. Returns (stats PCollection, the EmbedShards transform)."""
     import apache_beam as beam
 
     from models import layout
@@ -85,19 +85,15 @@ def build(p, cfg: EmbedConfig, shards):
 
     stats_path = layout.EmbeddingFolder(cfg.output).stats
     fp = layout.fingerprint(cfg.output_fingerprint_params())
-    stats = (
-        p
-        | "ListShards" >> beam.Create(shards)
-        | "EmbedShards" >> EmbedShards(cfg.embedder, cfg.job, cfg.output, fp, cfg.overwrite)
-    )
+    embed = EmbedShards(cfg.embedder, cfg.job, cfg.output, fp, cfg.overwrite)
+    stats = p | "ListShards" >> beam.Create(shards) | "EmbedShards" >> embed
     stats | "WriteStats" >> beam.Map(lambda s: layout.write_json(stats_path, s))
-    return stats
+    return stats, embed
 
 
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Parse flags, preflight the model, run the pipeline; return the merged stats."""
     from models import layout
-    from models.embedders import load_embedder
     from models.shards import list_shards
 
     parser = argparse.ArgumentParser(prog="dupmine embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,14 +102,15 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     setup_logging()
     cfg = config_from_args(args)
     shards = list_shards(cfg.input)
-    embedder = load_embedder(cfg.embedder)  # fail at start, with a clear message, if weights are missing
-    folder = layout.EmbeddingFolder(cfg.output)
-    layout.write_json(folder.config, {"stage": "embed", "config": asdict(cfg), "embedder": embedder.describe(),
-                                      "shards": [asdict(s) for s in shards], "beam_args": beam_args})
-    del embedder
-    log.info("embedding %d shard(s) with %s into %s", len(shards), cfg.model, cfg.output)
     p = make_pipeline(beam_args, test_pipeline)
-    build(p, cfg, shards)
+    _, transform = build(p, cfg, shards)
+    # Fail at start, with a clear message, if weights are missing. The model is loaded through the workers'
+    # shared handle, so in-process runners reuse it instead of loading it twice (held until the run ends).
+    loaded = transform.fn.load()
+    folder = layout.EmbeddingFolder(cfg.output)
+    layout.write_json(folder.config, {"stage": "embed", "config": asdict(cfg), "embedder": loaded.embedder.describe(),
+                                      "shards": [asdict(s) for s in shards], "beam_args": beam_args})
+    log.info("embedding %d shard(s) with %s into %s", len(shards), cfg.model, cfg.output)
     p.run().wait_until_finish()
     stats = layout.read_json(folder.stats)
     log.info("embed done: %s", {k: v for k, v in stats.items() if not k.startswith("count.rejected.")})

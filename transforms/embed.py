@@ -43,9 +43,13 @@ class EmbedShardFn(beam.DoFn):
         self._shared = shared.Shared()
         self._counters: dict = {}
 
-    def setup(self):
+    def load(self) -> _Loaded:
+        """The worker's shared embedder (loaded on first use in this process)."""
         cfg = self.embedder_cfg
-        self._loaded = self._shared.acquire(lambda: _Loaded(load_embedder(cfg)), tag=layout.fingerprint(cfg.to_dict()))
+        return self._shared.acquire(lambda: _Loaded(load_embedder(cfg)), tag=layout.fingerprint(cfg.to_dict()))
+
+    def setup(self):
+        self._loaded = self.load()
 
     def _count(self, name: str, n: int) -> None:
         if name not in self._counters:
