@@ -32,16 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder for the filtered shards")
 
 
-class _Drop:
-    def __init__(self, keys):
-        self.keys = keys
-
-
 def build(p, cfg: ApplyConfig, shards):
     import apache_beam as beam
     from apache_beam.utils import shared
 
     from models.apply_filter import filter_shard, load_drop_keys
+    from transforms.common import Held
 
     handle = shared.Shared()
 
@@ -49,7 +45,7 @@ def build(p, cfg: ApplyConfig, shards):
         """One shard -> its filtered copy; the drop set is loaded once per worker process."""
 
         def setup(self):
-            self.drop = handle.acquire(lambda: _Drop(load_drop_keys(cfg.drop)), tag=cfg.drop).keys
+            self.drop = handle.acquire(lambda: Held(load_drop_keys(cfg.drop)), tag=cfg.drop).value
 
         def process(self, shard):
             yield filter_shard(shard, cfg.output, self.drop).as_dict()

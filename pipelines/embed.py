@@ -108,7 +108,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     # shared handle, so in-process runners reuse it instead of loading it twice (held until the run ends).
     loaded = transform.fn.load()
     folder = layout.EmbeddingFolder(cfg.output)
-    layout.write_json(folder.config, {"stage": "embed", "config": asdict(cfg), "embedder": loaded.embedder.describe(),
+    layout.write_json(folder.config, {"stage": "embed", "config": asdict(cfg), "embedder": loaded.value.describe(),
                                       "shards": [asdict(s) for s in shards], "beam_args": beam_args})
     log.info("embedding %d shard(s) with %s into %s", len(shards), cfg.model, cfg.output)
     p.run().wait_until_finish()

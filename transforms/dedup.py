@@ -34,6 +34,7 @@ from apache_beam.metrics import Metrics
 
 from models import dedup as kernels
 from models import increments, layout, schemas
+from transforms.common import sum_counters
 
 NAMESPACE = "dupmine.dedup"
 ROW_BITS = 32
@@ -659,13 +660,6 @@ def write_merges(rows: list, output: str) -> int:
     rows = sorted(rows, key=lambda r: (r["old_group_id"], r["new_group_id"]))
     layout.write_parquet(layout.join(output, increments.MERGES_FILE), schemas.table(rows, increments.MERGES))
     return len(rows)
-
-
-def sum_counters(parts) -> dict:
-    total: Counter = Counter()
-    for part in parts:
-        total.update(part)
-    return dict(total)
 
 
 class Deduplicate(beam.PTransform):

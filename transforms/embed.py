@@ -19,16 +19,10 @@ from models import layout
 from models.embed_run import ShardJob, embed_shard, shard_is_done, write_shard
 from models.embedders import EmbedderConfig, load_embedder
 from models.shards import ShardRef
+from transforms.common import Held, sum_counters
 
 NAMESPACE = "dupmine.embed"
 log = logging.getLogger("dupmine.embed")
-
-
-class _Loaded:
-    """A weak-referenceable holder for a shared embedder (``Shared`` needs one)."""
-
-    def __init__(self, embedder):
-        self.embedder = embedder
 
 
 class EmbedShardFn(beam.DoFn):
@@ -43,10 +37,10 @@ class EmbedShardFn(beam.DoFn):
         self._shared = shared.Shared()
         self._counters: dict = {}
 
-    def load(self) -> _Loaded:
+    def load(self) -> Held:
         """The worker's shared embedder (loaded on first use in this process)."""
         cfg = self.embedder_cfg
-        return self._shared.acquire(lambda: _Loaded(load_embedder(cfg)), tag=layout.fingerprint(cfg.to_dict()))
+        return self._shared.acquire(lambda: Held(load_embedder(cfg)), tag=layout.fingerprint(cfg.to_dict()))
 
     def setup(self):
         self._loaded = self.load()
@@ -63,20 +57,12 @@ class EmbedShardFn(beam.DoFn):
             marker = layout.read_json(folder.marker(shard.shard_id))
             yield Counter({"shards": 1, "skipped": 1, "rows": marker["rows"], "rejects": marker["rejects"]})
             return
-        result = embed_shard(shard, self._loaded.embedder, self.job, self._count)
+        result = embed_shard(shard, self._loaded.value, self.job, self._count)
         marker = write_shard(folder, result, self.fingerprint)
         self._count("shards_done", 1)
         stats = Counter({f"count.{k}": v for k, v in result.counts.items()})
         stats.update({"shards": 1, "rows": marker["rows"], "rejects": marker["rejects"]})
         yield stats
-
-
-def sum_stats(parts) -> dict:
-    """Combine per-shard stats dicts by summing every field."""
-    total: Counter = Counter()
-    for part in parts:
-        total.update(part)
-    return dict(total)
 
 
 class EmbedShards(beam.PTransform):
@@ -91,5 +77,5 @@ class EmbedShards(beam.PTransform):
             shards
             | "SpreadShards" >> beam.Reshuffle()
             | "EmbedEachShard" >> beam.ParDo(self.fn)
-            | "SumStats" >> beam.CombineGlobally(sum_stats)
+            | "SumStats" >> beam.CombineGlobally(sum_counters)
         )

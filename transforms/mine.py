@@ -48,6 +48,7 @@ from apache_beam.utils import shared
 import pyarrow as pa
 
 from models import increments, layout, schemas
+from transforms.common import Held, sum_counters
 
 NAMESPACE = "dupmine.mine"
 EXAMPLES = 3
@@ -85,11 +86,6 @@ class MineParams:
     changed: tuple[tuple[str, str, str], ...] = ()  # increments: (part, its embedding folder, dedup changed file)
 
 
-class _Holder:
-    def __init__(self, value):
-        self.value = value
-
-
 def tagger_for(params: MineParams):
     """The object tagger the spec names, or None for ``none``."""
     if params.tagger_spec == "none":
@@ -107,7 +103,7 @@ def _load_tools(params: MineParams):
     extractor.load()
     tagger = tagger_for(params)
     matcher = VocabMatcher(tagger.vocab, extractor) if tagger is not None else None
-    return _Holder((extractor, matcher, tagger))
+    return Held((extractor, matcher, tagger))
 
 
 def _keys_captions(folder: layout.EmbeddingFolder, part: str) -> tuple[list[str], list]:
@@ -267,13 +263,6 @@ def sum_pairs(values) -> tuple:
         a += x
         b += y
     return a, b
-
-
-def sum_counters(parts) -> dict:
-    total: Counter = Counter()
-    for part in parts:
-        total.update(part)
-    return dict(total)
 
 
 def top_captions(element, per_group: int = 5):
@@ -450,7 +439,7 @@ def _load_extractor(params: MineParams):
 
     extractor = KeywordExtractor(params.keyword_config)
     extractor.load()
-    return _Holder(extractor)
+    return Held(extractor)
 
 
 class ChangedRowsFn(beam.DoFn):

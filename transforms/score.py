@@ -15,14 +15,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from models import increments, layout, schemas
+from transforms.common import Held
 from models.scoring import PromptConditioner, calibrate, load_target, plaplace_at_points, plaplace_check, wen_check
 
 NAMESPACE = "dupmine.score"
-
-
-class _Loaded:
-    def __init__(self, target, conditioner, train):
-        self.target, self.conditioner, self.train = target, conditioner, train
 
 
 def load_training_rows(train: str | None, groups: str | None):
@@ -93,22 +89,23 @@ class ScorePromptFn(beam.DoFn):
         def load():
             target = load_target(cfg.target, cfg.device)
             train = load_training_rows(cfg.train, cfg.groups)
-            return _Loaded(target, PromptConditioner(target, cfg.target), train if in_target_space(target, train) else None)
+            return Held((target, PromptConditioner(target, cfg.target), train if in_target_space(target, train) else None))
 
         self._loaded = self._shared.acquire(load, tag=cfg.target)
 
     def process(self, element):
         role, prompt, group_ids = element
-        cfg, loaded = self.cfg, self._loaded
-        target, cond = loaded.target, loaded.conditioner(prompt)
+        cfg = self.cfg
+        target, conditioner, train = self._loaded.value
+        cond = conditioner(prompt)
         results = []
         if "plaplace" in cfg.checks:
             results.append(plaplace_check(target, cond, prompt, cfg.score))
-            rows = [j for g in group_ids for j in (loaded.train or {}).get("by_group", {}).get(g, [])]
+            rows = [j for g in group_ids for j in (train or {}).get("by_group", {}).get(g, [])]
             if rows:
-                results.append(plaplace_at_points(target, cond, prompt, loaded.train["x"][rows], cfg.score))
+                results.append(plaplace_at_points(target, cond, prompt, train["x"][rows], cfg.score))
         if "wen" in cfg.checks:
-            results.append(wen_check(target, cond, loaded.conditioner.null, prompt, cfg.score))
+            results.append(wen_check(target, cond, conditioner.null, prompt, cfg.score))
         self.scored.inc()
         for r in results:
             self.evals.inc(r.cost_evals)

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from PIL import Image
 
 from models.embedders import (
     EmbedderConfig, ModelSpec, ModelUnavailable, OnnxPreprocess, PixelEmbedder, l2_normalise, load_embedder,

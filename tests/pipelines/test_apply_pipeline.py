@@ -1,6 +1,5 @@
 """apply round trip: embed -> dedup -> apply, in all three img2dataset formats."""
 import os
-import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq

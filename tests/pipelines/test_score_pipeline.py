@@ -18,7 +18,7 @@ D = 16
 def build(tmp_path, n_groups=6, copies=8, n_generic=6, per_generic=15, seed=0):
     """Memorized prompts: one image duplicated `copies` times. Generic prompts: `per_generic` distinct images."""
     rng = np.random.default_rng(seed)
-    rows, labels, keys, groups, group_of = [], [], [], [], {}
+    rows, labels, keys, group_of = [], [], [], {}
     for g in range(n_groups):
         base = rng.standard_normal(D)
         for c in range(copies):

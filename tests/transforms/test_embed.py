@@ -6,12 +6,13 @@ from models import layout
 from models.embed_run import ShardJob
 from models.embedders import EmbedderConfig
 from models.shards import list_shards
-from transforms.embed import EmbedShards, sum_stats
+from transforms.common import sum_counters
+from transforms.embed import EmbedShards
 
 
-def test_sum_stats_adds_fields():
-    assert sum_stats([{"rows": 2, "shards": 1}, {"rows": 3, "shards": 1, "rejects": 1}]) == {"rows": 5, "shards": 2, "rejects": 1}
-    assert sum_stats([]) == {}
+def test_sum_counters_adds_fields():
+    assert sum_counters([{"rows": 2, "shards": 1}, {"rows": 3, "shards": 1, "rejects": 1}]) == {"rows": 5, "shards": 2, "rejects": 1}
+    assert sum_counters([]) == {}
 
 
 def test_embed_shards_transform_writes_every_sample_once(beam_pipeline, synthetic_shards, tmp_path):
