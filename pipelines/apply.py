@@ -13,7 +13,7 @@ import argparse
 import logging
 from dataclasses import asdict, dataclass
 
-from pipelines.common import make_pipeline, setup_logging, split_args
+from pipelines.common import make_pipeline, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.apply")
 
@@ -60,7 +60,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     from models import layout
     from models.shards import list_shards
 
-    parser = argparse.ArgumentParser(prog="dupmine apply", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine apply", __doc__)
     add_arguments(parser)
     args, beam_args = split_args(parser, argv)
     setup_logging()

@@ -48,6 +48,11 @@ def split_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple
     return parser.parse_known_args(argv)
 
 
+def stage_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of a ``dupmine <command>``: its module docstring as the description, kept as written."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def make_pipeline(beam_args: list[str], test_pipeline=None):
     """A Beam pipeline for ``beam_args``; ``test_pipeline`` wins when given (tests)."""
     import apache_beam as beam

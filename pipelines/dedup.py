@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from models.dedup import DEFAULT_MAX_SPILL
-from pipelines.common import make_pipeline, positive_int, setup_logging, split_args
+from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.dedup")
 
@@ -294,7 +294,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
 
     from models import layout
 
-    parser = argparse.ArgumentParser(prog="dupmine dedup", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine dedup", __doc__)
     add_arguments(parser)
     args, beam_args = split_args(parser, argv)
     setup_logging()

@@ -18,7 +18,6 @@ mining is skipped (``--tagger none``) and the demo says so.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import http.server
 import os
@@ -27,7 +26,7 @@ import threading
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.common import setup_logging, split_args
+from pipelines.common import setup_logging, split_args, stage_parser
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -153,7 +152,7 @@ def run(argv: list[str] | None = None) -> dict:
     from models.demo_data import demo_items
     from pipelines import download, run as run_stage
 
-    parser = argparse.ArgumentParser(prog="dupmine demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine demo", __doc__)
     parser.add_argument("--output", default="demo_out")
     parser.add_argument("--seed", type=int, default=0)
     args, beam_args = split_args(parser, argv)

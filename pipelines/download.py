@@ -10,10 +10,9 @@ version check is disabled (``NO_ALBUMENTATIONS_UPDATE=1``).
 """
 from __future__ import annotations
 
-import argparse
 import os
 
-from pipelines.common import positive_int, setup_logging
+from pipelines.common import positive_int, setup_logging, stage_parser
 
 
 def download(url_list: str, output: str, input_format: str = "parquet", url_col: str = "url",
@@ -34,7 +33,7 @@ def download(url_list: str, output: str, input_format: str = "parquet", url_col:
 
 
 def run(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dupmine download", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine download", __doc__)
     parser.add_argument("--url-list", required=True, help="file or folder of URL lists (img2dataset url_list)")
     parser.add_argument("--output", required=True)
     parser.add_argument("--input-format", default="parquet", choices=["txt", "csv", "tsv", "json", "parquet", "jsonl"])

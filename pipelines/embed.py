@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from models.embed_run import ShardJob
 from models.embedders import DEFAULT_MODEL, EmbedderConfig
 from models.imaging import DEFAULT_MAX_PIXELS
-from pipelines.common import make_pipeline, positive_int, setup_logging, split_args
+from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.embed")
 
@@ -96,7 +96,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     from models import layout
     from models.shards import list_shards
 
-    parser = argparse.ArgumentParser(prog="dupmine embed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine embed", __doc__)
     add_arguments(parser)
     args, beam_args = split_args(parser, argv)
     setup_logging()

@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-from pipelines.common import make_pipeline, positive_int, setup_logging, split_args
+from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.mine")
 
@@ -304,7 +304,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     from models import layout
     from transforms.mine import tagger_for
 
-    parser = argparse.ArgumentParser(prog="dupmine mine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine mine", __doc__)
     add_arguments(parser)
     args, beam_args = split_args(parser, argv)
     setup_logging()

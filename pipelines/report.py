@@ -20,14 +20,14 @@ import dataclasses
 import logging
 import os
 
-from pipelines.common import positive_int, setup_logging, split_args
+from pipelines.common import positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.report")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dupmine report`` flags."""
-    parser = argparse.ArgumentParser(prog="dupmine report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine report", __doc__)
     parser.add_argument("--run", default=None, help="run folder with embed/, dedup/, mine/, score/ subfolders")
     parser.add_argument("--embeddings", default=None, help="embed output folder (overrides RUN/embed)")
     parser.add_argument("--dedup", default=None, help="dedup output folder (overrides RUN/dedup)")

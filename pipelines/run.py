@@ -33,7 +33,7 @@ import time
 
 import yaml
 
-from pipelines.common import setup_logging, split_args
+from pipelines.common import setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.run")
 
@@ -163,7 +163,7 @@ def run(argv: list[str] | None = None) -> dict:
     """Run (or skip) every stage; print and return the final summary."""
     from models import layout
 
-    parser = argparse.ArgumentParser(prog="dupmine run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine run", __doc__)
     parser.add_argument("--input", help="shards (as for dupmine embed)")
     parser.add_argument("--output", help="run folder")
     parser.add_argument("--config", help="YAML file: input, output and one mapping of flags per stage")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from models.scoring import CHECKS, ScoreConfig
-from pipelines.common import make_pipeline, positive_int, setup_logging, split_args
+from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.score")
 OUTPUTS = ["prompt_scores.parquet", "extractions.parquet", "side_summary.json", "grids", "_stage", "summary.json"]
@@ -141,7 +141,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     from models.scoring import load_target
     from transforms.score import ScorePrompts, run_side_stage
 
-    parser = argparse.ArgumentParser(prog="dupmine score", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = stage_parser("dupmine score", __doc__)
     add_arguments(parser)
     args, beam_args = split_args(parser, argv)
     setup_logging()

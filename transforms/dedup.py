@@ -577,9 +577,8 @@ class WritePartFn(beam.DoFn):
         part_index, tagged = element
         p = self.params
         part = p.parts[part_index]
-        meta = layout.read_parquet(p.folder(part_index).metadata(part))
-        n = meta.num_rows
-        keys = _column(meta, "key", n, None) if "key" in meta.column_names else [f"{part}:{i}" for i in range(n)]
+        keys = part_keys(p, part_index)
+        n = len(keys)
         dups = {v[0]: v for tag, v in tagged if tag == "dup"}
         rejected = {v[0]: v for tag, v in tagged if tag == "rej"}
         groups, drops = [], []
