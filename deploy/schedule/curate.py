@@ -3,7 +3,7 @@
     python deploy/schedule/curate.py plan    --run-id RUN   # pick the new shards, write runs/RUN/plan.json
     python deploy/schedule/curate.py embed   --run-id RUN   # dupmine embed on the new shards
     python deploy/schedule/curate.py dedup   --run-id RUN   # dupmine dedup --previous <last published run>
-    python deploy/schedule/curate.py mine    --run-id RUN   # dupmine mine on this round's embeddings and groups
+    python deploy/schedule/curate.py mine    --run-id RUN   # dupmine mine --previous <last published run>
     python deploy/schedule/curate.py publish --run-id RUN   # report + filter lists -> published/RUN, ledger
     python deploy/schedule/curate.py all    [--run-id RUN]  # the five steps in order (the Kubernetes CronJob)
 
@@ -131,7 +131,7 @@ def plan_round(root: str, incoming: str, run_id: str, shard_glob: str = "*.tar",
         "run_id": run_id,
         "shards": new,
         "previous": None if last is None else {"run_id": last["run_id"], "embeddings": last["embeddings"],
-                                               "dedup": last["dedup"]},
+                                               "dedup": last["dedup"], "mine": last.get("mine")},
         "embeddings": layout.join(base, "embeddings"),
         "dedup": layout.join(base, "dedup"),
         "mine": layout.join(base, "mine"),
@@ -157,6 +157,8 @@ def stage_command(step: str, plan: dict, stage_args: list[str], beam_args: list[
             io += ["--previous", plan["previous"]["dedup"]]
     elif step == "mine":
         io = ["--embeddings", plan["embeddings"], "--groups", plan["dedup"], "--output", plan["mine"]]
+        if plan["previous"] and plan["previous"].get("mine"):
+            io += ["--previous", plan["previous"]["mine"]]  # merge with the previous round's counts
     else:
         raise ValueError(f"step {step!r} does not run a dupmine stage; expected embed, dedup or mine")
     return [step, *io, *beam_args, *stage_args]

@@ -701,7 +701,8 @@ def test_curation_rounds_pick_up_only_new_complete_shards(tmp_path, monkeypatch)
     c = add_shard(incoming, "00003")
     plan2 = curate.plan_round(str(root), str(incoming), "r2")
     assert plan2["shards"] == [str(incoming / "00002.tar"), c]
-    assert plan2["previous"] == {"run_id": "r1", "embeddings": plan1["embeddings"], "dedup": plan1["dedup"]}
+    assert plan2["previous"] == {"run_id": "r1", "embeddings": plan1["embeddings"], "dedup": plan1["dedup"],
+                                 "mine": plan1["mine"]}
     assert curate.plan_round(str(root), str(incoming), "r3", max_shards=1)["shards"] == [str(incoming / "00002.tar")]
     with pytest.raises(FileNotFoundError, match="did not finish"):
         curate.publish_round(str(root), plan2)  # nothing ran for r2 yet
@@ -709,7 +710,8 @@ def test_curation_rounds_pick_up_only_new_complete_shards(tmp_path, monkeypatch)
 
 def test_curation_stage_commands_parse_with_the_stages(tmp_path):
     plan = {"run_id": "r2", "shards": ["gs://b/in/00000.tar", "gs://b/in/00001.tar"],
-            "previous": {"run_id": "r1", "embeddings": "gs://b/runs/r1/embeddings", "dedup": "gs://b/runs/r1/dedup"},
+            "previous": {"run_id": "r1", "embeddings": "gs://b/runs/r1/embeddings", "dedup": "gs://b/runs/r1/dedup",
+                         "mine": "gs://b/runs/r1/mine"},
             "embeddings": "gs://b/runs/r2/embeddings", "dedup": "gs://b/runs/r2/dedup", "mine": "gs://b/runs/r2/mine",
             "published": "gs://b/published/r2"}
     beam = ["--runner=DataflowRunner", "--sdk_container_image=cpu"]
@@ -723,6 +725,7 @@ def test_curation_stage_commands_parse_with_the_stages(tmp_path):
     mine = curate.stage_command("mine", plan, [], beam)
     args, leftover = template_params.stage_parser("mine").parse_known_args(mine[1:])
     assert (args.embeddings, args.groups, args.output) == (plan["embeddings"], plan["dedup"], plan["mine"])
+    assert args.previous == "gs://b/runs/r1/mine"  # counts merge with the previous round's
     dedup = curate.stage_command("dedup", plan, [], beam)
     assert dedup[dedup.index("--previous") + 1] == "gs://b/runs/r1/dedup"
     if curate.stage_has_flag("dedup", "--previous"):
