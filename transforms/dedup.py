@@ -380,11 +380,10 @@ class SearchPartitionFn(beam.DoFn):
         self.edges.inc(len(i))
         if not len(i):
             return
-        (pa_, ra), (pb, rb) = split_gid(i), split_gid(j)
-        rows = [{"key_a": part_keys(p, x)[y], "key_b": part_keys(p, u)[v], "cosine": float(c), "kind": "near"}
-                for x, y, u, v, c in zip(pa_.tolist(), ra.tolist(), pb.tolist(), rb.tolist(), cos.tolist())]
-        layout.write_parquet(layout.join(self.params.output, "edges", f"edges_{partition:06d}.parquet"),
-                             schemas.table(rows, schemas.DEDUP_EDGES))
+        # A pair of rows homed in different partitions can be found in both (each visits the other's home):
+        # edges leave as elements and are made distinct by a CombinePerKey before they are written.
+        for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist()):
+            yield pvalue.TaggedOutput("edges", ((a, b), c))
         nodes, roots = kernels.local_components(np.zeros(0, np.int64), i, j)
         for node, root in zip(nodes.tolist(), roots.tolist()):
             yield pvalue.TaggedOutput("roots", (node, root))
@@ -395,6 +394,20 @@ class SearchPartitionFn(beam.DoFn):
         first[1:] = both[order][1:] != both[order][:-1]
         for node, c in zip(both[order][first].tolist(), best[order][first].tolist()):
             yield pvalue.TaggedOutput("max_cos", (node, c))
+
+
+def write_edges(element, params: "DedupParams") -> int:
+    """(part of key_a, [((gid_a, gid_b), cosine)]) -> ``edges/edges_{part}.parquet`` (near edges, each pair once)."""
+    part_index, edges = element
+    edges = sorted(edges)
+    rows = []
+    for (a, b), c in edges:
+        (pa_, ra), (pb, rb) = split_gid(np.asarray([a])), split_gid(np.asarray([b]))
+        rows.append({"key_a": part_keys(params, int(pa_[0]))[int(ra[0])], "key_b": part_keys(params, int(pb[0]))[int(rb[0])],
+                     "cosine": float(c), "kind": "near"})
+    layout.write_parquet(layout.join(params.output, "edges", f"edges_{params.parts[part_index]}.parquet"),
+                         schemas.table(rows, schemas.DEDUP_EDGES))
+    return len(rows)
 
 
 def exact_groups(element, output: str, n_old: int = 0):
@@ -716,7 +729,14 @@ class Deduplicate(beam.PTransform):
         searched = (
             pieces
             | "GroupByPartition" >> beam.GroupByKey()
-            | "SearchPartitions" >> beam.ParDo(SearchPartitionFn(p)).with_outputs("roots", "max_cos")
+            | "SearchPartitions" >> beam.ParDo(SearchPartitionFn(p)).with_outputs("roots", "max_cos", "edges")
+        )
+        _ = (
+            searched.edges
+            | "DistinctEdges" >> beam.CombinePerKey(max)
+            | "EdgesByPart" >> beam.Map(lambda e: (int(e[0][0]) >> ROW_BITS, e))
+            | "GroupEdgesByPart" >> beam.GroupByKey()
+            | "WriteEdges" >> beam.Map(write_edges, p)
         )
         exact = (
             blocks
