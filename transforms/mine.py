@@ -326,12 +326,14 @@ def combine_counts(sources: dict, prefix: str = "") -> dict:
 def table_inputs(counts: dict, min_support: int) -> dict:
     """Whole counts -> what :func:`pipelines.mine.write_tables` reads.
 
-    ``kwg`` pairs with at least 2 rows; ``kwo`` pairs with
+    ``kw`` keywords with ``n >= min_support``; ``kwg`` pairs with at least 2 rows; ``kwo`` pairs with
     ``max(tagged, mentioning) >= max(1, min_support // 2)``; ``cap`` as
     (group_id, its most repeated captions); the rest unchanged.
     """
     support = max(1, min_support // 2)
     out = dict(counts)
+    # Only keywords with n >= min_support enter the tables: do not ship the long tail to the one writer.
+    out["kw"] = counts["kw"] | "KeywordSupport" >> beam.Filter(lambda e: e[1] >= min_support)
     out["kwg"] = counts["kwg"] | "KeywordGroupSupport" >> beam.Filter(lambda e: e[1][0] >= 2)
     out["kwo"] = counts["kwo"] | "KeywordObjectSupport" >> beam.Filter(lambda e: max(e[1]) >= support)
     out["cap"] = (counts["cap"]
