@@ -286,15 +286,28 @@ def _reject_counts(inputs: ReportInputs) -> list[tuple[str, str, int]]:
     return out
 
 
+def _groups_folder(dedup: str, scratch: str) -> str:
+    """The folder of group rows to read: ``groups/``, or for an incremental dedup output the state of its whole
+    run chain (its own ``groups/`` holds only the increment's new parts), written once under ``scratch``."""
+    from models import increments
+
+    manifest = layout.join(dedup, increments.MANIFEST)
+    if not layout.exists(manifest) or len(increments.read_chain(dedup)) == 1:
+        return layout.join(dedup, "groups")
+    folder = os.path.join(scratch, "_chain_state")
+    layout.write_parquet(os.path.join(folder, "groups.parquet"), increments.load_groups(dedup, increments.STATE_COLUMNS))
+    return folder
+
+
 def _groups(dedup: str, summary: dict | None, max_groups: int, max_members: int,
-            referenced: Iterable[str]) -> tuple[list[_Group], list[_Group], dict[int, int], int]:
+            referenced: Iterable[str], scratch: str) -> tuple[list[_Group], list[_Group], dict[int, int], int]:
     """Top groups by size, referenced groups not among them, the size histogram, and the number of duplicate groups.
 
     Two passes over ``groups/``, one part file in memory at a time: the distinct
     ``(group_id, group_size)`` of rows with ``group_size > 1``, then the rows of
     the groups shown (``key``, ``is_representative``, ``representative_key``).
     """
-    root = layout.join(dedup, "groups")
+    root = _groups_folder(dedup, scratch)
     if not layout.exists(root):
         raise FileNotFoundError(f"{dedup!r} has no groups/ folder (not a dedup output?)")
     distinct = [t.group_by(["group_id", "group_size"]).aggregate([])
@@ -989,7 +1002,8 @@ def _gather(inputs: ReportInputs, out_dir: str, max_groups: int, max_members: in
 
     if inputs.dedup is not None:
         summary = d.stage_json.get("dedup", {}).get("summary")
-        d.top_groups, d.extra_groups, d.size_hist, d.groups_total = _groups(inputs.dedup, summary, max_groups, max_members, referenced)
+        d.top_groups, d.extra_groups, d.size_hist, d.groups_total = _groups(inputs.dedup, summary, max_groups, max_members,
+                                                                            referenced, out_dir)
 
     groups = d.top_groups + d.extra_groups
     if inputs.embeddings is not None:

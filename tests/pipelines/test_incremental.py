@@ -248,3 +248,19 @@ def test_run_passes_previous_to_dedup_and_mine(tmp_path):
     assert "--previous" not in run_stage.stage_argv("embed", cfg)
     with pytest.raises(ValueError, match="is the --output folder"):
         run_stage.resolve_config(argparse.Namespace(**{**vars(args), "previous": args.output}))
+
+
+def test_report_of_an_increment_shows_the_whole_chain(runs, tmp_path):
+    """The increment's own groups/ holds only its new parts; the report must show the groups of the chain."""
+    import re
+
+    from models.report import ReportInputs, render_report
+
+    root, folders, truth, out, summaries = runs
+    index = render_report(ReportInputs(dedup=out["ddB"]), str(tmp_path / "rB"))
+    one_shot = render_report(ReportInputs(dedup=out["ddAB"]), str(tmp_path / "rAB"))
+
+    def groups_shown(path):
+        return sorted(re.findall(r"group id <span class=\"key\">([^<]+)<", open(path, encoding="utf-8").read()))
+
+    assert groups_shown(index) and groups_shown(index) == groups_shown(one_shot)
