@@ -55,8 +55,6 @@ import re
 import resource
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -66,6 +64,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import run_measured  # noqa: E402
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -421,82 +421,19 @@ def worker_main(args) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """Sum of VmRSS over ``pid`` and its descendants (Linux /proc)."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-    return total
-
-
 def run_worker(method: str, args, data: str, result: str, extra: list[str]) -> dict:
     """Runs one worker subprocess; returns its info plus wall_s, peak_rss_mib (time -v or getrusage), load."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--data", data, "--result", result,
            "--threshold", str(args.threshold)] + extra
-    use_time = os.path.exists("/usr/bin/time")
-    tfile = result + ".time"
-    if use_time:
-        cmd = ["/usr/bin/time", "-v", "-o", tfile] + cmd
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    log = open(result + ".log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(REPO))
-    state = {"peak": 0, "killed": None, "loads": []}
-
-    def watch():
-        while proc.poll() is None:
-            rss = _tree_rss_kib(proc.pid)
-            state["peak"] = max(state["peak"], rss)
-            state["loads"].append(os.getloadavg()[0])
-            elapsed = time.perf_counter() - t0
-            reason = None
-            if rss > args.mem_limit_gb * 1024 * 1024:
-                reason = f"killed: RSS {rss / 1024**2:.1f} GiB > --mem-limit-gb {args.mem_limit_gb}"
-            elif elapsed > args.timeout:
-                reason = f"killed: wall {elapsed:.0f} s > --timeout {args.timeout}"
-            if reason:
-                state["killed"] = reason
-                os.killpg(proc.pid, signal.SIGKILL)
-                return
-            time.sleep(0.5)
-
-    th = threading.Thread(target=watch, daemon=True)
-    th.start()
-    rc = proc.wait()
-    th.join()
-    log.close()
-    wall = time.perf_counter() - t0
+    measured = run_measured(cmd, result + ".log", str(REPO), args.mem_limit_gb, args.timeout)
     info: dict = {}
     if os.path.exists(result + ".json"):
         with open(result + ".json") as f:
             info = json.load(f)
-    info.update(wall_s=wall, rc=rc, killed=state["killed"], sampled_peak_mib=state["peak"] / 1024,
-                load_start=load0, load_max=max(state["loads"], default=load0))
-    peak = None
-    if use_time and os.path.exists(tfile):
-        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(tfile).read())
-        if m:
-            peak = int(m.group(1)) / 1024
-    if peak is None:
-        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        peak = after / 1024 if after > before else state["peak"] / 1024
-    info["peak_rss_mib"] = peak
-    if rc != 0 or state["killed"]:
+    info.update(measured)
+    if measured["rc"] != 0 or measured["killed"]:
         tail = open(result + ".log").read()[-3000:]
-        info["error"] = state["killed"] or f"exit {rc}"
+        info["error"] = measured["killed"] or f"exit {measured['rc']}"
         print(f"  !! {method} failed ({info['error']}); log tail:\n{tail}", flush=True)
     return info
 
@@ -589,13 +526,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {method:12s} done: wall {res['wall_s']:.1f} s, peak RSS {res['peak_rss_mib']:.0f} MiB,"
                   f" load {res['load_start']:.2f}..{res['load_max']:.2f}", flush=True)
         if brute:
-            ref, ref_name = results["faiss-brute"]["keys"], "faiss-brute"
+            ref = results["faiss-brute"]["keys"]
             extra_ref = np.setdiff1d(ref, truth).size
             missing_ref = np.setdiff1d(truth, ref).size
             print(f"  reference faiss-brute: {ref.size} pairs; planted truth {truth.size} pairs;"
                   f" brute pairs not planted: {extra_ref}; planted pairs brute missed: {missing_ref}")
         else:
-            ref, ref_name = truth, "planted"
+            ref = truth
             s = results["sample"]
             q = np.load(os.path.join(work, "sample") + ".queries.npy") if s.get("keys") is not None else None
             if q is not None:

@@ -37,19 +37,17 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import run_measured  # noqa: E402
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -158,68 +156,15 @@ def planted_corpus(source: list, n: int, seed: int, planted_fraction: float) -> 
 # --------------------------------------------------------------------------- subprocess runs
 
 
-def _tree_rss_kib(pid: int) -> int:
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        try:
-            with open(f"/proc/{p}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-    return total
-
-
 def run_mine_subprocess(argv: list[str], log_path: str, mem_limit_gb: float, timeout: float) -> dict:
     code = "import json,sys; from pipelines import mine; s = mine.run(sys.argv[1:]); print('SUMMARY ' + json.dumps(s))"
     cmd = [sys.executable, "-c", code] + argv
-    tfile = log_path + ".time"
-    if os.path.exists("/usr/bin/time"):
-        cmd = ["/usr/bin/time", "-v", "-o", tfile] + cmd
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    state = {"peak": 0, "killed": None, "loads": []}
-    t0 = time.perf_counter()
-    load0 = os.getloadavg()[0]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
-
-        def watch():
-            while proc.poll() is None:
-                rss = _tree_rss_kib(proc.pid)
-                state["peak"] = max(state["peak"], rss)
-                state["loads"].append(os.getloadavg()[0])
-                if rss > mem_limit_gb * 1024 ** 2 or time.perf_counter() - t0 > timeout:
-                    state["killed"] = f"killed: RSS {rss / 1024 ** 2:.1f} GiB or wall > {timeout:.0f} s"
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    return
-                time.sleep(0.5)
-
-        th = threading.Thread(target=watch, daemon=True)
-        th.start()
-        rc = proc.wait()
-        th.join()
-    wall = time.perf_counter() - t0
+    measured = run_measured(cmd, log_path, str(REPO), mem_limit_gb, timeout)
     text = open(log_path).read()
     m = re.search(r"^SUMMARY (.*)$", text, re.M)
-    peak = None
-    if os.path.exists(tfile):
-        mm = re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(tfile).read())
-        peak = int(mm.group(1)) / 1024 if mm else None
-    if peak is None:
-        after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        peak = after / 1024 if after > before else state["peak"] / 1024
-    res = {"wall_s": wall, "rc": rc, "peak_rss_mib": peak, "summary": json.loads(m.group(1)) if m else None,
-           "killed": state["killed"], "load_start": load0, "load_max": max(state["loads"], default=load0)}
-    if rc != 0 or state["killed"]:
-        print(f"  !! mine failed ({state['killed'] or f'exit {rc}'}); log tail:\n{text[-3000:]}", flush=True)
-    return res
+    if measured["rc"] != 0 or measured["killed"]:
+        print(f"  !! mine failed ({measured['killed'] or 'exit ' + str(measured['rc'])}); log tail:\n{text[-3000:]}", flush=True)
+    return measured | {"summary": json.loads(m.group(1)) if m else None}
 
 
 # --------------------------------------------------------------------------- main
