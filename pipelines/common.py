@@ -80,6 +80,18 @@ def _submit_only_pipeline_class():
     return SubmitOnlyPipeline
 
 
+def shared_data_file(*parts: str) -> str | None:
+    """A file of the team's shared data folder (``$DUPMINE_SHARED_DATA``, then ``../shared/data`` beside the
+    repo), or None where neither has it."""
+    roots = [os.environ.get("DUPMINE_SHARED_DATA"),
+             os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")]
+    for root in filter(None, roots):
+        path = os.path.join(root, *parts)
+        if os.path.exists(path):
+            return os.path.abspath(path)
+    return None
+
+
 def positive_int(value: str) -> int:
     n = int(value)
     if n <= 0:

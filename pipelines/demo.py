@@ -26,7 +26,7 @@ import threading
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.common import setup_logging, split_args, stage_parser
+from pipelines.common import setup_logging, shared_data_file, split_args, stage_parser
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -52,10 +52,9 @@ def write_site(items, www: str, base: str, url_list: str) -> None:
 
 def shared_tagger() -> str:
     """``onnx-classifier:`` spec of the shared MobileNet v2, or ``none`` when the shared data is absent."""
-    root = os.environ.get("DUPMINE_SHARED_DATA") or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
-    model = os.path.abspath(os.path.join(root, "models", "mobilenet_v2_imagenet.onnx"))
-    labels = os.path.abspath(os.path.join(root, "models", "imagenet_labels.txt"))
-    return f"onnx-classifier:{model},{labels}" if os.path.exists(model) and os.path.exists(labels) else "none"
+    model = shared_data_file("models", "mobilenet_v2_imagenet.onnx")
+    labels = shared_data_file("models", "imagenet_labels.txt")
+    return f"onnx-classifier:{model},{labels}" if model and labels else "none"
 
 
 def truth_report(items, run_dir: str) -> list[str]:

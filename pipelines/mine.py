@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
-from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
+from pipelines.common import make_pipeline, positive_int, setup_logging, shared_data_file, split_args, stage_parser
 
 log = logging.getLogger("dupmine.mine")
 
@@ -31,13 +31,8 @@ SHARED_VOCAB = os.path.join("vocab", "lvis_v1_categories.json")
 
 
 def default_vocab() -> str | None:
-    """LVIS (1,203 categories with synonyms) from ``$DUPMINE_SHARED_DATA`` or ``../shared/data``, if present."""
-    roots = [os.environ.get("DUPMINE_SHARED_DATA"), os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")]
-    for root in filter(None, roots):
-        path = os.path.join(root, SHARED_VOCAB)
-        if os.path.exists(path):
-            return os.path.abspath(path)
-    return None
+    """LVIS (1,203 categories with synonyms) from the shared data folder, if present."""
+    return shared_data_file(SHARED_VOCAB)
 
 
 @dataclass(frozen=True)
