@@ -16,7 +16,7 @@ whose process tree passes ``--mem-limit-gb``):
   ~N^2 d / 2 = 2.6e14 multiply-adds, hours on 2 cores).
 * ``semdedup``  SemDeDup-style baseline: the same spherical k-means (same K,
   sample size, seed, iterations), then all pairs within each cluster only
-  (no spill), in process (models.dedup kernels).
+  (no spill), in process (models.dedup.kernels kernels).
 * ``kernels``   (optional, ``--kernels``) our partitioned search in one process
   without Beam (train, assign with spill 4, search): separates kernel time
   from Beam overhead.
@@ -106,7 +106,7 @@ def write_folder(root: str, n: int, seed: int, part_rows: int, planted_fraction:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from models import layout
+    from models.storage import layout
 
     groups, chains = plan(n, seed, planted_fraction, chain_fraction)
     rng = np.random.default_rng([seed, n, 2])
@@ -164,7 +164,7 @@ def write_folder(root: str, n: int, seed: int, part_rows: int, planted_fraction:
 
 def load_vectors(root: str, rows: np.ndarray | None = None) -> np.ndarray:
     """float32 rows exactly as the pipeline sees them (float16 -> float32, divided by the float32 norm)."""
-    from models import layout
+    from models.storage import layout
 
     folder = layout.EmbeddingFolder(root)
     parts = folder.parts()
@@ -234,7 +234,7 @@ def float64_cos(root: str, keys: np.ndarray, chunk: int = 200000) -> np.ndarray:
 
 
 def _band(d: int) -> float:
-    from models.dedup import decision_band
+    from models.dedup.kernels import decision_band
 
     return decision_band(d)
 
@@ -269,7 +269,7 @@ def worker_brute(root: str, t: float, info: dict):
 
 
 def worker_clustered(root: str, t: float, info: dict, max_spill: int, k: int, sample_size: int, niter: int):
-    from models import dedup
+    from models.dedup import kernels as dedup
 
     x = load_vectors(root)
     n = x.shape[0]

@@ -1,12 +1,12 @@
-"""Benchmark the near-duplicate kernels of models.dedup on planted data.
+"""Benchmark the near-duplicate kernels of models.dedup.kernels on planted data.
 
 For each N, builds the same seeded planted embedding set and runs, each in a
 fresh (spawned) process so peak RSS is per method:
 
 * ``faiss-brute``  exact reference: faiss IndexFlatIP.range_search over all
-  rows, near-threshold candidates re-decided in float64 (the models.dedup
+  rows, near-threshold candidates re-decided in float64 (the models.dedup.kernels
   pair rule), so the reference and our kernels use the same decision.
-* ``np-brute``     models.dedup.brute_force_pairs (blocked sgemm, upper
+* ``np-brute``     models.dedup.kernels.brute_force_pairs (blocked sgemm, upper
   triangle only).
 * ``ours``         train_centroids (k = 2 sqrt(N) unless --k, on 64 k sampled
   rows, 20 iterations) + assign_with_spill (bounded spill, --max-spill) +
@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import dedup  # noqa: E402
+from models.dedup import kernels as dedup  # noqa: E402
 
 METHODS = ("faiss-brute", "np-brute", "ours", "semdedup")
 

@@ -21,10 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from models.embedders import EmbedderConfig, l2_normalise, load_embedder  # noqa: E402
-from models.imaging import decode_image  # noqa: E402
-from models.shards import Sample, list_shards, read_shard  # noqa: E402
-from models.synthetic import planted_dataset, write_webdataset_shard  # noqa: E402
+from models.embed.embedders import EmbedderConfig, l2_normalise, load_embedder  # noqa: E402
+from models.storage.imaging import decode_image  # noqa: E402
+from models.storage.shards import Sample, list_shards, read_shard  # noqa: E402
+from models.demo.synthetic import planted_dataset, write_webdataset_shard  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 MOBILENET = os.path.join(SHARED, "models", "mobilenet_v1_embedding.onnx")

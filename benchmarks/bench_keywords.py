@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from models.keywords import KeywordConfig, KeywordExtractor  # noqa: E402
+from models.mine.keywords import KeywordConfig, KeywordExtractor  # noqa: E402
 
 
 def load_captions(n: int) -> tuple[list[str | None], str]:

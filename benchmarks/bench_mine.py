@@ -73,7 +73,8 @@ def write_folder(root: str, captions: list, part_rows: int, groups: dict | None 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from models import layout, schemas
+    from models.storage import layout
+    from models.storage import schemas
 
     folder = layout.EmbeddingFolder(os.path.join(root, "emb"))
     n = len(captions)
@@ -173,7 +174,7 @@ def run_mine_subprocess(argv: list[str], log_path: str, mem_limit_gb: float, tim
 def throughput(captions: list, base: str, part_rows: int, repeat: int) -> dict:
     """Each timed method starts from a freshly loaded spaCy pipeline (untimed), as the pipeline's DoFn does, so no
     method inherits a warm tokenizer cache from another; repeats of the 10k captions warm it equally for all."""
-    from models.keywords import KeywordConfig, KeywordExtractor
+    from models.mine.keywords import KeywordConfig, KeywordExtractor
     from pipelines import mine
 
     t0 = time.perf_counter()

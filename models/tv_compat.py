@@ -15,7 +15,7 @@ detection ops. Where torchvision's extension loads (a matching CPU or CUDA
 build, e.g. on GPU workers) the operators already exist and this does nothing.
 
 Call it in every process that imports torchvision, Beam workers included
-(:mod:`models.embedders` calls it before importing open_clip).
+(:mod:`models.embed.embedders` calls it before importing open_clip).
 """
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def build(p, cfg: ApplyConfig, shards):
     import apache_beam as beam
     from apache_beam.utils import shared
 
-    from models.apply_filter import filter_shard, load_drop_keys
+    from models.storage.shard_filter import filter_shard, load_drop_keys
     from transforms.common import Held
 
     handle = shared.Shared()
@@ -57,8 +57,8 @@ def build(p, cfg: ApplyConfig, shards):
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     import apache_beam as beam
 
-    from models import layout
-    from models.shards import list_shards
+    from models.storage import layout
+    from models.storage.shards import list_shards
 
     parser = stage_parser("dupmine apply", __doc__)
     add_arguments(parser)

@@ -10,7 +10,7 @@ With ``--previous PREV_DEDUP`` (a finished dedup output) the run is an
 increment: the parts of ``--embeddings`` that are not yet in PREV's chain are
 new, PREV's frozen centroids partition them, duplicates are searched only in
 pairs with a new row, group ids stay stable, and only new and changed rows are
-written (see :mod:`transforms.dedup` and :mod:`models.increments`).
+written (see :mod:`transforms.dedup` and :mod:`models.storage.run_chain`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 
-from models.dedup import DEFAULT_MAX_SPILL
+from models.dedup.kernels import DEFAULT_MAX_SPILL
 from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.dedup")
@@ -91,9 +91,9 @@ def config_from_args(args: argparse.Namespace) -> DedupConfig:
     """
     threshold, seed, max_spill = args.threshold, args.seed, args.max_spill
     if args.previous:
-        from models import increments
+        from models.storage import run_chain
 
-        last = increments.read_chain(args.previous)[-1]
+        last = run_chain.read_chain(args.previous)[-1]
         if threshold is not None and threshold != last.threshold:
             raise ValueError(f"--threshold {threshold} differs from the threshold {last.threshold} of --previous "
                              f"{args.previous}; an increment must use its chain's threshold (or start a new chain)")
@@ -109,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> DedupConfig:
 
 def inspect_parts(embeddings: str) -> tuple[list[str], int, int]:
     """(parts, dim, total rows) from the ``.npy`` headers; a dimension mismatch names the parts."""
-    from models import layout
+    from models.storage import layout
 
     folder = layout.EmbeddingFolder(embeddings)
     parts = folder.parts()
@@ -128,7 +128,7 @@ def inspect_parts(embeddings: str) -> tuple[list[str], int, int]:
 
 
 def _shape(folder, part: str) -> tuple[int, ...]:
-    from models import layout
+    from models.storage import layout
 
     return tuple(layout.read_npy(folder.img_emb(part)).shape)
 
@@ -160,25 +160,26 @@ def incremental_params(cfg: DedupConfig):
         ``--embeddings`` with an id already in the chain has other rows than
         the chain's part; a new part's dimension differs from the chain's.
     """
-    from models import increments, layout
+    from models.storage import run_chain
+    from models.storage import layout
     from transforms.dedup import DedupParams
 
-    chain = increments.read_chain(cfg.previous)
+    chain = run_chain.read_chain(cfg.previous)
     last = chain[-1]
-    out = increments.normalize_path(cfg.output)
-    if out in {increments.normalize_path(e.run) for e in chain}:
+    out = run_chain.normalize_path(cfg.output)
+    if out in {run_chain.normalize_path(e.run) for e in chain}:
         raise ValueError(f"--output {cfg.output} is a run of the --previous chain; write the increment to a new folder")
-    centroids = layout.join(cfg.previous, increments.CENTROIDS)
+    centroids = layout.join(cfg.previous, run_chain.CENTROIDS)
     if not layout.exists(centroids):
-        raise ValueError(f"--previous {cfg.previous} has no {increments.CENTROIDS}; run dedup on it again from scratch")
-    locations = increments.part_locations(chain)
+        raise ValueError(f"--previous {cfg.previous} has no {run_chain.CENTROIDS}; run dedup on it again from scratch")
+    locations = run_chain.part_locations(chain)
     for loc in locations.values():
         shape = _shape(layout.EmbeddingFolder(loc.embeddings), loc.part)
         if shape[0] != loc.rows or shape[1:] != (last.dim,):
             raise ValueError(f"part {loc.part} of {loc.embeddings} has shape {shape}, but the chain of "
                              f"{cfg.previous} recorded ({loc.rows}, {last.dim}); old parts must not change")
     folder = layout.EmbeddingFolder(cfg.embeddings)
-    emb = increments.normalize_path(cfg.embeddings)
+    emb = run_chain.normalize_path(cfg.embeddings)
     new, rows = [], []
     for part in folder.parts():
         shape = _shape(folder, part)
@@ -188,7 +189,7 @@ def incremental_params(cfg: DedupConfig):
         if loc is None:
             new.append(part)
             rows.append(shape[0])
-        elif increments.normalize_path(loc.embeddings) != emb and shape[0] != loc.rows:
+        elif run_chain.normalize_path(loc.embeddings) != emb and shape[0] != loc.rows:
             raise ValueError(f"part {part} of {cfg.embeddings} has {shape[0]} rows but the chain's part {part} "
                              f"(from {loc.embeddings}) has {loc.rows}; part ids must be unique across a run chain")
     old = sorted(locations.values(), key=lambda loc: loc.index)
@@ -270,7 +271,8 @@ def finish(_, stats: dict, sizes: list, retired: list, changed_parts: list, k: i
     Runs on one worker, so a submitted-and-not-awaited job still leaves a
     manifest the next increment can build on.
     """
-    from models import increments, layout
+    from models.storage import run_chain
+    from models.storage import layout
 
     summary = summarize(stats, sizes, params, cfg, None, retired, previous_summary)
     layout.write_json(layout.join(cfg.output, "summary.json"), summary)
@@ -278,12 +280,12 @@ def finish(_, stats: dict, sizes: list, retired: list, changed_parts: list, k: i
     folder = layout.EmbeddingFolder(cfg.embeddings)
     rows = [int(layout.read_npy(folder.img_emb(part)).shape[0]) for part in new_parts]
     order = {part: i for i, part in enumerate(params.parts)}
-    entry = increments.ChainEntry(
-        run=increments.normalize_path(cfg.output), embeddings=increments.normalize_path(cfg.embeddings),
+    entry = run_chain.ChainEntry(
+        run=run_chain.normalize_path(cfg.output), embeddings=run_chain.normalize_path(cfg.embeddings),
         parts=tuple(new_parts), rows=tuple(rows), threshold=cfg.threshold, seed=cfg.seed, max_spill=cfg.max_spill,
         k=int(k), dim=params.dim, changed_parts=tuple(sorted(changed_parts, key=order.__getitem__)),
-        previous=increments.normalize_path(cfg.previous) if cfg.previous else None)
-    increments.write_manifest(cfg.output, [increments.ChainEntry.from_json(e) for e in chain] + [entry])
+        previous=run_chain.normalize_path(cfg.previous) if cfg.previous else None)
+    run_chain.write_manifest(cfg.output, [run_chain.ChainEntry.from_json(e) for e in chain] + [entry])
     return summary
 
 
@@ -292,7 +294,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     import apache_beam as beam
     from apache_beam import pvalue
 
-    from models import layout
+    from models.storage import layout
 
     parser = stage_parser("dupmine dedup", __doc__)
     add_arguments(parser)

@@ -59,12 +59,13 @@ def shared_tagger() -> str:
 
 def truth_report(items, run_dir: str) -> list[str]:
     """Where each planted structure ended up (groups, keyword and object trigger ranks)."""
-    from models import increments, layout
+    from models.storage import run_chain
+    from models.storage import layout
 
     lines = []
     meta = layout.read_parquet(os.path.join(run_dir, "embed", "metadata"), ["key", "url"]).to_pylist()
     key_of = {m["url"].rsplit("/", 1)[-1]: m["key"] for m in meta}  # by file name: the port changes between runs
-    groups = {r["key"]: r for r in increments.load_groups(os.path.join(run_dir, "dedup")).to_pylist()}
+    groups = {r["key"]: r for r in run_chain.load_groups(os.path.join(run_dir, "dedup")).to_pylist()}
     for truth in sorted({i.truth for i in items if i.truth.startswith(("exact:", "near:", "word:"))}):
         keys = [key_of[i.name] for i in items if i.truth == truth and i.name in key_of]
         ids = {groups[k]["group_id"] for k in keys}
@@ -96,8 +97,9 @@ def build_demo_target(run_dir: str, out_dir: str, n_reference: int = 10, per_ref
 
     import numpy as np
 
-    from models import increments, layout
-    from models.diffusion_targets import MemorizerTarget, VPSchedule, save_memorizer
+    from models.storage import run_chain
+    from models.storage import layout
+    from models.score.targets.closed_form import MemorizerTarget, VPSchedule, save_memorizer
 
     emb = layout.EmbeddingFolder(os.path.join(run_dir, "embed"))
     parts = emb.parts()
@@ -105,7 +107,7 @@ def build_demo_target(run_dir: str, out_dir: str, n_reference: int = 10, per_ref
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     meta = [m for i in parts for m in layout.read_parquet(emb.metadata(i), ["key", "caption"]).to_pylist()]
     row = {m["key"]: j for j, m in enumerate(meta)}
-    groups = increments.load_groups(os.path.join(run_dir, "dedup"), ["key", "group_id", "group_size"]).to_pylist()
+    groups = run_chain.load_groups(os.path.join(run_dir, "dedup"), ["key", "group_id", "group_size"]).to_pylist()
     members: dict = {}
     for g in groups:
         members.setdefault(g["group_id"], []).append(row[g["key"]])
@@ -148,7 +150,7 @@ def build_demo_target(run_dir: str, out_dir: str, n_reference: int = 10, per_ref
 
 
 def run(argv: list[str] | None = None) -> dict:
-    from models.demo_data import demo_items
+    from models.demo.data import demo_items
     from pipelines import download, run as run_stage
 
     parser = stage_parser("dupmine demo", __doc__)

@@ -9,9 +9,9 @@ import argparse
 import logging
 from dataclasses import asdict, dataclass
 
-from models.embed_run import ShardJob
-from models.embedders import DEFAULT_MODEL, EmbedderConfig
-from models.imaging import DEFAULT_MAX_PIXELS
+from models.embed.shard_job import ShardJob
+from models.embed.embedders import DEFAULT_MODEL, EmbedderConfig
+from models.storage.imaging import DEFAULT_MAX_PIXELS
 from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.embed")
@@ -80,7 +80,7 @@ def build(p, cfg: EmbedConfig, shards):
     """Wire the stage: shards -> EmbedShards -> WriteStats. Returns (stats PCollection, the EmbedShards transform)."""
     import apache_beam as beam
 
-    from models import layout
+    from models.storage import layout
     from transforms.embed import EmbedShards
 
     stats_path = layout.EmbeddingFolder(cfg.output).stats
@@ -93,8 +93,8 @@ def build(p, cfg: EmbedConfig, shards):
 
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Parse flags, preflight the model, run the pipeline; return the merged stats."""
-    from models import layout
-    from models.shards import list_shards
+    from models.storage import layout
+    from models.storage.shards import list_shards
 
     parser = stage_parser("dupmine embed", __doc__)
     add_arguments(parser)

@@ -111,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> MineConfig:
 class Increment:
     """What an incremental mine run builds on (resolved by :func:`plan_increment`)."""
 
-    chain: tuple            # previous mine chain (models.increments.MineEntry), oldest first
+    chain: tuple            # previous mine chain (models.storage.run_chain.MineEntry), oldest first
     new_parts: tuple[str, ...]
     changed: tuple[tuple[str, str, str], ...]  # (part, embedding folder, dedup changed file)
     calibration: dict       # the chain's frozen tagger calibration ({} without one)
@@ -128,26 +128,27 @@ def plan_increment(cfg: MineConfig) -> Increment:
         ``--groups``; ``--output`` is a run of the chain; dedup changed rows of
         a part the previous mine chain never counted.
     """
-    from models import increments, layout
+    from models.storage import run_chain
+    from models.storage import layout
 
-    chain = increments.read_mine_chain(cfg.previous)
+    chain = run_chain.read_mine_chain(cfg.previous)
     previous_cfg = layout.read_json(layout.join(cfg.previous, "config.json"))["config"]
     differ = {name: (previous_cfg.get(name), getattr(cfg, name)) for name in COUNT_OPTIONS if previous_cfg.get(name) != getattr(cfg, name)}
     if differ:
         detail = ", ".join(f"--{k.replace('_', '-')} {new!r} (previous {old!r})" for k, (old, new) in sorted(differ.items()))
         raise ValueError(f"{detail}: an increment must count rows as --previous {cfg.previous} did")
-    if increments.normalize_path(cfg.output) in {increments.normalize_path(e.run) for e in chain}:
+    if run_chain.normalize_path(cfg.output) in {run_chain.normalize_path(e.run) for e in chain}:
         raise ValueError(f"--output {cfg.output} is a run of the --previous chain; write the increment to a new folder")
     if not cfg.groups:
         raise ValueError("--previous needs --groups: the dedup increment built on the previous mine run's --groups")
-    dedup_chain = increments.read_chain(cfg.groups)
+    dedup_chain = run_chain.read_chain(cfg.groups)
     before = chain[-1].groups
     if before is None or len(dedup_chain) < 2 or \
-            increments.normalize_path(dedup_chain[-2].run) != increments.normalize_path(before):
+            run_chain.normalize_path(dedup_chain[-2].run) != run_chain.normalize_path(before):
         raise ValueError(f"--groups {cfg.groups} must be the dedup increment built on {before} (the --groups of "
                          f"--previous {cfg.previous}); its chain is {[e.run for e in dedup_chain]}")
     counted = {part for entry in chain for part in entry.parts}
-    locations = increments.part_locations(dedup_chain)
+    locations = run_chain.part_locations(dedup_chain)
     changed = []
     for part in dedup_chain[-1].changed_parts:
         if part not in counted:
@@ -156,13 +157,14 @@ def plan_increment(cfg: MineConfig) -> Increment:
     new_parts = tuple(p for p in layout.EmbeddingFolder(cfg.embeddings).parts() if p not in counted)
     calibration_path = layout.join(cfg.previous, "tagger_calibration.json")
     calibration = layout.read_json(calibration_path) if layout.exists(calibration_path) else {}
-    stats = layout.read_json(layout.join(cfg.previous, increments.COUNTS_DIR, "stats.json"))
+    stats = layout.read_json(layout.join(cfg.previous, run_chain.COUNTS_DIR, "stats.json"))
     return Increment(tuple(chain), new_parts, tuple(changed), calibration, stats)
 
 
 def params_for(cfg: MineConfig, increment: Increment | None = None):
-    from models import increments, layout
-    from models.keywords import KeywordConfig
+    from models.storage import run_chain
+    from models.storage import layout
+    from models.mine.keywords import KeywordConfig
     from transforms.mine import MineParams
 
     folder = layout.EmbeddingFolder(cfg.embeddings)
@@ -170,8 +172,8 @@ def params_for(cfg: MineConfig, increment: Increment | None = None):
     if not parts and increment is None:
         raise ValueError(f"{cfg.embeddings!r} has no complete embedding parts")
     group_runs = ()
-    if cfg.groups and layout.exists(layout.join(cfg.groups, increments.MANIFEST)):
-        group_runs = tuple(sorted(increments.part_runs(increments.read_chain(cfg.groups)).items()))
+    if cfg.groups and layout.exists(layout.join(cfg.groups, run_chain.MANIFEST)):
+        group_runs = tuple(sorted(run_chain.part_runs(run_chain.read_chain(cfg.groups)).items()))
     model, shards = None, ()
     if layout.exists(folder.config):
         emb_cfg = layout.read_json(folder.config)
@@ -200,9 +202,10 @@ def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str], parts: tu
     (``chain`` plus this run, which counted ``parts``): the commit point the
     next increment builds on.
     """
-    from models import increments, layout
-    from models.mine_tables import PromptConfig, flagged_prompts, object_table, word_table
-    from models.trigger_stats import ObjectTriggerConfig, WordTriggerConfig
+    from models.storage import run_chain
+    from models.storage import layout
+    from models.mine.tables import PromptConfig, flagged_prompts, object_table, word_table
+    from models.mine.statistics import ObjectTriggerConfig, WordTriggerConfig
 
     stats = counts["stats"]
     n_total = int(stats.get("rows_analysed", 0))
@@ -228,10 +231,10 @@ def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str], parts: tu
         "previous": cfg.previous,
     }
     layout.write_json(layout.join(cfg.output, "_stage", "summary.json"), summary)
-    entry = increments.MineEntry(run=increments.normalize_path(cfg.output), embeddings=increments.normalize_path(cfg.embeddings),
-                                 parts=tuple(parts), groups=increments.normalize_path(cfg.groups) if cfg.groups else None,
-                                 previous=increments.normalize_path(cfg.previous) if cfg.previous else None)
-    increments.write_mine_manifest(cfg.output, [increments.MineEntry.from_json(e) for e in chain] + [entry])
+    entry = run_chain.MineEntry(run=run_chain.normalize_path(cfg.output), embeddings=run_chain.normalize_path(cfg.embeddings),
+                                 parts=tuple(parts), groups=run_chain.normalize_path(cfg.groups) if cfg.groups else None,
+                                 previous=run_chain.normalize_path(cfg.previous) if cfg.previous else None)
+    run_chain.write_mine_manifest(cfg.output, [run_chain.MineEntry.from_json(e) for e in chain] + [entry])
     return summary
 
 
@@ -288,7 +291,7 @@ def _sum_dicts(dicts) -> dict:
 
 
 def _write_json_if(calibration: dict, output: str) -> None:
-    from models import layout
+    from models.storage import layout
 
     if calibration:
         layout.write_json(layout.join(output, "tagger_calibration.json"), calibration)
@@ -296,7 +299,7 @@ def _write_json_if(calibration: dict, output: str) -> None:
 
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Parse flags, run the pipeline, write ``summary.json``; return the summary."""
-    from models import layout
+    from models.storage import layout
     from transforms.mine import tagger_for
 
     parser = stage_parser("dupmine mine", __doc__)

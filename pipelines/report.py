@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> str:
     """Parse flags, render the report, return the path of ``index.html``."""
-    from models.report import ReportInputs, render_report
+    from models.report.render import ReportInputs, render_report
 
     parser = build_parser()
     args, rest = split_args(parser, argv)

@@ -144,8 +144,8 @@ def stage_argv(stage: str, cfg: dict) -> list[str] | None:
 
 
 def _input_fingerprint(spec: str) -> list:
-    from models import layout
-    from models.shards import list_shards
+    from models.storage import layout
+    from models.storage.shards import list_shards
 
     out = []
     for shard in list_shards(spec):
@@ -161,7 +161,7 @@ def _done_path(run: str, stage: str) -> str:
 
 def run(argv: list[str] | None = None) -> dict:
     """Run (or skip) every stage; print and return the final summary."""
-    from models import layout
+    from models.storage import layout
 
     parser = stage_parser("dupmine run", __doc__)
     parser.add_argument("--input", help="shards (as for dupmine embed)")
@@ -218,7 +218,7 @@ def run(argv: list[str] | None = None) -> dict:
 def _rejects_by_reason(run_dir: str) -> dict:
     from collections import Counter
 
-    from models import layout
+    from models.storage import layout
 
     reasons: Counter = Counter()
     for stage in STAGES:

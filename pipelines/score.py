@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models.scoring import CHECKS, ScoreConfig
+from models.score.checks import CHECKS, ScoreConfig
 from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.score")
@@ -97,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
 
 def load_prompts(cfg: ScoreStageConfig) -> tuple[list[dict], list[str]]:
     """Flagged prompts (rank order, capped) and reference prompts for calibration."""
-    from models import layout
+    from models.storage import layout
 
     table = layout.read_parquet(cfg.flagged)
     rows = table.to_pylist()
@@ -118,14 +118,15 @@ def load_prompts(cfg: ScoreStageConfig) -> tuple[list[dict], list[str]]:
 
 def default_reference(cfg: ScoreStageConfig, exclude: set) -> list[str]:
     """Captions of rows that are not in a duplicate group (seeded sample), when ``--train``/``--groups`` are given."""
-    from models import increments, layout
+    from models.storage import run_chain
+    from models.storage import layout
 
     if not cfg.train:
         return []
     meta = layout.read_parquet(layout.join(cfg.train, "metadata"), ["key", "caption"]).to_pylist()
     single = None
     if cfg.groups:
-        single = {r["key"] for r in increments.load_groups(cfg.groups, ["key", "group_size"]).to_pylist()
+        single = {r["key"] for r in run_chain.load_groups(cfg.groups, ["key", "group_size"]).to_pylist()
                   if r["group_size"] == 1}
     captions = sorted({m["caption"] for m in meta if m["caption"] and m["caption"] not in exclude
                        and (single is None or m["key"] in single)})
@@ -137,8 +138,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Parse flags, score, write outputs; return the summary."""
     import apache_beam as beam
 
-    from models import layout
-    from models.scoring import load_target
+    from models.storage import layout
+    from models.score.checks import load_target
     from transforms.score import ScorePrompts, run_side_stage
 
     parser = stage_parser("dupmine score", __doc__)

@@ -41,7 +41,7 @@ def beam_pipeline():
 @pytest.fixture
 def synthetic_shards(tmp_path):
     """Three img2dataset webdataset shards with planted duplicates and one failed download each."""
-    from models.synthetic import planted_dataset, write_webdataset_shard
+    from models.demo.synthetic import planted_dataset, write_webdataset_shard
 
     root = tmp_path / "shards"
     root.mkdir()

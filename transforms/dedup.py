@@ -32,8 +32,10 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from models import dedup as kernels
-from models import increments, layout, schemas
+from models.dedup import kernels as kernels
+from models.storage import run_chain
+from models.storage import layout
+from models.storage import schemas
 from transforms.common import sum_counters
 
 NAMESPACE = "dupmine.dedup"
@@ -130,7 +132,7 @@ class DedupParams:
     ``parts[i]`` is read from ``folders[i]`` (``embeddings`` when ``folders``
     is empty). Incremental runs: parts ``[0, n_old)`` come from the previous
     chain, ``part_runs[i]`` lists the runs holding old part i's group state
-    (:func:`models.increments.part_runs`), and ``centroids_path`` holds the
+    (:func:`models.storage.run_chain.part_runs`), and ``centroids_path`` holds the
     frozen (K, D) centroids.
     """
 
@@ -186,7 +188,7 @@ class ReadPartFn(beam.DoFn):
     part of an incremental run also ``(gid, previous)`` (tag ``old_state``)
     for each of its rows in a previous duplicate group, ``previous`` being
     ``(group_id, group_size, is_representative, representative_key,
-    max_cosine)`` from :func:`models.increments.load_part_state`.
+    max_cosine)`` from :func:`models.storage.run_chain.load_part_state`.
     """
 
     def __init__(self, params: DedupParams):
@@ -229,7 +231,7 @@ class ReadPartFn(beam.DoFn):
     def _old_state(self, part_index: int, keys: np.ndarray):
         p = self.params
         part = p.parts[part_index]
-        state = increments.load_part_state(p.part_runs[part_index], part).to_pylist()
+        state = run_chain.load_part_state(p.part_runs[part_index], part).to_pylist()
         row_of: dict = {}
         for row, key in enumerate(keys.tolist()):
             row_of.setdefault(key, row)
@@ -287,7 +289,7 @@ def load_centroids(path: str) -> np.ndarray:
 
 def write_centroids(centroids: np.ndarray, output: str) -> int:
     """``OUTPUT/centroids.npy`` (the next increment freezes them); returns K."""
-    layout.write_npy(layout.join(output, increments.CENTROIDS), np.asarray(centroids, np.float32))
+    layout.write_npy(layout.join(output, run_chain.CENTROIDS), np.asarray(centroids, np.float32))
     return int(centroids.shape[0])
 
 
@@ -341,7 +343,7 @@ class SearchPartitionFn(beam.DoFn):
     has at least one new row, never old x old (in a from-scratch run every
     row is new: homes x homes and homes x visitors). Memory: the partition's
     homes and visitors, O((a + b) D), plus an O(block^2) tile inside
-    :func:`models.dedup.partition_pairs`.
+    :func:`models.dedup.kernels.partition_pairs`.
     """
 
     def __init__(self, params: DedupParams):
@@ -521,7 +523,7 @@ def label_group(element):
     representative_key, max_cos, previous)``. Incremental runs also emit, per
     previous duplicate group inside the component, its previous size (tag
     ``retired``: it is replaced by this component in the size histogram) and,
-    when its id no longer names the group, a :data:`models.increments.MERGES`
+    when its id no longer names the group, a :data:`models.storage.run_chain.MERGES`
     row (tag ``merges``).
     """
     label, members = element
@@ -629,7 +631,7 @@ class WriteChangedFn(beam.DoFn):
     is_representative, representative_key or max_cosine (as float32) differs
     from its previous value (a previous singleton: its own key, 1, True, its
     own key, null), with the previous values alongside
-    (:data:`models.increments.CHANGED_GROUPS`). Old representatives that lost
+    (:data:`models.storage.run_chain.CHANGED_GROUPS`). Old representatives that lost
     their place are written to ``drop_keys.parquet/demoted-{part}.parquet``.
     Yields a stats Counter (``changed_rows``, ``demoted``, ``dropped``), and
     the part id when it wrote a changed file (tag ``parts``).
@@ -658,7 +660,7 @@ class WriteChangedFn(beam.DoFn):
                 drops.append(_drop_row(key, group_id, rep_key, max_cos))
         if changed:
             layout.write_parquet(layout.join(p.output, "changed", f"changed_{part}.parquet"),
-                                 schemas.table(changed, increments.CHANGED_GROUPS))
+                                 schemas.table(changed, run_chain.CHANGED_GROUPS))
             yield pvalue.TaggedOutput("parts", part)
         if drops:
             layout.write_parquet(layout.join(p.output, "drop_keys.parquet", f"demoted-{part}.parquet"),
@@ -670,7 +672,7 @@ class WriteChangedFn(beam.DoFn):
 def write_merges(rows: list, output: str) -> int:
     """merges.parquet (sorted by old group id); returns the number of merged groups."""
     rows = sorted(rows, key=lambda r: (r["old_group_id"], r["new_group_id"]))
-    layout.write_parquet(layout.join(output, increments.MERGES_FILE), schemas.table(rows, increments.MERGES))
+    layout.write_parquet(layout.join(output, run_chain.MERGES_FILE), schemas.table(rows, run_chain.MERGES))
     return len(rows)
 
 

@@ -1,6 +1,6 @@
 """Beam transforms of the embed stage.
 
-``EmbedShards`` takes a PCollection of :class:`models.shards.ShardRef` (small
+``EmbedShards`` takes a PCollection of :class:`models.storage.shards.ShardRef` (small
 records, never image payloads) and, per shard, reads, decodes, embeds and
 writes that shard's output files, emitting one stats dict per shard. The
 embedder is loaded once per worker process in ``setup()`` and shared across
@@ -15,10 +15,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from models import layout
-from models.embed_run import ShardJob, embed_shard, shard_is_done, write_shard
-from models.embedders import EmbedderConfig, load_embedder
-from models.shards import ShardRef
+from models.storage import layout
+from models.embed.shard_job import ShardJob, embed_shard, shard_is_done, write_shard
+from models.embed.embedders import EmbedderConfig, load_embedder
+from models.storage.shards import ShardRef
 from transforms.common import Held, sum_counters
 
 NAMESPACE = "dupmine.embed"

@@ -47,7 +47,9 @@ from apache_beam.utils import shared
 
 import pyarrow as pa
 
-from models import increments, layout, schemas
+from models.storage import run_chain
+from models.storage import layout
+from models.storage import schemas
 from transforms.common import Held, sum_counters
 
 NAMESPACE = "dupmine.mine"
@@ -73,7 +75,7 @@ class MineParams:
     groups: str | None
     output: str
     parts: tuple[str, ...]
-    keyword_config: object        # models.keywords.KeywordConfig
+    keyword_config: object        # models.mine.keywords.KeywordConfig
     vocab_path: str | None
     tagger_spec: str              # "zero-shot" | "onnx-classifier:PATH,LABELS" | "none"
     model: str | None             # embedding model spec (zero-shot text tower)
@@ -82,7 +84,7 @@ class MineParams:
     calibration_rows: int
     tag_z: float = 4.0
     tag_top_k: int = 3
-    group_runs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (part, runs) of a dedup chain (models.increments.part_runs)
+    group_runs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (part, runs) of a dedup chain (models.storage.run_chain.part_runs)
     changed: tuple[tuple[str, str, str], ...] = ()  # increments: (part, its embedding folder, dedup changed file)
 
 
@@ -90,14 +92,14 @@ def tagger_for(params: MineParams):
     """The object tagger the spec names, or None for ``none``."""
     if params.tagger_spec == "none":
         return None
-    from models.mine_taggers import build_tagger
+    from models.mine.taggers.stage import build_tagger
 
     return build_tagger(params.tagger_spec, params.vocab_path, params.model, z=params.tag_z, top_k=params.tag_top_k)
 
 
 def _load_tools(params: MineParams):
     """Keyword extractor, vocabulary matcher and tagger, built once per worker process."""
-    from models.keywords import KeywordExtractor, VocabMatcher
+    from models.mine.keywords import KeywordExtractor, VocabMatcher
 
     extractor = KeywordExtractor(params.keyword_config)
     extractor.load()
@@ -126,7 +128,7 @@ def _part_table(params: MineParams, part: str):
     runs = dict(params.group_runs).get(part)
     rows = None
     if runs:
-        rows = increments.load_part_state(runs, part, ["key", "group_id", "group_size"]).to_pylist()
+        rows = run_chain.load_part_state(runs, part, ["key", "group_id", "group_size"]).to_pylist()
     elif params.groups:
         path = layout.join(params.groups, "groups", f"groups_{part}.parquet")
         if layout.exists(path):
@@ -384,7 +386,7 @@ def decode_count(name: str, row: dict):
 def _write_count_shard(element, name: str, output: str) -> str:
     shard, rows = element
     rows = sorted(rows, key=lambda r: tuple(str(v) for v in r.values()))
-    path = layout.join(output, increments.COUNTS_DIR, name, f"{name}-{shard:05d}.parquet")
+    path = layout.join(output, run_chain.COUNTS_DIR, name, f"{name}-{shard:05d}.parquet")
     layout.write_parquet(path, schemas.table(rows, COUNT_SCHEMAS[name]))
     return path
 
@@ -410,17 +412,17 @@ class WriteCounts(beam.PTransform):
                     lambda e, n=name: (zlib.crc32(repr(e[0]).encode()) % COUNT_SHARDS, encode_count(n, e)))
                 | f"Shard{name.capitalize()}" >> beam.GroupByKey()
                 | f"Write{name.capitalize()}" >> beam.Map(_write_count_shard, name, self.output))
-        stats_path = layout.join(self.output, increments.COUNTS_DIR, "stats.json")
+        stats_path = layout.join(self.output, run_chain.COUNTS_DIR, "stats.json")
         written.append(counts["stats"] | "WriteStatsCounts" >> beam.Map(lambda s: (layout.write_json(stats_path, s), stats_path)[1]))
         return tuple(written) | "WrittenCounts" >> beam.Flatten()
 
 
 def count_files(mine_dir: str, name: str) -> list[str]:
     """The saved Parquet files of count ``name`` under ``mine_dir/counts/`` (sorted; none for an empty count)."""
-    fs, base = layout._fs(layout.join(mine_dir, increments.COUNTS_DIR, name))
+    fs, base = layout._fs(layout.join(mine_dir, run_chain.COUNTS_DIR, name))
     if not fs.exists(base):
         return []
-    return sorted(layout.join(layout.join(mine_dir, increments.COUNTS_DIR, name), p.rsplit("/", 1)[-1])
+    return sorted(layout.join(layout.join(mine_dir, run_chain.COUNTS_DIR, name), p.rsplit("/", 1)[-1])
                   for p in fs.ls(base, detail=False) if p.endswith(".parquet"))
 
 
@@ -437,7 +439,7 @@ def read_counts(pipeline, mine_dir: str, name: str):
 
 
 def _load_extractor(params: MineParams):
-    from models.keywords import KeywordExtractor
+    from models.mine.keywords import KeywordExtractor
 
     extractor = KeywordExtractor(params.keyword_config)
     extractor.load()

@@ -14,9 +14,11 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from models import increments, layout, schemas
+from models.storage import run_chain
+from models.storage import layout
+from models.storage import schemas
 from transforms.common import Held
-from models.scoring import PromptConditioner, calibrate, load_target, plaplace_at_points, plaplace_check, wen_check
+from models.score.checks import PromptConditioner, calibrate, load_target, plaplace_at_points, plaplace_check, wen_check
 
 NAMESPACE = "dupmine.score"
 
@@ -37,7 +39,7 @@ def load_training_rows(train: str | None, groups: str | None):
     by_group: dict = {}
     if groups:
         row = {k: j for j, k in enumerate(keys)}
-        for r in increments.load_groups(groups, ["key", "group_id", "group_size"]).to_pylist():
+        for r in run_chain.load_groups(groups, ["key", "group_id", "group_size"]).to_pylist():
             if r["group_size"] > 1 and r["key"] in row:
                 by_group.setdefault(r["group_id"], []).append(row[r["key"]])
     model = layout.read_json(folder.config).get("config", {}).get("model") if layout.exists(folder.config) else None
@@ -62,7 +64,7 @@ def image_embed_fn(target, model: str | None):
         return None
     from PIL import Image
 
-    from models.embedders import EmbedderConfig, l2_normalise, load_embedder
+    from models.embed.embedders import EmbedderConfig, l2_normalise, load_embedder
 
     embedder = load_embedder(EmbedderConfig(model=model, device="cpu"))
 
@@ -183,7 +185,7 @@ def run_side_stage(cfg, prompts: list[str] = ()) -> dict:
     a conditional target, one run per prompt in ``prompts`` with the target
     fixed to that prompt's condition (the flagged prompts are the conditions).
     """
-    from models.side import SideConfig, run_side
+    from models.score.side import SideConfig, run_side
 
     target = load_target(cfg.target, cfg.device)
     conditioner = PromptConditioner(target, cfg.target)

@@ -19,7 +19,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 
 def write_example_shards(root: str, n_shards: int = 2, n_unique: int = 60, seed: int = 0) -> list[str]:
     """Write ``root/00000.tar`` ... and their sidecars; return the shard paths."""
-    from models.synthetic import planted_dataset, write_webdataset_shard
+    from models.demo.synthetic import planted_dataset, write_webdataset_shard
 
     os.makedirs(root, exist_ok=True)
     paths = []

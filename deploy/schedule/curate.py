@@ -68,7 +68,7 @@ PUBLISHED = (
 
 
 def _layout():
-    from models import layout
+    from models.storage import layout
 
     return layout
 

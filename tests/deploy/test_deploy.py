@@ -576,7 +576,7 @@ def test_flink_example_uses_the_sdk_harness_of_the_worker_image():
 
 
 def test_flink_example_data(tmp_path):
-    from models.shards import list_shards
+    from models.storage.shards import list_shards
 
     paths = make_example_data.write_example_shards(str(tmp_path / "shards"), n_shards=2, n_unique=3)
     assert [Path(p).name for p in paths] == ["00000.tar", "00001.tar"]
@@ -762,7 +762,7 @@ class _Built(Exception):
 
 
 def write_embedding_folder(root: Path, parts: int = 2, rows: int = 6, dim: int = 8) -> None:
-    from models import layout
+    from models.storage import layout
 
     rng = np.random.default_rng(0)
     folder = layout.EmbeddingFolder(str(root))
@@ -779,8 +779,9 @@ def write_embedding_folder(root: Path, parts: int = 2, rows: int = 6, dim: int =
 
 def write_score_inputs(root: Path) -> dict[str, Path]:
     """A closed-form memorizer target (2 classes), one flagged prompt and one reference prompt."""
-    from models import layout, schemas
-    from models.diffusion_targets import MemorizerTarget, VPSchedule, save_memorizer
+    from models.storage import layout
+    from models.storage import schemas
+    from models.score.targets.closed_form import MemorizerTarget, VPSchedule, save_memorizer
 
     root.mkdir(parents=True)
     x = np.random.default_rng(0).standard_normal((4, 8))

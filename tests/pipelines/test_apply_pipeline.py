@@ -4,8 +4,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from models import layout
-from models.shards import Sample, list_shards, read_shard
+from models.storage import layout
+from models.storage.shards import Sample, list_shards, read_shard
 from pipelines import apply, dedup, embed
 
 

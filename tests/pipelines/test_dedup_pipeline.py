@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models import layout
+from models.storage import layout
 from pipelines import dedup
 
 T = 0.95

@@ -9,10 +9,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from models import layout
-from models.embed_run import ShardJob, embed_shard, write_shard
-from models.embedders import PixelEmbedder
-from models.shards import list_shards
+from models.storage import layout
+from models.embed.shard_job import ShardJob, embed_shard, write_shard
+from models.embed.embedders import PixelEmbedder
+from models.storage.shards import list_shards
 from pipelines import cli, embed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -109,7 +109,7 @@ def test_multiprocess_runner_gives_same_outputs_as_in_process(synthetic_shards, 
 
 
 def test_killed_process_then_rerun_has_each_sample_exactly_once(tmp_path):
-    from models.synthetic import planted_dataset, write_webdataset_shard
+    from models.demo.synthetic import planted_dataset, write_webdataset_shard
 
     root = tmp_path / "shards"
     root.mkdir()

@@ -3,7 +3,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from models import layout
+from models.storage import layout
 from pipelines import dedup, embed
 
 MOBILENET_PRE = '{"size": 224, "resize": "squash", "offset": 128, "scale": 128}'

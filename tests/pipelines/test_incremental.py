@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models import increments, layout
+from models.storage import run_chain
+from models.storage import layout
 from pipelines import dedup, mine
 from pipelines import run as run_stage
 
@@ -91,7 +92,7 @@ def planted(root, seed=0):
 
 
 def _state(dedup_dir):
-    rows = increments.load_group_state(dedup_dir).to_pylist()
+    rows = run_chain.load_group_state(dedup_dir).to_pylist()
     assert len({r["key"] for r in rows}) == len(rows)
     return {r["key"]: r for r in rows}
 
@@ -143,9 +144,9 @@ def test_chain_gives_the_groups_of_one_run_over_a_and_b(runs):
     assert {chain[keys[i]]["group_id"] for i in groups["G4"]} == {keys[340]}
     merges = pq.read_table(os.path.join(out["ddB"], "merges.parquet")).to_pylist()
     assert merges == [{"old_group_id": keys[70], "new_group_id": keys[50], "old_group_size": 3, "new_group_size": 7}]
-    assert increments.load_merges(out["ddB"]).num_rows == 1
+    assert run_chain.load_merges(out["ddB"]).num_rows == 1
     # drop sets only grow: the union over the chain is the one-shot drop list
-    drops_chain = increments.load_drop_keys(out["ddB"]).column("key").to_pylist()
+    drops_chain = run_chain.load_drop_keys(out["ddB"]).column("key").to_pylist()
     drops_once = pq.read_table(os.path.join(out["ddAB"], "drop_keys.parquet")).column("key").to_pylist()
     assert sorted(drops_chain) == sorted(drops_once) and len(drops_chain) == len(set(drops_chain))
     demoted = pq.read_table(os.path.join(out["ddB"], "drop_keys.parquet")).column("key").to_pylist()
@@ -176,8 +177,8 @@ def test_increment_writes_only_new_and_changed_rows(runs):
     edges = pq.read_table(os.path.join(inc, "edges")).to_pylist()
     a_keys = set(pq.read_table(os.path.join(out["ddA"], "groups")).column("key").to_pylist())
     assert edges and all(e["key_a"] not in a_keys or e["key_b"] not in a_keys for e in edges)  # never old x old
-    chain = increments.read_chain(inc)
-    assert [e.parts for e in chain] == [A_PARTS, B_PARTS] and chain[1].previous == increments.normalize_path(out["ddA"])
+    chain = run_chain.read_chain(inc)
+    assert [e.parts for e in chain] == [A_PARTS, B_PARTS] and chain[1].previous == run_chain.normalize_path(out["ddA"])
     assert chain[1].changed_parts == A_PARTS and chain[1].threshold == 0.95 and chain[1].max_spill == 2
     assert np.array_equal(np.load(os.path.join(inc, "centroids.npy")), np.load(os.path.join(out["ddA"], "centroids.npy")))
 
@@ -254,7 +255,7 @@ def test_report_of_an_increment_shows_the_whole_chain(runs, tmp_path):
     """The increment's own groups/ holds only its new parts; the report must show the groups of the chain."""
     import re
 
-    from models.report import ReportInputs, render_report
+    from models.report.render import ReportInputs, render_report
 
     root, folders, truth, out, summaries = runs
     index = render_report(ReportInputs(dedup=out["ddB"]), str(tmp_path / "rB"))

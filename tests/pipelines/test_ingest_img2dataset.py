@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models import layout
-from models.synthetic import drawing, jpeg_bytes
+from models.storage import layout
+from models.demo.synthetic import drawing, jpeg_bytes
 from pipelines import embed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

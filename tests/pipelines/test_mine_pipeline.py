@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models import layout, schemas
+from models.storage import layout
+from models.storage import schemas
 from pipelines import mine
 
 FILLER = ("red", "blue", "green", "small", "large", "bright", "wooden", "table", "garden", "city", "river", "street",
@@ -93,7 +94,7 @@ def test_zero_shot_needs_vocab_and_clip_embeddings(tmp_path):
 
 def test_object_trigger_astronaut_flag_comes_out_on_top_with_zero_shot_tags(tmp_path):
     """Planted: "astronaut" images carry a flag no caption names; "beach" images carry a boat the captions name."""
-    from models.mine_taggers import build_tagger
+    from models.mine.taggers.stage import build_tagger
 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("flag: us flag, banner\nboat: ship\ndog\ncar\ntree\n")

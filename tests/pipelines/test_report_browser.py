@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.models.test_report import XSS_CAPTION, build_run, full_report
+from tests.models.report.test_report import XSS_CAPTION, build_run, full_report
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -7,9 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models import layout, schemas
-from models.diffusion_targets import MemorizerTarget, VPSchedule, save_memorizer
-from models.plaplace import roc_auc
+from models.storage import layout
+from models.storage import schemas
+from models.score.targets.closed_form import MemorizerTarget, VPSchedule, save_memorizer
+from models.score.plaplace import roc_auc
 from pipelines import score
 
 D = 16
@@ -108,7 +109,7 @@ def test_score_against_a_tiny_diffusers_text_to_image_folder(synthetic_shards, t
     SIDE decodes its latents to images and embeds them with the training set's embed model (pixel) to match.
     """
     from pipelines import embed
-    from tests.models.test_diffusers_targets import make_tiny_sd
+    from tests.models.score.test_diffusers_targets import make_tiny_sd
 
     root, _ = synthetic_shards
     emb = str(tmp_path / "emb")

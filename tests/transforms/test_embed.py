@@ -2,10 +2,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.testing.util import assert_that, equal_to
 
-from models import layout
-from models.embed_run import ShardJob
-from models.embedders import EmbedderConfig
-from models.shards import list_shards
+from models.storage import layout
+from models.embed.shard_job import ShardJob
+from models.embed.embedders import EmbedderConfig
+from models.storage.shards import list_shards
 from transforms.common import sum_counters
 from transforms.embed import EmbedShards
 

@@ -1,0 +1,101 @@
+"""The mine stage's view of object taggers: build from a spec, calibrate, tag a part.
+
+Wraps :mod:`models.mine.taggers.tagging` for the pipeline:
+
+* ``zero-shot``: the open_clip model that made the embeddings scores the
+  vocabulary against the *stored* image embeddings (no image re-read). Its
+  per-object thresholds are calibrated on a sample of the dataset
+  (``fit_calibration``, written to ``tagger_calibration.json``); a vocabulary
+  of O objects keeps at most ``top_k`` tags per image (default 3).
+* ``onnx-classifier:MODEL.onnx,LABELS.txt``: an ImageNet-style classifier run
+  over the images, re-read from the shards listed in the embedding folder's
+  ``config.json``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from models.storage.imaging import ImageRejected, decode_image
+from models.storage.shards import Sample, ShardRef, read_shard
+
+ZERO_SHOT_Z = 4.0   # about 0.03% false tags per object under normal scores (LVIS: ~0.04 per image)
+ZERO_SHOT_TOP_K = 3
+
+
+class MineTagger:
+    """A tagger plus what the pipeline needs: ``objects``, ``vocab``, calibration, per-part tagging."""
+
+    def __init__(self, tagger):
+        self.tagger = tagger
+        self.objects = list(tagger.objects)
+        self.vocab = list(tagger.vocab)
+        self.needs_images = bool(tagger.needs_images)
+
+    def fit_calibration(self, sample: np.ndarray) -> dict:
+        if self.needs_images:
+            return {}
+        return self.tagger.fit(np.asarray(sample, np.float32)).to_dict()
+
+    def load_calibration(self, calibration: dict) -> None:
+        if calibration and not self.needs_images:
+            self.tagger.set_calibration(calibration)
+
+    def tag_embeddings(self, emb: np.ndarray):
+        return self.tagger.tag_embeddings(emb)
+
+    def tag_shard(self, shards: dict, part: str, keys: list[str], batch: int = 32):
+        """Re-read the part's shard and tag the images of ``keys`` (rows in ``keys`` order)."""
+        if part not in shards:
+            raise ValueError(f"no shard with id {part!r} in the embedding folder's config.json; cannot re-read its images")
+        path, fmt = shards[part]
+        row_of = {k: i for i, k in enumerate(keys)}
+        rows, objs, scores, images, idx = [], [], [], [], []
+
+        def flush():
+            if images:
+                r, o, s = self.tagger.tag_images(images)
+                rows.append(np.asarray(idx, np.int64)[r])
+                objs.append(o)
+                scores.append(s)
+                images.clear()
+                idx.clear()
+
+        for item in read_shard(ShardRef(path, fmt, part)):
+            if not isinstance(item, Sample) or item.key not in row_of:
+                continue
+            try:
+                images.append(decode_image(item.image, target_size=256).image)
+            except ImageRejected:
+                continue
+            idx.append(row_of[item.key])
+            if len(images) == batch:
+                flush()
+        flush()
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        r, o, s = np.concatenate(rows), np.concatenate(objs), np.concatenate(scores)
+        order = np.argsort(r, kind="stable")
+        return r[order], o[order], s[order]
+
+
+def build_tagger(spec: str, vocab_path: str | None, model: str | None, z: float = ZERO_SHOT_Z,
+                 top_k: int = ZERO_SHOT_TOP_K) -> MineTagger:
+    """``zero-shot`` (needs ``vocab_path`` and the open_clip ``model`` spec) or ``onnx-classifier:MODEL,LABELS``.
+
+    ``z`` and ``top_k`` are the zero-shot decision rule: robust z-score threshold per object, tags kept per image.
+    """
+    from models.mine.taggers.tagging import ZeroShotConfig, load_tagger, parse_tagger_spec
+
+    parsed = parse_tagger_spec(spec)
+    if str(parsed) == "zero-shot":
+        from models.embed.embedders import EmbedderConfig, load_embedder
+        from models.mine.keywords import load_vocab
+
+        if not vocab_path:
+            raise ValueError("zero-shot tagging needs a vocabulary file (--vocab)")
+        embedder = load_embedder(EmbedderConfig(model=model, device="cpu"))
+        tagger = load_tagger(parsed, embedder=embedder, vocab=load_vocab(vocab_path),
+                             zero_shot=ZeroShotConfig(z=z, top_k=top_k))
+    else:
+        tagger = load_tagger(parsed)
+    return MineTagger(tagger)

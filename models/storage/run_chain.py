@@ -1,0 +1,332 @@
+"""Run chains of incremental dedup and mine runs: manifests, per-row group state, drop keys.
+
+An incremental ``dupmine dedup --previous PREV`` run writes only what changed:
+``groups/`` for its *new* embedding parts, ``changed/`` for *old* rows whose
+group fields changed, and ``manifest.json`` with the whole chain of runs
+(oldest first). The current state of every row is therefore spread over the
+chain; this module puts it back together:
+
+* :func:`read_chain` / :func:`write_manifest` -- the chain of :class:`ChainEntry`.
+* :func:`part_runs` -- for each part, the runs whose files hold its rows
+  (the run that introduced it, then the later runs that changed some of them).
+* :func:`load_part_state` -- one part's current rows (O(part rows) read).
+* :func:`load_group_state` -- every row's current group (O(all rows); for
+  tools, tests and reports, not for the pipeline's hot path).
+* :func:`load_drop_keys` -- the union of the chain's drop lists.
+
+Why the drop lists of a chain can simply be unioned: a group's representative
+is the member with the largest area (then the smallest key). When an increment
+adds members to a group, the old representative stays unless a *new* member
+beats it; when it merges old groups, the winner is the best of their old
+representatives and the new members. So an old non-representative always
+stays a non-representative (a better member than it is still in its group),
+and the only old rows an increment demotes are old representatives. Drop sets
+only grow; each increment lists the rows it adds (its new non-representatives
+and the old representatives it demoted).
+
+Paths recorded in manifests are absolute for local folders (URLs stay as
+given), so a chain can be read from any working directory.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models.storage import layout
+from models.storage import schemas
+
+MANIFEST = "manifest.json"
+CENTROIDS = "centroids.npy"
+MERGES_FILE = "merges.parquet"
+COUNTS_DIR = "counts"
+
+# changed/changed_{part}.parquet: the group fields of an old row after the increment, and before it.
+CHANGED_GROUPS = pa.schema(list(schemas.DEDUP_GROUPS) + [
+    ("previous_group_id", pa.string()),
+    ("previous_group_size", pa.int64()),
+    ("previous_is_representative", pa.bool_()),
+    ("previous_representative_key", pa.string()),
+    ("previous_max_cosine", pa.float32()),
+])
+
+# merges.parquet: previous duplicate groups (size > 1) whose id no longer names a group.
+MERGES = pa.schema([
+    ("old_group_id", pa.string()),
+    ("new_group_id", pa.string()),     # the group it is now part of (the first old group's id, in gid order)
+    ("old_group_size", pa.int64()),
+    ("new_group_size", pa.int64()),
+])
+
+# load_group_state(): one row per row of every part of the chain.
+STATE_COLUMNS = ["key", "group_id", "group_size", "is_representative", "representative_key", "max_cosine", "part"]
+
+
+def normalize_path(path: str) -> str:
+    """Absolute path for a local folder, the URL unchanged otherwise (manifests store these)."""
+    return path.rstrip("/") if "://" in path else os.path.abspath(path)
+
+
+@dataclass(frozen=True)
+class ChainEntry:
+    """One dedup run of a chain.
+
+    ``parts`` are the embedding parts this run *introduced* (in gid order),
+    ``rows`` their row counts, ``changed_parts`` the older parts for which it
+    wrote ``changed/changed_{part}.parquet``.
+    """
+
+    run: str
+    embeddings: str
+    parts: tuple[str, ...]
+    rows: tuple[int, ...]
+    threshold: float
+    seed: int
+    max_spill: int
+    k: int
+    dim: int
+    changed_parts: tuple[str, ...] = ()
+    previous: str | None = None
+
+    def __post_init__(self):
+        if len(self.parts) != len(self.rows):
+            raise ValueError(f"chain entry {self.run}: {len(self.parts)} parts but {len(self.rows)} row counts")
+
+    def to_json(self) -> dict:
+        return {"run": self.run, "embeddings": self.embeddings, "parts": list(self.parts), "rows": list(self.rows),
+                "threshold": self.threshold, "seed": self.seed, "max_spill": self.max_spill, "k": self.k,
+                "dim": self.dim, "changed_parts": list(self.changed_parts), "previous": self.previous}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ChainEntry":
+        return cls(run=d["run"], embeddings=d["embeddings"], parts=tuple(d["parts"]), rows=tuple(int(r) for r in d["rows"]),
+                   threshold=float(d["threshold"]), seed=int(d["seed"]), max_spill=int(d["max_spill"]), k=int(d["k"]),
+                   dim=int(d["dim"]), changed_parts=tuple(d.get("changed_parts", ())), previous=d.get("previous"))
+
+
+def read_chain(run_dir: str) -> list[ChainEntry]:
+    """The chain of a dedup output folder, oldest first.
+
+    The last entry is ``run_dir`` itself (as given, so a moved or copied
+    folder reads its own files); earlier runs are read where they were written.
+
+    Raises:
+      ValueError: ``run_dir`` has no ``manifest.json`` (not a finished dedup
+        output, or one made before incremental runs existed).
+    """
+    path = layout.join(run_dir, MANIFEST)
+    if not layout.exists(path):
+        raise ValueError(f"{run_dir!r} has no {MANIFEST}: not a finished dupmine dedup output (or one made before "
+                         f"incremental runs existed; run dedup on it again from scratch)")
+    chain = [ChainEntry.from_json(e) for e in layout.read_json(path).get("chain", [])]
+    if not chain:
+        raise ValueError(f"{path} lists no runs")
+    return chain[:-1] + [replace(chain[-1], run=run_dir)]
+
+
+def _normalized(entry, *names: str):
+    return replace(entry, **{n: normalize_path(getattr(entry, n)) for n in names if getattr(entry, n) is not None})
+
+
+def write_manifest(run_dir: str, chain: list[ChainEntry], **extra) -> None:
+    """Write ``manifest.json`` (``{"chain": [...]}`` plus ``extra`` keys, paths made absolute); the run's commit point."""
+    chain = [_normalized(e, "run", "embeddings", "previous") for e in chain]
+    layout.write_json(layout.join(run_dir, MANIFEST), {"chain": [e.to_json() for e in chain], **extra})
+
+
+@dataclass(frozen=True)
+class PartLocation:
+    """Where one part of a chain lives: its embedding folder, rows, position in gid order, introducing run."""
+
+    part: str
+    embeddings: str
+    rows: int
+    index: int
+    run: str
+    runs: tuple[str, ...] = field(default=())  # introducing run, then runs that changed some of its rows
+
+
+def part_locations(chain: list[ChainEntry]) -> dict[str, PartLocation]:
+    """Part id -> :class:`PartLocation`, in chain (gid) order.
+
+    Raises:
+      ValueError: a part id introduced twice (output files are named by part id).
+    """
+    out: dict[str, PartLocation] = {}
+    for entry in chain:
+        for part, rows in zip(entry.parts, entry.rows):
+            if part in out:
+                raise ValueError(f"part {part!r} is introduced by both {out[part].run} and {entry.run}; part ids "
+                                 f"must be unique across a run chain")
+            out[part] = PartLocation(part, entry.embeddings, rows, len(out), entry.run, (entry.run,))
+        for part in entry.changed_parts:
+            if part not in out:
+                raise ValueError(f"{entry.run} changed rows of part {part!r}, which no earlier run introduced")
+            loc = out[part]
+            out[part] = PartLocation(loc.part, loc.embeddings, loc.rows, loc.index, loc.run, loc.runs + (entry.run,))
+    return out
+
+
+def part_runs(chain: list[ChainEntry]) -> dict[str, tuple[str, ...]]:
+    """Part id -> the runs holding its rows: the introducing run, then every run that changed some of them."""
+    return {part: loc.runs for part, loc in part_locations(chain).items()}
+
+
+def _overlay(state: pa.Table, changed: pa.Table) -> pa.Table:
+    """Replace the rows of ``state`` whose key is in ``changed`` by ``changed``'s rows (same columns)."""
+    if changed.num_rows == 0:
+        return state
+    keep = pc.invert(pc.is_in(state.column("key"), value_set=changed.column("key")))
+    return pa.concat_tables([state.filter(keep), changed.select(state.column_names).cast(state.schema)])
+
+
+def _read(path: str, schema: pa.Schema, columns: list[str]) -> pa.Table:
+    if not layout.exists(path):
+        raise ValueError(f"{path} is missing: the runs of a chain must stay where they were written")
+    return layout.read_parquet(path, columns).select(columns).cast(pa.schema([schema.field(c) for c in columns]))
+
+
+def load_part_state(runs: tuple[str, ...] | list[str], part: str, columns: list[str] | None = None) -> pa.Table:
+    """The current group rows of one part: ``runs[0]``'s ``groups/groups_{part}.parquet`` overlaid by key
+    with each later run's ``changed/changed_{part}.parquet``, in order.
+
+    Args:
+      runs: from :func:`part_runs` (introducing run first).
+      columns: subset of :data:`STATE_COLUMNS` (``key`` is always read).
+
+    Returns:
+      Table with ``columns`` (default all of :data:`STATE_COLUMNS`), one row
+      per grouped row of the part (rejected rows have none). Row order: the
+      unchanged rows in part order, then the changed ones.
+
+    Raises:
+      ValueError: one of those files is missing (a run of the chain was moved or deleted).
+
+    Cost: reads one groups file and ``len(runs) - 1`` changed files.
+    """
+    columns = list(columns or STATE_COLUMNS)
+    if "key" not in columns:
+        columns = ["key"] + columns
+    state = _read(layout.join(runs[0], "groups", f"groups_{part}.parquet"), schemas.DEDUP_GROUPS, columns)
+    for run in runs[1:]:
+        state = _overlay(state, _read(layout.join(run, "changed", f"changed_{part}.parquet"), CHANGED_GROUPS, columns))
+    return state
+
+
+def load_group_state(dedup_dir: str) -> pa.Table:
+    """Every row's current group over the whole chain of ``dedup_dir``.
+
+    Reads the chain oldest first: each run's ``groups/`` rows (its new parts),
+    then its ``changed/`` rows overlaid by key.
+
+    Returns:
+      Table with :data:`STATE_COLUMNS` plus ``embeddings`` (the part's
+      embedding folder); one row per grouped row of every part of the chain.
+      For a from-scratch run this is its ``groups/`` folder.
+
+    Cost: O(rows of the chain) read and memory (a tool for tests, reports and
+    audits; the pipelines read one part at a time with :func:`load_part_state`).
+    """
+    chain = read_chain(dedup_dir)
+    locations = part_locations(chain)
+    tables = []
+    for entry in chain:
+        for part in entry.parts:
+            t = load_part_state(locations[part].runs, part)
+            tables.append(t.append_column("embeddings", pa.array([entry.embeddings] * t.num_rows, pa.string())))
+    if not tables:
+        schema = pa.schema([schemas.DEDUP_GROUPS.field(c) for c in STATE_COLUMNS] + [("embeddings", pa.string())])
+        return schemas.table([], schema)
+    return pa.concat_tables(tables)
+
+
+def load_groups(dedup_dir: str, columns: list[str] | None = None) -> pa.Table:
+    """The current group of every row of a dedup output: its chain's state, or its ``groups/`` folder.
+
+    The reader for everything downstream (score, report, demo): an
+    incremental output's own ``groups/`` holds only its new parts. Folders
+    without a manifest (written by other tools, or by hand) are read as they are.
+    """
+    if layout.exists(layout.join(dedup_dir, MANIFEST)):
+        table = load_group_state(dedup_dir)
+    else:
+        table = layout.read_parquet(layout.join(dedup_dir, "groups"))
+    return table.select(columns) if columns else table
+
+
+def load_drop_keys(dedup_dir: str) -> pa.Table:
+    """The union of the drop lists of ``dedup_dir``'s chain (see the module docstring for why a union is right).
+
+    Returns:
+      :data:`models.storage.schemas.DROP_KEYS` table, one row per key; where a key
+      was listed by several runs the latest record wins. ``group_id`` and
+      ``representative_key`` are as of the run that listed the key; a later
+      merge can change them (:func:`load_group_state` has the current values).
+    """
+    tables = []
+    for entry in read_chain(dedup_dir):
+        path = layout.join(entry.run, "drop_keys.parquet")
+        fs, p = layout._fs(path)
+        if fs.exists(p) and fs.ls(p, detail=False):
+            tables.append(layout.read_parquet(path).select(schemas.DROP_KEYS.names).cast(schemas.DROP_KEYS))
+    if not tables:
+        return schemas.table([], schemas.DROP_KEYS)
+    out = tables[0]
+    for t in tables[1:]:
+        out = _overlay(out, t)
+    return out
+
+
+def load_merges(dedup_dir: str) -> pa.Table:
+    """Every run's ``merges.parquet`` of the chain, oldest first (:data:`MERGES` columns)."""
+    tables = [layout.read_parquet(layout.join(e.run, MERGES_FILE)).cast(MERGES)
+              for e in read_chain(dedup_dir) if layout.exists(layout.join(e.run, MERGES_FILE))]
+    return pa.concat_tables(tables) if tables else schemas.table([], MERGES)
+
+
+# --------------------------------------------------------------------------- mine chains
+
+
+@dataclass(frozen=True)
+class MineEntry:
+    """One mine run of a chain: the parts it counted, from which embedding folder, with which dedup output."""
+
+    run: str
+    embeddings: str
+    parts: tuple[str, ...]
+    groups: str | None
+    previous: str | None = None
+
+    def to_json(self) -> dict:
+        return {"run": self.run, "embeddings": self.embeddings, "parts": list(self.parts), "groups": self.groups,
+                "previous": self.previous}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "MineEntry":
+        return cls(run=d["run"], embeddings=d["embeddings"], parts=tuple(d["parts"]), groups=d.get("groups"),
+                   previous=d.get("previous"))
+
+
+def read_mine_chain(mine_dir: str) -> list[MineEntry]:
+    """The chain of a mine output folder, oldest first.
+
+    Raises:
+      ValueError: no ``manifest.json`` or no saved ``counts/`` (a mine output
+        made before incremental runs existed, or an unfinished one).
+    """
+    path = layout.join(mine_dir, MANIFEST)
+    if not layout.exists(path) or not layout.exists(layout.join(mine_dir, COUNTS_DIR, "stats.json")):
+        raise ValueError(f"{mine_dir!r} has no {MANIFEST} and {COUNTS_DIR}/: not a finished dupmine mine output (or "
+                         f"one made before incremental runs existed; run mine on it again from scratch)")
+    chain = [MineEntry.from_json(e) for e in layout.read_json(path).get("chain", [])]
+    if not chain:
+        raise ValueError(f"{path} lists no runs")
+    return chain[:-1] + [replace(chain[-1], run=mine_dir)]
+
+
+def write_mine_manifest(mine_dir: str, chain: list[MineEntry]) -> None:
+    """Write a mine run's ``manifest.json`` (paths made absolute); its commit point."""
+    chain = [_normalized(e, "run", "embeddings", "groups", "previous") for e in chain]
+    layout.write_json(layout.join(mine_dir, MANIFEST), {"chain": [e.to_json() for e in chain]})

@@ -1,0 +1,170 @@
+"""Every stage's output schema, in one place.
+
+Stages write Parquet with these explicit schemas (``pa.Table.from_pylist(rows,
+schema=...)``), and readers validate against them, so a schema change is one
+edit here plus the test in ``tests/models/test_schemas.py``.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- embed --------------------------------------------------------------------
+# metadata/metadata_{shard}.parquet, row-aligned with img_emb/img_emb_{shard}.npy
+EMBED_METADATA = pa.schema([
+    ("key", pa.string()),
+    ("url", pa.string()),
+    ("caption", pa.string()),
+    ("sha256", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("original_width", pa.int32()),
+    ("original_height", pa.int32()),
+    ("status", pa.string()),
+    ("error_message", pa.string()),
+    ("exif", pa.string()),
+    ("shard", pa.string()),
+])
+
+# rejects/rejects_{shard}.parquet: one row per input sample that has no embedding
+# (key "" means the whole shard, e.g. it vanished or was truncated before its first sample).
+REJECTS = pa.schema([
+    ("key", pa.string()),
+    ("shard", pa.string()),
+    ("url", pa.string()),
+    ("reason", pa.string()),
+    ("stage", pa.string()),
+])
+
+# --- dedup -------------------------------------------------------------------
+# groups/groups_{part}.parquet: one row per input row of embedding part {part}, same order.
+DEDUP_GROUPS = pa.schema([
+    ("key", pa.string()),
+    ("group_id", pa.string()),          # key of the group's first member (smallest part/row id); own key for singletons
+    ("group_size", pa.int64()),
+    ("is_representative", pa.bool_()),
+    ("representative_key", pa.string()),
+    ("max_cosine", pa.float32()),       # to any other member; null for singletons
+    ("part", pa.string()),
+])
+
+# edges/edges_{partition}.parquet (near) and edges/exact_{n}.parquet (exact)
+DEDUP_EDGES = pa.schema([
+    ("key_a", pa.string()),
+    ("key_b", pa.string()),
+    ("cosine", pa.float32()),
+    ("kind", pa.string()),              # "near" | "exact"
+])
+
+# drop_keys.parquet/part-{part}.parquet: the rows an upstream filter removes
+DROP_KEYS = pa.schema([
+    ("key", pa.string()),
+    ("group_id", pa.string()),
+    ("representative_key", pa.string()),
+    ("reason", pa.string()),
+])
+
+# --- mine --------------------------------------------------------------------
+# object_tags/object_tags_{part}.parquet
+OBJECT_TAGS = pa.schema([
+    ("key", pa.string()),
+    ("object", pa.string()),
+    ("score", pa.float32()),
+])
+
+# keyword_triggers.parquet (ranked; columns added by models.mine.statistics are kept)
+KEYWORD_TRIGGERS = pa.schema([
+    ("keyword", pa.string()),
+    ("n", pa.int64()),
+    ("n_in_groups", pa.int64()),
+    ("top_group_id", pa.string()),
+    ("top_group_share", pa.float64()),
+    ("lift", pa.float64()),
+    ("p_value", pa.float64()),
+    ("q_value", pa.float64()),
+    ("example_keys", pa.list_(pa.string())),
+    ("flagged", pa.bool_()),
+    ("rank", pa.int64()),
+])
+
+# object_triggers.parquet (ranked)
+OBJECT_TRIGGERS = pa.schema([
+    ("keyword", pa.string()),
+    ("object", pa.string()),
+    ("n_w", pa.int64()),
+    ("n_o", pa.int64()),
+    ("n_wo", pa.int64()),
+    ("p_o_given_w", pa.float64()),
+    ("p_o_given_not_w", pa.float64()),
+    ("lift", pa.float64()),
+    ("absent_fraction", pa.float64()),
+    ("p_value", pa.float64()),
+    ("q_value", pa.float64()),
+    ("flagged", pa.bool_()),
+    ("rank", pa.int64()),
+])
+
+# flagged_prompts.parquet: the hand-off to scoring
+FLAGGED_PROMPTS = pa.schema([
+    ("prompt", pa.string()),
+    ("kind", pa.string()),             # duplicate-caption | word-trigger | object-trigger
+    ("keyword", pa.string()),
+    ("object", pa.string()),
+    ("group_ids", pa.list_(pa.string())),
+    ("support", pa.int64()),
+    ("evidence", pa.string()),         # JSON of the statistics that flagged it
+    ("rank", pa.int64()),
+])
+
+# --- score -------------------------------------------------------------------
+# prompt_scores.parquet: one row per (prompt, check), flagged and reference prompts
+PROMPT_SCORES = pa.schema([
+    ("prompt", pa.string()),
+    ("check", pa.string()),            # plaplace | plaplace-train | wen
+    ("statistic", pa.float64()),
+    ("spread", pa.float64()),          # std of the per-sample statistic
+    ("threshold", pa.float64()),       # 1 - fpr quantile of the reference prompts (NaN without references)
+    ("decision", pa.bool_()),          # statistic > threshold: memorized
+    ("role", pa.string()),             # flagged | reference
+    ("n_samples", pa.int64()),
+    ("seed", pa.int64()),
+    ("cost_evals", pa.int64()),        # model (eps) evaluations
+    ("seconds", pa.float64()),
+])
+
+# extractions.parquet: SIDE generations matched to the training set
+EXTRACTIONS = pa.schema([
+    ("generation_id", pa.string()),
+    ("prompt", pa.string()),
+    ("matched_key", pa.string()),
+    ("similarity", pa.float64()),
+    ("band", pa.string()),             # low | mid | high | null (below every band)
+    ("group_id", pa.string()),         # duplicate group of the matched image, null for singletons
+])
+
+ALL = {
+    "embed.metadata": EMBED_METADATA,
+    "rejects": REJECTS,
+    "dedup.groups": DEDUP_GROUPS,
+    "dedup.edges": DEDUP_EDGES,
+    "dedup.drop_keys": DROP_KEYS,
+    "mine.object_tags": OBJECT_TAGS,
+    "mine.keyword_triggers": KEYWORD_TRIGGERS,
+    "mine.object_triggers": OBJECT_TRIGGERS,
+    "mine.flagged_prompts": FLAGGED_PROMPTS,
+    "score.prompt_scores": PROMPT_SCORES,
+    "score.extractions": EXTRACTIONS,
+}
+
+
+def table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows -> table with exactly ``schema``'s columns (missing keys become null).
+
+    Raises:
+      ValueError: a row carries a column the schema does not have.
+    """
+    names = set(schema.names)
+    for row in rows:
+        extra = set(row) - names
+        if extra:
+            raise ValueError(f"columns {sorted(extra)} are not in the schema {schema.names}")
+    return pa.Table.from_pylist(rows, schema=schema)
