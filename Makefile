@@ -12,7 +12,17 @@ export HF_HUB_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean wordnet
+
+# WordNet 3.0 (Debian's wordnet-base) backs mine's semantic mention test. It is
+# installed when missing and apt-get can run; without it mine falls back to the
+# string mention test and says so (tests that need it skip with a reason).
+WORDNET_DIR ?= /usr/share/wordnet
+wordnet:
+	@test -f $(WORDNET_DIR)/index.noun || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] \
+	  || (apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1 \
+	      || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends wordnet-base >/dev/null 2>&1)) \
+	  || echo "wordnet-base could not be installed: mine's mention test falls back to string matching"
 
 $(VENV)/.installed: requirements.lock setup.py
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
@@ -21,7 +31,7 @@ $(VENV)/.installed: requirements.lock setup.py
 	uv pip install -q --python $(PY) --no-deps -e .
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed wordnet
 
 demo: venv
 	$(VENV)/bin/dupmine demo --output demo_out
