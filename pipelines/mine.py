@@ -111,7 +111,7 @@ def config_from_args(args: argparse.Namespace) -> MineConfig:
 class Increment:
     """What an incremental mine run builds on (resolved by :func:`plan_increment`)."""
 
-    chain: tuple            # previous mine chain (models.storage.run_chain.MineEntry), oldest first
+    chain: tuple            # previous mine chain (models.storage.mine_chain.MineEntry), oldest first
     new_parts: tuple[str, ...]
     changed: tuple[tuple[str, str, str], ...]  # (part, embedding folder, dedup changed file)
     calibration: dict       # the chain's frozen tagger calibration ({} without one)
@@ -129,9 +129,10 @@ def plan_increment(cfg: MineConfig) -> Increment:
         a part the previous mine chain never counted.
     """
     from models.storage import run_chain
+    from models.storage import mine_chain
     from models.storage import layout
 
-    chain = run_chain.read_mine_chain(cfg.previous)
+    chain = mine_chain.read_mine_chain(cfg.previous)
     previous_cfg = layout.read_json(layout.join(cfg.previous, "config.json"))["config"]
     differ = {name: (previous_cfg.get(name), getattr(cfg, name)) for name in COUNT_OPTIONS if previous_cfg.get(name) != getattr(cfg, name)}
     if differ:
@@ -157,12 +158,13 @@ def plan_increment(cfg: MineConfig) -> Increment:
     new_parts = tuple(p for p in layout.EmbeddingFolder(cfg.embeddings).parts() if p not in counted)
     calibration_path = layout.join(cfg.previous, "tagger_calibration.json")
     calibration = layout.read_json(calibration_path) if layout.exists(calibration_path) else {}
-    stats = layout.read_json(layout.join(cfg.previous, run_chain.COUNTS_DIR, "stats.json"))
+    stats = layout.read_json(layout.join(cfg.previous, mine_chain.COUNTS_DIR, "stats.json"))
     return Increment(tuple(chain), new_parts, tuple(changed), calibration, stats)
 
 
 def params_for(cfg: MineConfig, increment: Increment | None = None):
     from models.storage import run_chain
+    from models.storage import mine_chain
     from models.storage import layout
     from models.mine.keywords import KeywordConfig
     from transforms.mine import MineParams
@@ -203,6 +205,7 @@ def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str], parts: tu
     next increment builds on.
     """
     from models.storage import run_chain
+    from models.storage import mine_chain
     from models.storage import layout
     from models.mine.tables import PromptConfig, flagged_prompts, object_table, word_table
     from models.mine.statistics import ObjectTriggerConfig, WordTriggerConfig
@@ -231,10 +234,10 @@ def write_tables(_, counts: dict, cfg: MineConfig, objects: list[str], parts: tu
         "previous": cfg.previous,
     }
     layout.write_json(layout.join(cfg.output, "_stage", "summary.json"), summary)
-    entry = run_chain.MineEntry(run=run_chain.normalize_path(cfg.output), embeddings=run_chain.normalize_path(cfg.embeddings),
+    entry = mine_chain.MineEntry(run=run_chain.normalize_path(cfg.output), embeddings=run_chain.normalize_path(cfg.embeddings),
                                  parts=tuple(parts), groups=run_chain.normalize_path(cfg.groups) if cfg.groups else None,
                                  previous=run_chain.normalize_path(cfg.previous) if cfg.previous else None)
-    run_chain.write_mine_manifest(cfg.output, [run_chain.MineEntry.from_json(e) for e in chain] + [entry])
+    mine_chain.write_mine_manifest(cfg.output, [mine_chain.MineEntry.from_json(e) for e in chain] + [entry])
     return summary
 
 

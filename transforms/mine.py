@@ -48,6 +48,7 @@ from apache_beam.utils import shared
 import pyarrow as pa
 
 from models.storage import run_chain
+from models.storage import mine_chain
 from models.storage import layout
 from models.storage import schemas
 from transforms.common import Held, sum_counters
@@ -386,7 +387,7 @@ def decode_count(name: str, row: dict):
 def _write_count_shard(element, name: str, output: str) -> str:
     shard, rows = element
     rows = sorted(rows, key=lambda r: tuple(str(v) for v in r.values()))
-    path = layout.join(output, run_chain.COUNTS_DIR, name, f"{name}-{shard:05d}.parquet")
+    path = layout.join(output, mine_chain.COUNTS_DIR, name, f"{name}-{shard:05d}.parquet")
     layout.write_parquet(path, schemas.table(rows, COUNT_SCHEMAS[name]))
     return path
 
@@ -412,17 +413,17 @@ class WriteCounts(beam.PTransform):
                     lambda e, n=name: (zlib.crc32(repr(e[0]).encode()) % COUNT_SHARDS, encode_count(n, e)))
                 | f"Shard{name.capitalize()}" >> beam.GroupByKey()
                 | f"Write{name.capitalize()}" >> beam.Map(_write_count_shard, name, self.output))
-        stats_path = layout.join(self.output, run_chain.COUNTS_DIR, "stats.json")
+        stats_path = layout.join(self.output, mine_chain.COUNTS_DIR, "stats.json")
         written.append(counts["stats"] | "WriteStatsCounts" >> beam.Map(lambda s: (layout.write_json(stats_path, s), stats_path)[1]))
         return tuple(written) | "WrittenCounts" >> beam.Flatten()
 
 
 def count_files(mine_dir: str, name: str) -> list[str]:
     """The saved Parquet files of count ``name`` under ``mine_dir/counts/`` (sorted; none for an empty count)."""
-    fs, base = layout._fs(layout.join(mine_dir, run_chain.COUNTS_DIR, name))
+    fs, base = layout._fs(layout.join(mine_dir, mine_chain.COUNTS_DIR, name))
     if not fs.exists(base):
         return []
-    return sorted(layout.join(layout.join(mine_dir, run_chain.COUNTS_DIR, name), p.rsplit("/", 1)[-1])
+    return sorted(layout.join(layout.join(mine_dir, mine_chain.COUNTS_DIR, name), p.rsplit("/", 1)[-1])
                   for p in fs.ls(base, detail=False) if p.endswith(".parquet"))
 
 
