@@ -164,7 +164,6 @@ def plan_increment(cfg: MineConfig) -> Increment:
 
 def params_for(cfg: MineConfig, increment: Increment | None = None):
     from models.storage import run_chain
-    from models.storage import mine_chain
     from models.storage import layout
     from models.mine.keywords import KeywordConfig
     from transforms.mine import MineParams
