@@ -23,33 +23,59 @@ shards not in PREV_RUN's chain are deduplicated and counted.
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import logging
-import os
-import shutil
 import sys
 import time
 
+import fsspec
 import yaml
 
+from models.storage.ids import absolute_url
 from pipelines.common import setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.run")
 
 STAGES = ("embed", "dedup", "mine", "score", "report")
-DEFAULTS: dict = {
-    "input": None,
-    "output": None,
-    "previous": None,
-    "embed": {"model": "openclip:ViT-B-32/laion2b_s34b_b79k", "batch_size": 64, "device": "auto"},
-    "dedup": {"threshold": 0.95},
-    "mine": {"tagger": "zero-shot", "min_support": 10, "fdr": 0.05},
-    "score": {"target": None, "checks": "plaplace,side,wen"},
-    "report": {},
-}
+# The stage options a resolved configuration shows even when nobody set them. Their values are not declared
+# here: they are read from each stage's own parser (the one source of every default).
+SHOWN = {"embed": ("model", "batch_size", "device"), "dedup": ("threshold",), "mine": ("tagger", "min_support", "fdr"),
+         "score": ("target", "checks"), "report": ()}
+# Flags dupmine run wires itself (folders of the run and its chain); a config may not set them per stage.
+WIRED = {"input", "output", "embeddings", "groups", "flagged", "train", "run", "previous", "dedup", "mine", "score"}
 SHORTCUTS = {"model": "embed.model", "threshold": "dedup.threshold", "tagger": "mine.tagger", "vocab": "mine.vocab",
              "min_support": "mine.min_support", "target": "score.target", "device": "embed.device"}
+
+
+def stage_parser_of(stage: str) -> argparse.ArgumentParser:
+    """The stage command's own flag parser (``pipelines.<stage>.add_arguments``)."""
+    module = importlib.import_module(f"pipelines.{stage}")
+    if not hasattr(module, "add_arguments"):  # a stage that is not a Beam pipeline builds its parser whole
+        return module.build_parser()
+    parser = argparse.ArgumentParser(prog=f"dupmine {stage}", add_help=False)
+    module.add_arguments(parser)
+    return parser
+
+
+def stage_keys(stage: str) -> list[str]:
+    """The keys a config may set for ``stage``: its flags (dest names) less the ones run wires itself."""
+    return sorted(a.dest for a in stage_parser_of(stage)._actions if a.dest not in WIRED and a.dest != "help")
+
+
+def stage_defaults() -> dict:
+    out = {}
+    for stage in STAGES:
+        parser = stage_parser_of(stage)
+        out[stage] = {key: parser.get_default(key) for key in SHOWN[stage]}
+    return out
+
+
+def _check_key(stage: str, key: str, source: str) -> str:
+    key = key.replace("-", "_")
+    allowed = stage_keys(stage)
+    if key not in allowed:
+        raise ValueError(f"{source}: {stage} has no option {key!r}; allowed keys: {', '.join(allowed)}")
+    return key
 
 
 def _parse_value(text):
@@ -68,9 +94,9 @@ def _parse_value(text):
 
 def resolve_config(args: argparse.Namespace) -> dict:
     """Defaults < YAML file < shortcut flags < ``--set``; validates stage and key names."""
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = {"input": None, "output": None, "previous": None, **stage_defaults()}
     if args.config:
-        with open(args.config, encoding="utf-8") as f:
+        with fsspec.open(args.config, "r", encoding="utf-8") as f:
             loaded = yaml.safe_load(f) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"--config {args.config}: expected a mapping of stages, got {type(loaded).__name__}")
@@ -85,7 +111,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
         stage, _, key = dotted.partition(".")
         if stage not in STAGES or not key:
             raise ValueError(f"{dotted!r}: expected STAGE.KEY with STAGE one of {STAGES}")
-        cfg[stage][key.replace("-", "_")] = value
+        cfg[stage][_check_key(stage, key, dotted)] = value
     for key in ("input", "output"):
         if getattr(args, key):
             cfg[key] = getattr(args, key)
@@ -93,7 +119,7 @@ def resolve_config(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{key} is required (or set '{key}:' in the config file)")
     if getattr(args, "previous", None):
         cfg["previous"] = args.previous
-    if cfg["previous"] and os.path.abspath(str(cfg["previous"])) == os.path.abspath(str(cfg["output"])):
+    if cfg["previous"] and absolute_url(str(cfg["previous"])) == absolute_url(str(cfg["output"])):
         raise ValueError(f"--previous {cfg['previous']} is the --output folder; an incremental run writes to a new folder")
     return cfg
 
@@ -105,7 +131,7 @@ def _merge(cfg: dict, loaded: dict, source: str) -> None:
         elif key in STAGES:
             if not isinstance(value, dict):
                 raise ValueError(f"{source}: '{key}' must be a mapping of flags, got {value!r}")
-            cfg[key].update({k.replace("-", "_"): v for k, v in value.items()})
+            cfg[key].update({_check_key(key, k, f"{source}: {key}.{k}"): v for k, v in value.items()})
         else:
             raise ValueError(f"{source}: unknown key {key!r}; expected input, output, previous or one of {STAGES}")
 
@@ -123,24 +149,75 @@ def _flags(options: dict) -> list[str]:
 
 def stage_argv(stage: str, cfg: dict) -> list[str] | None:
     """The stage's own flags (no Beam options), or None when the stage does not run."""
+    from models.storage import layout
+
     run = cfg["output"]
-    path = {s: os.path.join(run, s) for s in STAGES}
+    path = {s: layout.join(run, s) for s in STAGES}
     opts = dict(cfg[stage])
     previous = cfg.get("previous")
     if stage == "embed":
         return ["--input", str(cfg["input"]), "--output", path["embed"], *_flags(opts)]
     if stage == "dedup":
-        prev = ["--previous", os.path.join(previous, "dedup")] if previous else []
+        prev = ["--previous", layout.join(previous, "dedup")] if previous else []
         return ["--embeddings", path["embed"], "--output", path["dedup"], *prev, *_flags(opts)]
     if stage == "mine":
-        prev = ["--previous", os.path.join(previous, "mine")] if previous else []
+        prev = ["--previous", layout.join(previous, "mine")] if previous else []
         return ["--embeddings", path["embed"], "--groups", path["dedup"], "--output", path["mine"], *prev, *_flags(opts)]
     if stage == "score":
         if not opts.get("target"):
             return None
-        return ["--flagged", os.path.join(path["mine"], "flagged_prompts.parquet"), "--train", path["embed"],
+        return ["--flagged", layout.join(path["mine"], "flagged_prompts.parquet"), "--train", path["embed"],
                 "--groups", path["dedup"], "--output", path["score"], *_flags(opts)]
     return ["--run", run, "--output", path["report"], *_flags(opts)]
+
+
+def has_text_tower(model: str) -> bool:
+    """Whether embeddings of ``model`` (an embed ``--model`` spec) come with a text tower (open_clip only)."""
+    return str(model).startswith("openclip:")
+
+
+def check_config(cfg: dict, explicit: set[str], stages: list[str]) -> list[str]:
+    """Check the whole configuration before any stage runs; return the notes to print.
+
+    Every stage's flags are parsed by that stage's own parser (a bad value fails
+    here, not after an hour of embedding), and the cross-stage choices are
+    resolved: without a text tower (``--model pixel`` or ``onnx:``) zero-shot
+    object tags are impossible, so an unset ``mine.tagger`` becomes ``none``
+    (said in one line) and an explicit ``zero-shot`` is an error.
+
+    Raises:
+      ValueError: a flag its stage rejects, or a combination that cannot work.
+    """
+    notes = []
+    if "mine" in stages and not has_text_tower(cfg["embed"]["model"]) and cfg["mine"].get("tagger") == "zero-shot":
+        if "mine.tagger" in explicit:
+            raise ValueError(f"mine.tagger zero-shot scores the vocabulary with the embedding model's text tower, and "
+                             f"embed.model {cfg['embed']['model']!r} has none; use an openclip: model, "
+                             f"--tagger onnx-classifier:MODEL.onnx,LABELS.txt or --tagger none")
+        cfg["mine"]["tagger"] = "none"
+        notes.append(f"mine: no object tags (embed.model {cfg['embed']['model']} has no text tower for zero-shot "
+                     f"tagging; set mine.tagger to onnx-classifier:MODEL.onnx,LABELS.txt for object triggers)")
+    for stage in stages:
+        argv = stage_argv(stage, cfg)
+        if argv is None:
+            continue
+        try:
+            stage_parser_of(stage).parse_args(argv)
+        except SystemExit as exc:  # argparse has printed the reason
+            raise ValueError(f"{stage}: its flags {argv} are invalid (see the message above)") from exc
+    return notes
+
+
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """``STAGE.KEY`` names the user set (config file, shortcut flags or ``--set``), not defaults."""
+    keys = {dotted for flag, dotted in SHORTCUTS.items() if getattr(args, flag, None) is not None}
+    keys |= {item.split("=", 1)[0].replace("-", "_") for item in (getattr(args, "set", None) or []) if "=" in item}
+    if getattr(args, "config", None):
+        with fsspec.open(args.config, "r", encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+        keys |= {f"{stage}.{k.replace('-', '_')}" for stage, opts in loaded.items() if isinstance(opts, dict)
+                 for k in opts}
+    return keys
 
 
 def _input_fingerprint(spec: str) -> list:
@@ -149,14 +226,16 @@ def _input_fingerprint(spec: str) -> list:
 
     out = []
     for shard in list_shards(spec):
-        fs, p = layout._fs(shard.path)
+        fs, p = layout.filesystem(shard.path)
         info = fs.info(p)
         out.append([shard.path, info.get("size"), info.get("mtime") or info.get("updated")])
     return out
 
 
 def _done_path(run: str, stage: str) -> str:
-    return os.path.join(run, "_run", f"{stage}.json")
+    from models.storage import layout
+
+    return layout.join(run, "_run", f"{stage}.json")
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -165,7 +244,7 @@ def run(argv: list[str] | None = None) -> dict:
 
     parser = stage_parser("dupmine run", __doc__)
     parser.add_argument("--input", help="shards (as for dupmine embed)")
-    parser.add_argument("--output", help="run folder")
+    parser.add_argument("--output", help="run folder (local or fsspec URL)")
     parser.add_argument("--config", help="YAML file: input, output and one mapping of flags per stage")
     parser.add_argument("--set", action="append", metavar="STAGE.KEY=VALUE", help="override one stage flag (repeatable)")
     for flag, dotted in SHORTCUTS.items():
@@ -173,43 +252,50 @@ def run(argv: list[str] | None = None) -> dict:
     parser.add_argument("--previous", default=None,
                         help="previous run folder: dedup and mine add this run's new shards to its results "
                              "(--previous PREV/dedup, --previous PREV/mine)")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    parser.add_argument("--dry-run", action="store_true", help="check and print the resolved configuration and exit")
     parser.add_argument("--only", default=None, help="comma-separated stages to consider (default: all)")
     parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
     args, beam_args = split_args(parser, argv)
     setup_logging()
     cfg = resolve_config(args)
+    only = args.only.split(",") if args.only else list(STAGES)
+    unknown = sorted(set(only) - set(STAGES))
+    if unknown:
+        raise ValueError(f"--only {args.only!r}: unknown stage(s) {unknown}; expected a subset of {', '.join(STAGES)}")
+    stages = [s for s in STAGES if s in only]
+    for note in check_config(cfg, explicit_keys(args), stages):
+        log.info("%s", note)
     if args.dry_run:
         yaml.safe_dump(cfg, sys.stdout, sort_keys=False)
         return cfg
     run_dir = cfg["output"]
-    os.makedirs(run_dir, exist_ok=True)
-    layout.atomic_write_bytes(os.path.join(run_dir, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False).encode())
-    only = set(args.only.split(",")) if args.only else set(STAGES)
-    upstream, timings, results = _input_fingerprint(str(cfg["input"])), {}, {}
-    for stage in STAGES:
+    layout.atomic_write_bytes(layout.join(run_dir, "config.yaml"), yaml.safe_dump(cfg, sort_keys=False).encode())
+    upstream, timings, cached, results = _input_fingerprint(str(cfg["input"])), {}, [], {}
+    for stage in stages:
         stage_args = stage_argv(stage, cfg)
-        if stage_args is None or stage not in only:
+        if stage_args is None:
             continue
         fingerprint = layout.fingerprint({"stage": stage, "argv": stage_args, "upstream": upstream})
         done = _done_path(run_dir, stage)
-        if os.path.exists(done) and layout.read_json(done).get("fingerprint") == fingerprint:
+        previous = layout.read_json(done) if layout.exists(done) else None
+        if previous and previous.get("fingerprint") == fingerprint:
             log.info("%s: unchanged since the last run, skipped", stage)
-            results[stage] = layout.read_json(done).get("result")
-            timings[stage] = "skipped"
+            results[stage] = previous.get("result")
+            timings[stage] = previous.get("seconds")  # the time of the run that produced the result
+            cached.append(stage)
             upstream = fingerprint
             continue
-        out = os.path.join(run_dir, stage)
-        if stage != "embed" and os.path.exists(out):
-            shutil.rmtree(out)  # stale outputs of other parameters must not survive
+        if stage != "embed":
+            layout.clear_outputs(run_dir, [stage])  # stale outputs of other parameters must not survive
         started = time.monotonic()
         result = importlib.import_module(f"pipelines.{stage}").run(stage_args + list(beam_args))
         timings[stage] = round(time.monotonic() - started, 1)
         results[stage] = result if isinstance(result, dict) else {"path": result}
-        layout.write_json(done, {"fingerprint": fingerprint, "argv": stage_args, "result": results[stage]})
+        layout.write_json(done, {"fingerprint": fingerprint, "argv": stage_args, "result": results[stage],
+                                 "seconds": timings[stage]})
         upstream = fingerprint
-    summary = final_summary(run_dir, results, timings)
-    layout.write_json(os.path.join(run_dir, "summary.json"), summary)
+    summary = final_summary(run_dir, results, timings, cached)
+    layout.write_json(layout.join(run_dir, "summary.json"), summary)
     if not args.quiet:
         print(format_summary(summary))
     return summary
@@ -222,14 +308,14 @@ def _rejects_by_reason(run_dir: str) -> dict:
 
     reasons: Counter = Counter()
     for stage in STAGES:
-        path = os.path.join(run_dir, stage, "rejects")
-        if os.path.isdir(path) and os.listdir(path):
+        path = layout.join(run_dir, stage, "rejects")
+        if layout.list_names(path):
             for r in layout.read_parquet(path, ["reason"]).column("reason").to_pylist():
                 reasons[f"{stage}: {r.split(':', 1)[0]}"] += 1
     return dict(sorted(reasons.items()))
 
 
-def final_summary(run_dir: str, results: dict, timings: dict) -> dict:
+def final_summary(run_dir: str, results: dict, timings: dict, cached: list[str] = ()) -> dict:
     embed, dedup, mine = (results.get(s) or {} for s in ("embed", "dedup", "mine"))
     return {
         "rows_in": embed.get("rows", 0) + embed.get("rejects", 0),
@@ -244,6 +330,7 @@ def final_summary(run_dir: str, results: dict, timings: dict) -> dict:
         "score": results.get("score"),
         "report": (results.get("report") or {}).get("path"),
         "seconds": timings,
+        "cached": list(cached),
     }
 
 
@@ -258,7 +345,8 @@ def format_summary(s: dict) -> str:
              ("duplicate fraction", None if fraction is None else f"{100 * fraction:.2f}%"),
              ("rows to drop", s["rows_to_drop"]), ("word triggers", s["word_triggers"]),
              ("object triggers", s["object_triggers"]), ("flagged prompts", s["flagged_prompts"])]
-    rows += [(f"seconds, {k}", v) for k, v in s["seconds"].items()]
+    cached = set(s.get("cached", ()))
+    rows += [(f"seconds, {k}", f"{fmt(v)} (earlier run, unchanged)" if k in cached else v) for k, v in s["seconds"].items()]
     if s.get("report"):
         rows.append(("report", s["report"]))
     width = max(len(k) for k, _ in rows)

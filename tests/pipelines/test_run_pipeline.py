@@ -1,5 +1,6 @@
 """dupmine run: config precedence, caching by parameters, end to end on a small input."""
 import argparse
+import logging
 import os
 
 import pytest
@@ -70,11 +71,48 @@ def test_run_end_to_end_skips_when_unchanged_and_redoes_on_change(synthetic_shar
     assert "dupmine run summary" in capsys.readouterr().out
     assert yaml.safe_load(open(os.path.join(out, "config.yaml")))["dedup"]["threshold"] == 0.9
     second = run.run(argv)
-    assert second["seconds"] == {s: "skipped" for s in STAGES.split(",")}
+    assert second["cached"] == STAGES.split(",")  # skipped, and shown with the time that produced the result
+    assert second["seconds"] == first["seconds"] and "(earlier run, unchanged)" in capsys.readouterr().out
     assert second["duplicate_groups"] == first["duplicate_groups"]
     stale = os.path.join(out, "dedup", "edges", "stale.parquet")
     open(stale, "w").close()
     third = run.run(argv[:-2] + ["--set", "dedup.threshold=0.99", "--only", STAGES])
-    assert third["seconds"]["embed"] == "skipped"
+    assert third["cached"] == ["embed"] and third["seconds"]["embed"] == first["seconds"]["embed"]
     assert isinstance(third["seconds"]["dedup"], float) and isinstance(third["seconds"]["mine"], float)
     assert not os.path.exists(stale) and third["duplicate_groups"] <= first["duplicate_groups"]
+
+
+def test_unknown_stage_keys_are_errors_that_list_the_allowed_keys(tmp_path):
+    with pytest.raises(ValueError, match=r"dedup has no option 'treshold'; allowed keys: .*threshold"):
+        run.resolve_config(_args(input="i", output="o", set=["dedup.treshold=0.9"]))
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(yaml.safe_dump({"mine": {"min_suport": 3}}))
+    with pytest.raises(ValueError, match=r"mine has no option 'min_suport'; allowed keys: .*min_support"):
+        run.resolve_config(_args(config=str(bad), input="i", output="o"))
+    with pytest.raises(ValueError, match="mine has no option 'embeddings'"):  # run wires the folders itself
+        run.resolve_config(_args(input="i", output="o", set=["mine.embeddings=elsewhere"]))
+
+
+def test_defaults_come_from_the_stage_parsers():
+    for stage, keys in run.SHOWN.items():
+        parser = run.stage_parser_of(stage)
+        assert run.stage_defaults()[stage] == {k: parser.get_default(k) for k in keys}
+    assert run.stage_defaults()["mine"]["min_support"] == 10 and run.stage_defaults()["embed"]["batch_size"] == 64
+
+
+def test_whole_config_is_checked_before_any_work(tmp_path, capsys, caplog):
+    caplog.set_level(logging.INFO, logger="dupmine.run")
+    out = tmp_path / "r"
+    # pixel embeddings have no text tower: an unset tagger becomes none, said in one line
+    cfg = run.run(["--input", "x", "--output", str(out), "--model", "pixel", "--dry-run"])
+    assert cfg["mine"]["tagger"] == "none"
+    assert any("no object tags" in r.getMessage() for r in caplog.records)
+    # asked for explicitly, zero-shot on pixel embeddings fails before anything is written
+    with pytest.raises(ValueError, match="has none; use an openclip: model"):
+        run.run(["--input", "x", "--output", str(out), "--model", "pixel", "--tagger", "zero-shot"])
+    # a value the stage's own parser rejects fails at start too
+    with pytest.raises(ValueError, match="embed: its flags"):
+        run.run(["--input", "x", "--output", str(out), "--model", "pixel", "--set", "embed.batch_size=-3"])
+    with pytest.raises(ValueError, match="unknown stage"):
+        run.run(["--input", "x", "--output", str(out), "--only", "embed,dedupe"])
+    assert not out.exists()
