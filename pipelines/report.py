@@ -4,6 +4,8 @@
     dupmine report --embeddings emb/ --dedup dedup/ [--mine mine/] [--score score/] --output report/
         [--max-groups 30] [--max-members 8] [--thumb-size 128] [--max-rows 50]
 
+The ``--max-*`` and ``--thumb-size`` flags are the fields of
+``models.report.config.ReportConfig`` (their one source of defaults).
 ``--run`` takes the folders of ``dupmine run`` (``RUN/embed``, ``RUN/dedup``,
 ``RUN/mine``, ``RUN/score``; any may be missing, and the demo's
 ``RUN/embeddings`` works too); explicit ``--embeddings/--dedup/--mine/--score``
@@ -20,6 +22,7 @@ import dataclasses
 import logging
 import os
 
+from models.report.config import ReportConfig, ReportInputs
 from pipelines.common import positive_int, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.report")
@@ -34,16 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mine", default=None, help="mine output folder (overrides RUN/mine)")
     parser.add_argument("--score", default=None, help="score output folder (overrides RUN/score)")
     parser.add_argument("--output", default=None, help="report folder (default: RUN/report)")
-    parser.add_argument("--max-groups", type=positive_int, default=30, help="largest duplicate groups shown (default %(default)s)")
-    parser.add_argument("--max-members", type=positive_int, default=8, help="images shown per group (default %(default)s)")
-    parser.add_argument("--thumb-size", type=positive_int, default=128, help="thumbnail size in pixels (default %(default)s)")
-    parser.add_argument("--max-rows", type=positive_int, default=50, help="rows shown per table (default %(default)s)")
+    for f in dataclasses.fields(ReportConfig):
+        parser.add_argument("--" + f.name.replace("_", "-"), type=positive_int, default=f.default,
+                            help=f"{ReportConfig.help(f.name)} (default %(default)s)")
     return parser
 
 
 def run(argv: list[str] | None = None) -> str:
     """Parse flags, render the report, return the path of ``index.html``."""
-    from models.report.render import ReportInputs, render_report
+    from models.report.render import render_report
 
     parser = build_parser()
     args, rest = split_args(parser, argv)
@@ -58,7 +60,7 @@ def run(argv: list[str] | None = None) -> str:
     output = args.output or (os.path.join(args.run, "report") if args.run else None)
     if output is None:
         parser.error("--output is required without --run")
-    index = render_report(inputs, output, max_groups=args.max_groups, max_members=args.max_members,
-                          thumb_size=args.thumb_size, max_rows=args.max_rows)
+    cfg = ReportConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ReportConfig)})
+    index = render_report(inputs, output, **dataclasses.asdict(cfg))
     log.info("report written to %s", index)
     return index

@@ -23,7 +23,9 @@ from PIL import Image
 
 from models.storage import layout
 from models.storage import schemas
-from models.report.render import ReportInputs, group_anchor, render_report, thumb_name
+from models.report.page import group_anchor
+from models.report.render import ReportInputs, render_report
+from models.storage.folders.report import ReportFolder
 
 XSS_CAPTION = "<script>alert(1)</script> starry night <img src=x onerror=alert(1)>"
 EVIL_KEY = "../../x"
@@ -239,7 +241,7 @@ def test_report_of_a_real_run(built, tmp_path):
     assert any("<script>alert(1)</script>" in t for t in checker.text)
     # the traversal key: shown as text, its thumbnail under a hashed name, nothing written outside the report
     assert "../../x" in "".join(checker.text)
-    assert (out / thumb_name(EVIL_KEY)).is_file() and os.listdir(tmp_path / "a" / "b") == ["report"]
+    assert (out / ReportFolder.thumb(EVIL_KEY)).is_file() and os.listdir(tmp_path / "a" / "b") == ["report"]
     assert all(re.fullmatch(r"[0-9a-f]{32}\.jpg", f) for f in os.listdir(out / "thumbs"))
 
     # the largest group first, sizes non-increasing, and it is the planted one
@@ -283,7 +285,7 @@ def test_groups_referenced_by_triggers_are_rendered_beyond_max_groups(built, tmp
     for gid in referenced:
         assert f'id="{group_anchor(gid)}"' in text
     assert 'id="referenced-groups"' in text
-    with Image.open(tmp_path / "r" / thumb_name(EVIL_KEY)) as im:
+    with Image.open(tmp_path / "r" / ReportFolder.thumb(EVIL_KEY)) as im:
         assert max(im.size) <= 48
 
 

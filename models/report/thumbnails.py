@@ -1,0 +1,142 @@
+"""Thumbnails of the rows shown, re-read from their shards, and copies of the score stage's PNGs.
+
+Cost: one pass over each shard that holds a shown key, read only until its
+last shown key (:data:`SHARD_THREADS` shards in parallel); one decoded image
+in memory per thread. Score PNGs are checked by their signature and copied
+under hashed names; they are found by listing their folder, never by joining
+an id into a path.
+"""
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+from models.report.reading import files_with_suffix, read_bytes, read_json_object
+from models.report.rows import ScoreImage, ShownRow
+from models.storage import layout
+from models.storage.folders.report import ReportFolder
+
+SHARD_THREADS = 4          # shards re-read in parallel for thumbnails
+JPEG_QUALITY = 85
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class Thumbnails(NamedTuple):
+    paths: dict[str, str]   # key -> report-relative path of its thumbnail
+    notes: list[str]        # what could not be shown, and why
+
+
+class _ShardResult(NamedTuple):
+    paths: dict[str, str]
+    notes: list[str]
+
+
+def _shard_refs(embeddings: str) -> dict:
+    """``{shard_id: ShardRef}`` from the embed stage's ``config.json`` (``{}`` for folders made elsewhere)."""
+    from models.storage.shards import ShardRef
+
+    config = read_json_object(layout.EmbeddingFolder(embeddings).config) or {}
+    return {str(s["shard_id"]): ShardRef(s["path"], s["format"], str(s["shard_id"]))
+            for s in config.get("shards", []) if isinstance(s, dict) and {"path", "format", "shard_id"} <= set(s)}
+
+
+def _thumbnail_jpeg(image_bytes: bytes, size: int) -> bytes:
+    """Safely decoded image -> JPEG bytes within a ``size`` x ``size`` box.
+
+    Raises:
+      ImageRejected: the bytes are not a decodable image.
+    """
+    from models.storage.imaging import decode_image
+
+    img = decode_image(image_bytes, target_size=size).image
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _one_shard(ref, todo: set[str], report: ReportFolder, size: int) -> _ShardResult:
+    from models.storage.imaging import ImageRejected
+    from models.storage.shards import Sample, read_shard
+
+    done: dict[str, str] = {}
+    bad: list[str] = []
+    try:
+        for item in read_shard(ref):
+            if not isinstance(item, Sample) or item.key not in todo or item.key in done:
+                continue
+            rel = report.thumb(item.key)
+            try:
+                layout.atomic_write_bytes(report.path(rel), _thumbnail_jpeg(item.image, size))
+                done[item.key] = rel
+            except ImageRejected as exc:
+                done[item.key] = ""
+                bad.append(exc.reason)
+            if len(done) == len(todo):
+                break
+    except (OSError, ValueError, EOFError) as exc:
+        return _ShardResult({k: v for k, v in done.items() if v}, [f"shard {ref.shard_id}: {type(exc).__name__}: {exc}"])
+    notes = []
+    missing = len(todo) - len(done)
+    if missing:
+        notes.append(f"shard {ref.shard_id}: {missing} shown row(s) not found in the shard")
+    if bad:
+        notes.append(f"shard {ref.shard_id}: {len(bad)} image(s) not decodable ({', '.join(sorted(set(bad)))})")
+    return _ShardResult({k: v for k, v in done.items() if v}, notes)
+
+
+def make_thumbnails(embeddings: str, rows: dict[str, ShownRow], keys: set[str], report: ReportFolder,
+                    size: int) -> Thumbnails:
+    """Re-read ``keys`` from their shards, decode safely, write ``thumbs/<hash>.jpg`` into ``report``."""
+    refs = _shard_refs(embeddings)
+    if not refs:
+        return Thumbnails({}, [f"no thumbnails: {embeddings}/config.json lists no shards (embeddings not made by dupmine embed)"])
+    by_shard: dict[str, set[str]] = defaultdict(set)
+    notes = []
+    for k in keys:
+        row = rows.get(k)
+        if row is not None and row.shard in refs:
+            by_shard[row.shard].add(k)
+    unknown = sorted({rows[k].shard for k in keys if k in rows and rows[k].shard not in refs}, key=str)
+    if unknown:
+        notes.append(f"no thumbnails for rows of shards not listed in config.json: {', '.join(map(str, unknown[:10]))}")
+    paths: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, min(SHARD_THREADS, len(by_shard)))) as pool:
+        shards = sorted(by_shard)
+        for result in pool.map(lambda s: _one_shard(refs[s], by_shard[s], report, size), shards):
+            paths.update(result.paths)
+            notes += result.notes
+    return Thumbnails(paths, notes)
+
+
+def copy_png(src: str, report: ReportFolder, rel: str) -> bool:
+    """Copy one PNG (checked by its signature) into the report at ``rel``; ``False`` when it is not a PNG."""
+    data = read_bytes(src)
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    layout.atomic_write_bytes(report.path(rel), data)
+    return True
+
+
+def copy_grids(score: str, report: ReportFolder, limit: int) -> list[ScoreImage]:
+    """The first ``limit`` ``grids/*.png`` of a score folder (by name), copied; non-PNG files skipped."""
+    out = []
+    for name, src in list(files_with_suffix(layout.join(score, "grids"), ".png").items())[:limit]:
+        rel = report.score_grid(name)
+        if copy_png(src, report, rel):
+            out.append(ScoreImage(name, rel))
+    return out
+
+
+def copy_generations(score: str, generation_ids: list[str], report: ReportFolder) -> dict[str, str]:
+    """``{generation_id: relative path}`` for the ids that have a ``generations/<id>.png`` (matched by listing)."""
+    available = files_with_suffix(layout.join(score, "generations"), ".png")
+    out = {}
+    for gid in generation_ids:
+        if gid in available and gid not in out:
+            rel = report.generation(gid)
+            if copy_png(available[gid], report, rel):
+                out[gid] = rel
+    return out
