@@ -443,9 +443,11 @@ def _fmt_ratio(a, b):
 
 
 def main(argv: list[str] | None = None) -> int:
+    global DIM
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--threshold", type=float, default=0.95)
+    ap.add_argument("--dim", type=int, default=DIM, help="embedding dimension of the planted folders")
     ap.add_argument("--part-rows", type=int, default=100_000)
     ap.add_argument("--planted-fraction", type=float, default=0.02)
     ap.add_argument("--chain-fraction", type=float, default=0.002)
@@ -470,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--niter", type=int, default=20, help=argparse.SUPPRESS)
     ap.add_argument("--max-spill", type=int, default=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    DIM = args.dim
     if args.worker:
         worker_main(args)
         return 0
@@ -488,8 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     rows_out = []
     growth: dict = {}
     for n in sizes:
-        root = os.path.join(base, f"emb_{n}")
-        work = os.path.join(base, f"work_{n}")
+        root = os.path.join(base, f"emb_{n}x{DIM}_{args.background}")
+        work = os.path.join(base, f"work_{n}x{DIM}")
         os.makedirs(work, exist_ok=True)
         t0 = time.perf_counter()
         if not os.path.exists(os.path.join(root, "planted.json")):

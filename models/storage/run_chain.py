@@ -37,10 +37,11 @@ import pyarrow.compute as pc
 
 from models.storage import layout
 from models.storage import schemas
+from models.storage.folders.dedup import DedupFolder
 
-MANIFEST = "manifest.json"
-CENTROIDS = "centroids.npy"
-MERGES_FILE = "merges.parquet"
+MANIFEST = DedupFolder.MANIFEST  # the names other stages import from here
+CENTROIDS = DedupFolder.CENTROIDS
+MERGES_FILE = DedupFolder.MERGES
 
 # changed/changed_{part}.parquet: the group fields of an old row after the increment, and before it.
 CHANGED_GROUPS = pa.schema(list(schemas.DEDUP_GROUPS) + [
@@ -115,7 +116,7 @@ def read_chain(run_dir: str) -> list[ChainEntry]:
       ValueError: ``run_dir`` has no ``manifest.json`` (not a finished dedup
         output, or one made before incremental runs existed).
     """
-    path = layout.join(run_dir, MANIFEST)
+    path = DedupFolder(run_dir).manifest
     if not layout.exists(path):
         raise ValueError(f"{run_dir!r} has no {MANIFEST}: not a finished dupmine dedup output (or one made before "
                          f"incremental runs existed; run dedup on it again from scratch)")
@@ -132,7 +133,7 @@ def _normalized(entry, *names: str):
 def write_manifest(run_dir: str, chain: list[ChainEntry], **extra) -> None:
     """Write ``manifest.json`` (``{"chain": [...]}`` plus ``extra`` keys, paths made absolute); the run's commit point."""
     chain = [_normalized(e, "run", "embeddings", "previous") for e in chain]
-    layout.write_json(layout.join(run_dir, MANIFEST), {"chain": [e.to_json() for e in chain], **extra})
+    layout.write_json(DedupFolder(run_dir).manifest, {"chain": [e.to_json() for e in chain], **extra})
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,9 @@ def load_part_state(runs: tuple[str, ...] | list[str], part: str, columns: list[
     columns = list(columns or STATE_COLUMNS)
     if "key" not in columns:
         columns = ["key"] + columns
-    state = _read(layout.join(runs[0], "groups", f"groups_{part}.parquet"), schemas.DEDUP_GROUPS, columns)
+    state = _read(DedupFolder(runs[0]).groups(part), schemas.DEDUP_GROUPS, columns)
     for run in runs[1:]:
-        state = _overlay(state, _read(layout.join(run, "changed", f"changed_{part}.parquet"), CHANGED_GROUPS, columns))
+        state = _overlay(state, _read(DedupFolder(run).changed(part), CHANGED_GROUPS, columns))
     return state
 
 
@@ -248,10 +249,10 @@ def load_groups(dedup_dir: str, columns: list[str] | None = None) -> pa.Table:
     incremental output's own ``groups/`` holds only its new parts. Folders
     without a manifest (written by other tools, or by hand) are read as they are.
     """
-    if layout.exists(layout.join(dedup_dir, MANIFEST)):
+    if layout.exists(DedupFolder(dedup_dir).manifest):
         table = load_group_state(dedup_dir)
     else:
-        table = layout.read_parquet(layout.join(dedup_dir, "groups"))
+        table = layout.read_parquet(DedupFolder(dedup_dir).groups_dir)
     return table.select(columns) if columns else table
 
 
@@ -266,7 +267,7 @@ def load_drop_keys(dedup_dir: str) -> pa.Table:
     """
     tables = []
     for entry in read_chain(dedup_dir):
-        path = layout.join(entry.run, "drop_keys.parquet")
+        path = DedupFolder(entry.run).drop_keys
         fs, p = layout._fs(path)
         if fs.exists(p) and fs.ls(p, detail=False):
             tables.append(layout.read_parquet(path).select(schemas.DROP_KEYS.names).cast(schemas.DROP_KEYS))
@@ -280,6 +281,6 @@ def load_drop_keys(dedup_dir: str) -> pa.Table:
 
 def load_merges(dedup_dir: str) -> pa.Table:
     """Every run's ``merges.parquet`` of the chain, oldest first (:data:`MERGES` columns)."""
-    tables = [layout.read_parquet(layout.join(e.run, MERGES_FILE)).cast(MERGES)
-              for e in read_chain(dedup_dir) if layout.exists(layout.join(e.run, MERGES_FILE))]
+    tables = [layout.read_parquet(DedupFolder(e.run).merges).cast(MERGES)
+              for e in read_chain(dedup_dir) if layout.exists(DedupFolder(e.run).merges)]
     return pa.concat_tables(tables) if tables else schemas.table([], MERGES)

@@ -1,0 +1,171 @@
+"""What a dedup run will read: its parts, their order and the parameters the transforms need.
+
+:func:`fresh_plan` lists an embedding folder; :func:`incremental_plan` puts
+the parts of a previous run chain first (in chain order) and the new parts of
+``--embeddings`` after them, so global row ids order rows as a one-shot run
+over all parts would. Both read only ``.npy`` headers and metadata footers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from models.storage import layout, run_chain
+from models.storage.folders.dedup import DedupFolder
+
+
+
+@dataclass(frozen=True)
+class DedupParams:
+    """What the transforms need (picklable, resolved once on the driver).
+
+    ``parts[i]`` is read from ``folders[i]`` (``embeddings`` when ``folders``
+    is empty). Incremental runs: parts ``[0, n_old)`` come from the previous
+    chain, ``part_runs[i]`` lists the runs holding old part i's group state
+    (:func:`models.storage.run_chain.part_runs`), and ``centroids_path`` holds
+    the frozen (K, D) centroids.
+    """
+
+    embeddings: str
+    output: str
+    parts: tuple[str, ...]
+    dim: int
+    threshold: float
+    max_spill: int
+    sample_size: int
+    seed: int
+    niter: int
+    k: int
+    block_rows: int
+    n_rows: int
+    folders: tuple[str, ...] = ()
+    n_old: int = 0
+    part_runs: tuple[tuple[str, ...], ...] = ()
+    centroids_path: str | None = None
+
+    def __post_init__(self):
+        if self.folders and len(self.folders) != len(self.parts):
+            raise ValueError(f"{len(self.folders)} folders for {len(self.parts)} parts")
+        if not 0 <= self.n_old <= len(self.parts) or len(self.part_runs) != self.n_old:
+            raise ValueError(f"n_old {self.n_old} and {len(self.part_runs)} part_runs for {len(self.parts)} parts")
+        if self.n_old and self.centroids_path is None:
+            raise ValueError("an incremental run (n_old > 0) needs the previous run's centroids_path")
+
+    @property
+    def incremental(self) -> bool:
+        return self.centroids_path is not None
+
+    @property
+    def out(self) -> DedupFolder:
+        return DedupFolder(self.output)
+
+    def folder(self, part_index: int) -> "layout.EmbeddingFolder":
+        return layout.EmbeddingFolder(self.folders[part_index] if self.folders else self.embeddings)
+
+    def is_new(self, part_index: int) -> bool:
+        return part_index >= self.n_old
+
+    @property
+    def new_parts(self) -> tuple[str, ...]:
+        return self.parts[self.n_old:]
+
+
+def _shape(folder: "layout.EmbeddingFolder", part: str) -> tuple[int, ...]:
+    return tuple(layout.read_npy(folder.img_emb(part)).shape)
+
+
+def inspect_parts(embeddings: str) -> tuple[list[str], int, int]:
+    """(parts, dim, total rows) from the ``.npy`` headers; a dimension mismatch names the parts."""
+    folder = layout.EmbeddingFolder(embeddings)
+    parts = folder.parts()
+    if not parts:
+        raise ValueError(f"{embeddings!r} has no complete embedding parts")
+    shapes = {i: _shape(folder, i) for i in parts}
+    dims: dict[int, list[str]] = {}
+    for i, shape in shapes.items():
+        if len(shape) != 2:
+            raise ValueError(f"{folder.img_emb(i)} has shape {shape}; expected (rows, dim)")
+        dims.setdefault(shape[1], []).append(i)
+    if len(dims) > 1:
+        detail = "; ".join(f"dim {d}: parts {v[:5]}{'...' if len(v) > 5 else ''}" for d, v in sorted(dims.items()))
+        raise ValueError(f"embedding dimensions differ between parts of {embeddings!r} ({detail})")
+    return parts, next(iter(dims)), int(sum(s[0] for s in shapes.values()))
+
+
+def fresh_plan(cfg) -> DedupParams:
+    """Parameters of a from-scratch run of ``cfg`` (a :class:`pipelines.dedup.DedupConfig`)."""
+    parts, dim, n = inspect_parts(cfg.embeddings)
+    k = cfg.resolve_k(n)
+    return DedupParams(embeddings=cfg.embeddings, output=cfg.output, parts=tuple(parts), dim=dim,
+                       threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=cfg.sample_size(n, k),
+                       seed=cfg.seed, niter=cfg.niter, k=k, block_rows=cfg.block_rows, n_rows=n)
+
+
+def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
+    """(params, previous chain) of an increment of ``cfg.previous``.
+
+    Part order: the chain's parts (oldest run first, each run's parts in its
+    order), then the new parts of ``--embeddings`` in folder order.
+
+    Raises:
+      ValueError: ``--output`` is a run of the chain; PREV lacks ``centroids.npy``;
+        an old part is missing or changed its row count; a part of
+        ``--embeddings`` with an id already in the chain has other rows than
+        the chain's part; a new part's dimension differs from the chain's.
+    """
+    chain = run_chain.read_chain(cfg.previous)
+    last = chain[-1]
+    out = run_chain.normalize_path(cfg.output)
+    if out in {run_chain.normalize_path(e.run) for e in chain}:
+        raise ValueError(f"--output {cfg.output} is a run of the --previous chain; write the increment to a new folder")
+    centroids = DedupFolder(cfg.previous).centroids
+    if not layout.exists(centroids):
+        raise ValueError(f"--previous {cfg.previous} has no {DedupFolder.CENTROIDS}; run dedup on it again from scratch")
+    locations = run_chain.part_locations(chain)
+    for loc in locations.values():
+        shape = _shape(layout.EmbeddingFolder(loc.embeddings), loc.part)
+        if shape[0] != loc.rows or shape[1:] != (last.dim,):
+            raise ValueError(f"part {loc.part} of {loc.embeddings} has shape {shape}, but the chain of "
+                             f"{cfg.previous} recorded ({loc.rows}, {last.dim}); old parts must not change")
+    folder = layout.EmbeddingFolder(cfg.embeddings)
+    emb = run_chain.normalize_path(cfg.embeddings)
+    new, rows = [], []
+    for part in folder.parts():
+        shape = _shape(folder, part)
+        if len(shape) != 2 or shape[1] != last.dim:
+            raise ValueError(f"{folder.img_emb(part)} has shape {shape}; the chain of {cfg.previous} has dim {last.dim}")
+        loc = locations.get(part)
+        if loc is None:
+            new.append(part)
+            rows.append(shape[0])
+        elif run_chain.normalize_path(loc.embeddings) != emb and shape[0] != loc.rows:
+            raise ValueError(f"part {part} of {cfg.embeddings} has {shape[0]} rows but the chain's part {part} "
+                             f"(from {loc.embeddings}) has {loc.rows}; part ids must be unique across a run chain")
+    old = sorted(locations.values(), key=lambda loc: loc.index)
+    params = DedupParams(
+        embeddings=cfg.embeddings, output=cfg.output, parts=tuple([loc.part for loc in old] + new), dim=last.dim,
+        threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=0, seed=cfg.seed, niter=cfg.niter, k=last.k,
+        block_rows=cfg.block_rows, n_rows=sum(loc.rows for loc in old) + sum(rows),
+        folders=tuple([loc.embeddings for loc in old] + [cfg.embeddings] * len(new)),
+        n_old=len(old), part_runs=tuple(loc.runs for loc in old), centroids_path=centroids)
+    return params, chain
+
+
+class RunPlan(NamedTuple):
+    """Everything the driver resolves before the pipeline starts.
+
+    ``chain``: the previous chain's entries as JSON (empty from scratch);
+    ``previous_summary``: the previous run's ``summary.json`` (None from scratch).
+    """
+
+    params: DedupParams
+    chain: list
+    previous_summary: dict | None
+
+
+def plan_run(cfg) -> RunPlan:
+    """The :class:`RunPlan` of ``cfg``: a fresh plan, or an increment of ``cfg.previous``."""
+    if not cfg.previous:
+        return RunPlan(fresh_plan(cfg), [], None)
+    params, chain = incremental_plan(cfg)
+    return RunPlan(params, [e.to_json() for e in chain], layout.read_json(DedupFolder(cfg.previous).summary))

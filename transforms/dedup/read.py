@@ -1,0 +1,191 @@
+"""Read embedding parts into blocks: valid rows, rejects and (increments) the old rows' previous groups."""
+from __future__ import annotations
+
+import apache_beam as beam
+import fsspec
+import numpy as np
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from models.dedup.plan import DedupParams
+from models.storage import layout, run_chain
+from transforms.dedup.rows import NAMESPACE, Block, PreviousGroup, Reject, gid_of, split_gid
+
+_ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys
+_KEYS: dict = {}
+_CACHE_ENTRIES = 64
+
+
+def _identity(path: str) -> tuple:
+    """(path, size, modification stamp): a rewritten file (atomic rename) is never served from a cache."""
+    fs, p = fsspec.core.url_to_fs(path)
+    info = fs.info(p)
+    return path, info.get("size"), info.get("mtime") or info.get("updated") or info.get("ETag")
+
+
+def _cached(cache: dict, key: tuple, load):
+    if key not in cache:
+        if len(cache) >= _CACHE_ENTRIES:
+            cache.pop(next(iter(cache)))
+        cache[key] = load()
+    return cache[key]
+
+
+def _part_array(params: DedupParams, part_index: int) -> np.ndarray:
+    path = params.folder(part_index).img_emb(params.parts[part_index])
+    return _cached(_ARRAYS, _identity(path), lambda: layout.read_npy(path))
+
+
+def row_vectors(params: DedupParams, gids: np.ndarray) -> np.ndarray:
+    """(n,) gids -> (n, D) float32 L2-normalised rows, read from their parts (memory-mapped when local).
+
+    Memory: the returned rows only; pages of a local ``.npy`` are shared and evictable.
+    """
+    gids = np.asarray(gids, np.int64)
+    out = np.empty((len(gids), params.dim), np.float32)
+    parts, rows = split_gid(gids)
+    for part in np.unique(parts).tolist():
+        sel = np.flatnonzero(parts == part)
+        order = np.argsort(rows[sel], kind="stable")  # sorted reads of the memory map
+        out[sel[order]] = np.asarray(_part_array(params, part)[rows[sel][order]], np.float32)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return out / np.where(norms > 0, norms, 1.0)
+
+
+def _keys_of(meta, part: str) -> np.ndarray:
+    """The part's plain keys by row (clip-retrieval parts without keys: ``PART:ROW``)."""
+    if "key" in meta.column_names:
+        return np.asarray([str(k) for k in meta.column("key").to_pylist()], dtype=object)
+    return np.asarray([f"{part}:{i}" for i in range(meta.num_rows)], dtype=object)
+
+
+def part_keys(params: DedupParams, part_index: int) -> np.ndarray:
+    """The part's keys by row, cached per process."""
+    part = params.parts[part_index]
+    path = params.folder(part_index).metadata(part)
+    return _cached(_KEYS, _identity(path), lambda: _keys_of(layout.read_parquet(path, None), part))
+
+
+def column(table, name: str, n: int, fill) -> list:
+    """``table[name]`` as a list, or ``n`` copies of ``fill`` where the column is absent."""
+    return table.column(name).to_pylist() if name in table.column_names else [fill] * n
+
+
+def row_areas(meta) -> np.ndarray:
+    """(n,) int64 ``width * height`` per row (0 where unknown)."""
+    n = meta.num_rows
+    width = np.asarray([w or 0 for w in column(meta, "width", n, 0)], np.int64)
+    height = np.asarray([h or 0 for h in column(meta, "height", n, 0)], np.int64)
+    return width * height
+
+
+class ReadPartFn(beam.DoFn):
+    """Part index -> Blocks of valid rows (main) and ``(part, Reject)`` rows (tag ``rejects``).
+
+    Rejects: ``non-finite-embedding``, ``zero-embedding``. Memory: one block of
+    the part at a time (the ``.npy`` is memory-mapped when local). For an old
+    part of an incremental run also ``(gid, PreviousGroup)`` (tag
+    ``old_state``) for each of its rows in a previous duplicate group, from
+    :func:`models.storage.run_chain.load_part_state`.
+    """
+
+    def __init__(self, params: DedupParams):
+        self.params = params
+        self.read = Metrics.counter(NAMESPACE, "rows_read")
+        self.rejected = Metrics.counter(NAMESPACE, "rows_rejected")
+
+    def process(self, part_index: int):
+        p = self.params
+        folder = p.folder(part_index)
+        part = p.parts[part_index]
+        emb = layout.read_npy(folder.img_emb(part))
+        meta = layout.read_parquet(folder.metadata(part))
+        n = meta.num_rows
+        if emb.shape[0] != n:
+            raise ValueError(f"{folder.img_emb(part)} has {emb.shape[0]} rows but {folder.metadata(part)} has {n}")
+        keys = _keys_of(meta, part)
+        sha = np.asarray([s or "" for s in column(meta, "sha256", n, "")], dtype=object)
+        area = row_areas(meta)
+        if not p.is_new(part_index):
+            yield from self._old_state(part_index, keys)
+        for start in range(0, n, p.block_rows):
+            stop = min(n, start + p.block_rows)
+            x = np.asarray(emb[start:stop], dtype=np.float32)
+            finite = np.isfinite(x).all(axis=1)
+            norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
+            ok = finite & (norms > 1e-6)
+            for r in np.flatnonzero(~ok):
+                reason = "non-finite-embedding" if not finite[r] else "zero-embedding"
+                self.rejected.inc()
+                yield pvalue.TaggedOutput("rejects", (part_index, Reject(int(start + r), str(keys[start + r]), reason)))
+            rows = np.flatnonzero(ok) + start
+            self.read.inc(stop - start)
+            if len(rows):
+                yield Block(part_index, gid_of(part_index, rows), keys[rows], sha[rows], area[rows])
+
+    def _old_state(self, part_index: int, keys: np.ndarray):
+        p = self.params
+        part = p.parts[part_index]
+        state = run_chain.load_part_state(p.part_runs[part_index], part).to_pylist()
+        row_of: dict = {}
+        for row, key in enumerate(keys.tolist()):
+            row_of.setdefault(key, row)
+        for r in state:
+            if r["group_size"] <= 1:
+                continue
+            if r["key"] not in row_of:
+                raise ValueError(f"key {r['key']!r} of the previous groups of part {part} is not in "
+                                 f"{p.folder(part_index).metadata(part)}; the part changed since the previous run")
+            gid = int(gid_of(part_index, np.asarray([row_of[r["key"]]]))[0])
+            yield pvalue.TaggedOutput("old_state", (gid, PreviousGroup(
+                r["group_id"], int(r["group_size"]), bool(r["is_representative"]), r["representative_key"],
+                r["max_cosine"])))
+
+
+def duplicate_keys(element):
+    """(key, [gids]) -> (part, Reject) for every copy but the first."""
+    key, gids = element
+    gids = sorted(gids)
+    parts, rows = split_gid(np.asarray(gids[1:], np.int64))
+    first_part, first_row = split_gid(np.asarray(gids[:1], np.int64))
+    for part, row in zip(parts.tolist(), rows.tolist()):
+        yield part, Reject(row, key, f"duplicate-key: same key as part #{int(first_part[0])} row {int(first_row[0])}")
+
+
+def drop_rejected(block: Block, rejected: list) -> Block | None:
+    """Remove rows rejected elsewhere (duplicate keys) from a block; None when nothing is left."""
+    if not rejected:
+        return block
+    bad = np.asarray([int(gid_of(part, np.asarray([rej.row]))[0]) for part, rej in rejected], np.int64)
+    keep = ~np.isin(block.gids, bad)
+    return block.take(np.flatnonzero(keep)) if keep.any() else None
+
+
+class ReadParts(beam.PTransform):
+    """Part indices -> ``{"blocks", "rejects", "old_state"}``.
+
+    ``blocks``: Blocks of valid rows whose key is the first of its copies;
+    ``rejects``: ``(part, Reject)`` for unusable embeddings and repeated keys;
+    ``old_state``: ``(gid, PreviousGroup)`` of old rows in previous groups.
+    """
+
+    def __init__(self, params: DedupParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, part_indices):
+        read = part_indices | "ReadPartFiles" >> beam.ParDo(ReadPartFn(self.params)).with_outputs(
+            "rejects", "old_state", main="blocks")
+        key_rejects = (
+            read.blocks
+            | "KeyIds" >> beam.FlatMap(lambda b: zip(b.keys.tolist(), b.gids.tolist()))
+            | "GroupByKeyName" >> beam.GroupByKey()
+            | "DuplicateKeys" >> beam.FlatMap(duplicate_keys)
+        )
+        blocks = (
+            read.blocks
+            | "DropDuplicateKeys" >> beam.Map(drop_rejected, pvalue.AsList(key_rejects))
+            | "NonEmpty" >> beam.Filter(lambda b: b is not None)
+        )
+        rejects = (read.rejects, key_rejects) | "AllRejects" >> beam.Flatten()
+        return {"blocks": blocks, "rejects": rejects, "old_state": read.old_state}

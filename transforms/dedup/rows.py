@@ -1,0 +1,158 @@
+"""The elements of the dedup stage: global row ids, blocks, pieces and the named rows between steps.
+
+Global row ids: ``gid = part_index << 32 | row``, so a gid names a row of an
+embedding part without carrying its key around, and the smallest gid of a
+component (its canonical label) is its first member in part/row order.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+ROW_BITS = 32
+NAMESPACE = "dupmine.dedup"
+
+
+def gid_of(part_index: int, rows: np.ndarray) -> np.ndarray:
+    """(n,) row numbers of part ``part_index`` -> (n,) int64 global ids."""
+    return (np.int64(part_index) << ROW_BITS) | np.asarray(rows).astype(np.int64)
+
+
+def split_gid(gids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n,) int64 global ids -> ((n,) part indices, (n,) rows)."""
+    gids = np.asarray(gids, np.int64)
+    return gids >> ROW_BITS, gids & ((1 << ROW_BITS) - 1)
+
+
+class RowId(NamedTuple):
+    """One global id split into its part index and row."""
+
+    part: int
+    row: int
+
+
+def row_id(gid: int) -> RowId:
+    return RowId(int(gid) >> ROW_BITS, int(gid) & ((1 << ROW_BITS) - 1))
+
+
+def is_new_gid(gid: int, n_old: int) -> bool:
+    """Incremental runs: parts ``[0, n_old)`` are the previous chain's, the rest are new."""
+    return (int(gid) >> ROW_BITS) >= n_old
+
+
+@dataclass
+class Block:
+    """Up to ``block_rows`` valid rows of one embedding part.
+
+    gids (n,) int64; keys (n,) str; sha256 (n,) str ('' when unknown); area
+    (n,) int64 width*height. The vectors are not carried: they never enter a
+    Beam shuffle (at 1M x 512 they would be 2 GB per copy); workers read the
+    rows they need from the part's ``.npy`` (:func:`transforms.dedup.read.row_vectors`).
+    """
+
+    part: int
+    gids: np.ndarray
+    keys: np.ndarray
+    sha256: np.ndarray
+    area: np.ndarray
+
+    def take(self, idx: np.ndarray) -> "Block":
+        return Block(self.part, self.gids[idx], self.keys[idx], self.sha256[idx], self.area[idx])
+
+
+class Role(str, enum.Enum):
+    """How a row sits in a partition: its nearest centroid's (HOME) or a spilled copy (VISIT)."""
+
+    HOME = "home"
+    VISIT = "visit"
+
+
+@dataclass
+class Piece:
+    """The rows of one block that go to one partition, as global ids (8 bytes a row in the shuffle)."""
+
+    role: Role
+    part: int
+    gids: np.ndarray
+
+
+class Reject(NamedTuple):
+    """A row of a part without a usable embedding, and why."""
+
+    row: int
+    key: str
+    reason: str
+
+
+class PreviousGroup(NamedTuple):
+    """An old row's group fields as the previous run chain left them."""
+
+    group_id: str
+    group_size: int
+    is_representative: bool
+    representative_key: str
+    max_cosine: float | None
+
+    @classmethod
+    def singleton(cls, key: str) -> "PreviousGroup":
+        return cls(key, 1, True, key, None)
+
+
+class Labelled(NamedTuple):
+    """A node's global component label, largest edge cosine and (old rows) previous group."""
+
+    label: int
+    max_cos: float
+    previous: PreviousGroup | None
+
+
+class PartRow(NamedTuple):
+    """A labelled node keyed by its part: its row in the part, then :class:`Labelled`'s fields."""
+
+    row: int
+    label: int
+    max_cos: float
+    previous: PreviousGroup | None
+
+
+class Member(NamedTuple):
+    """A component member with the metadata the representative rule needs."""
+
+    gid: int
+    key: str
+    area: int
+    max_cos: float
+    previous: PreviousGroup | None
+
+
+class GroupRow(NamedTuple):
+    """The group fields of one row of a duplicate group, as written to ``groups/`` or ``changed/``."""
+
+    row: int
+    key: str
+    group_id: str
+    group_size: int
+    is_representative: bool
+    representative_key: str
+    max_cos: float
+    previous: PreviousGroup | None
+
+    def fields(self) -> tuple:
+        """(group_id, group_size, is_representative, representative_key, max_cosine as float32)."""
+        return (self.group_id, self.group_size, self.is_representative, self.representative_key, f32(self.max_cos))
+
+
+class Edge(NamedTuple):
+    """A near edge between two global ids, ``a < b``."""
+
+    a: int
+    b: int
+    cosine: float
+
+
+def f32(x):
+    """``x`` rounded to float32 (as stored), None kept."""
+    return None if x is None else float(np.float32(x))

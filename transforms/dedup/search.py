@@ -1,0 +1,190 @@
+"""Assign rows to partitions, search each partition exactly, and join rows with equal image hashes.
+
+Outputs per node with an edge: ``(gid, local_root)`` (the smallest gid of its
+component inside one partition or hash group) and ``(gid, max_cos)``; near
+edges are written to ``edges/edges_{part}.parquet`` after being made distinct.
+"""
+from __future__ import annotations
+
+import zlib
+
+import apache_beam as beam
+import numpy as np
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from models.dedup import components, partition, search
+from models.dedup.plan import DedupParams
+from models.storage import layout, schemas
+from transforms.dedup.read import part_keys, row_vectors
+from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, is_new_gid, row_id
+
+
+def assign(block: Block, centroids: np.ndarray, params: DedupParams):
+    """Block -> (partition, Piece) per touched partition and role (row ids only)."""
+    home, (indptr, spill) = partition.assign_with_spill(row_vectors(params, block.gids), centroids, params.threshold,
+                                                        params.max_spill)
+    for role, parts, rows in ((Role.HOME, home, np.arange(len(home))),
+                              (Role.VISIT, spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
+        if not len(parts):
+            continue
+        order = np.argsort(parts, kind="stable")
+        parts, rows = parts[order], rows[order]
+        bounds = np.flatnonzero(np.diff(parts)) + 1
+        for seg in np.split(np.arange(len(parts)), bounds):
+            yield int(parts[seg[0]]), Piece(role, block.part, block.gids[rows[seg]])
+
+
+def _concat(pieces: list[Piece], params: DedupParams) -> tuple[np.ndarray, np.ndarray]:
+    if not pieces:
+        return np.zeros(0, np.int64), np.zeros((0, params.dim), np.float32)
+    gids = np.concatenate([b.gids for b in pieces])
+    return gids, row_vectors(params, gids)
+
+
+class SearchPartitionFn(beam.DoFn):
+    """(partition, pieces) -> ``((gid_a, gid_b), cos)`` (tag ``edges``), ``(gid, local_root)`` (tag ``roots``)
+    and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge.
+
+    Searched: new homes x (new homes, old homes, all visitors), and new
+    visitors x old homes -- every pair the one-shot search would find that
+    has at least one new row, never old x old (in a from-scratch run every
+    row is new: homes x homes and homes x visitors). Memory: the partition's
+    homes and visitors, O((a + b) D), plus an O(block^2) tile inside
+    :func:`models.dedup.search.partition_pairs`.
+    """
+
+    def __init__(self, params: DedupParams):
+        self.params = params
+        self.edges = Metrics.counter(NAMESPACE, "near_edges")
+        self.sizes = Metrics.distribution(NAMESPACE, "partition_rows")
+
+    def process(self, element):
+        _, pieces = element
+        p = self.params
+        pieces = list(pieces)
+        split = {(role, new): [b for b in pieces if b.role == role and p.is_new(b.part) == new]
+                 for role in Role for new in (True, False)}
+        homes_new, homes_old = split[(Role.HOME, True)], split[(Role.HOME, False)]
+        visits_new, visits_old = split[(Role.VISIT, True)], split[(Role.VISIT, False)]
+        if not homes_new and not (homes_old and visits_new):
+            return
+        self.sizes.update(sum(len(b.gids) for b in homes_new + homes_old))
+        found = []
+        if homes_new:
+            h_ids, h_vecs = _concat(homes_new, p)
+            v_ids, v_vecs = _concat(homes_old + visits_old + visits_new, p)
+            found.append(search.partition_pairs(h_ids, h_vecs, v_ids, v_vecs, p.threshold))
+        if homes_old and visits_new:
+            # new visitors x old homes, with the new visitors as "homes" of the kernel; it also pairs new
+            # visitors with each other, which their own home partitions cover: keep pairs with an old home.
+            o_ids, o_vecs = _concat(homes_old, p)
+            n_ids, n_vecs = _concat(visits_new, p)
+            i, j, cos = search.partition_pairs(n_ids, n_vecs, o_ids, o_vecs, p.threshold)
+            keep = np.isin(i, o_ids) | np.isin(j, o_ids)
+            found.append((i[keep], j[keep], cos[keep]))
+        i, j, cos = (np.concatenate(x) for x in zip(*found))
+        if len(found) > 1 and len(i):
+            _, first = np.unique(np.stack([i, j], axis=1), axis=0, return_index=True)
+            i, j, cos = i[first], j[first], cos[first]
+        self.edges.inc(len(i))
+        if not len(i):
+            return
+        # A pair of rows homed in different partitions can be found in both (each visits the other's home):
+        # edges leave as elements and are made distinct by a CombinePerKey before they are written.
+        for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist()):
+            yield pvalue.TaggedOutput("edges", ((a, b), c))
+        nodes, roots = components.local_components(np.zeros(0, np.int64), i, j)
+        for node, root in zip(nodes.tolist(), roots.tolist()):
+            yield pvalue.TaggedOutput("roots", (node, root))
+        both = np.concatenate([i, j])
+        best = np.concatenate([cos, cos])
+        order = np.lexsort((-best, both))
+        first = np.ones(len(order), bool)
+        first[1:] = both[order][1:] != both[order][:-1]
+        for node, c in zip(both[order][first].tolist(), best[order][first].tolist()):
+            yield pvalue.TaggedOutput("max_cos", (node, c))
+
+
+def edge_of(element) -> Edge:
+    """``((gid_a, gid_b), cos)`` (a distinct-edge KV) -> :class:`Edge`."""
+    pair, cos = element
+    return Edge(int(pair[0]), int(pair[1]), float(cos))
+
+
+def write_edges(element, params: DedupParams) -> int:
+    """(part of gid_a, [Edge]) -> ``edges/edges_{part}.parquet`` (near edges, each pair once); returns the count."""
+    part_index, edges = element
+    rows = []
+    for e in sorted(edges):
+        ra, rb = row_id(e.a), row_id(e.b)
+        rows.append({"key_a": part_keys(params, ra.part)[ra.row], "key_b": part_keys(params, rb.part)[rb.row],
+                     "cosine": e.cosine, "kind": "near"})
+    layout.write_parquet(params.out.edges(params.parts[part_index]), schemas.table(rows, schemas.DEDUP_EDGES))
+    return len(rows)
+
+
+def exact_groups(element, params: DedupParams):
+    """(sha256, [(gid, key)]) -> (gid, root) for hash groups of 2+, plus their edges file.
+
+    The edges of a hash group are a star from its first member (cosine 1.0 by
+    definition: identical bytes give identical embeddings), so every member
+    also gets ``(gid, 1.0)`` (tag ``max_cos``). Incremental runs: only hash
+    groups with a new row count, and only the edges to new rows are written
+    (the old ones are in a previous run's files).
+    """
+    sha, members = element
+    members = sorted(members)
+    if len(members) < 2 or not is_new_gid(members[-1][0], params.n_old):
+        return
+    root, root_key = members[0]
+    rows = [{"key_a": root_key, "key_b": key, "cosine": 1.0, "kind": "exact"}
+            for gid, key in members[1:] if is_new_gid(gid, params.n_old)]
+    layout.write_parquet(params.out.exact_edges(f"{sha[:16]}_{zlib.crc32(sha.encode()):08x}"),
+                         schemas.table(rows, schemas.DEDUP_EDGES))
+    for gid, _ in members:
+        yield gid, root
+        yield pvalue.TaggedOutput("max_cos", (gid, 1.0))
+
+
+class AssignAndSearch(beam.PTransform):
+    """``{"blocks", "centroids"}`` -> ``{"roots", "max_cos", "edges_written"}``.
+
+    ``roots``: (gid, local root) from partitions and hash groups; ``max_cos``:
+    (gid, cosine) per edge endpoint (not yet maximised over partitions);
+    ``edges_written``: one count per written near-edges file. ``select``
+    (from the run strategy) chooses the pieces worth searching.
+    """
+
+    def __init__(self, params: DedupParams, select):
+        super().__init__()
+        self.params = params
+        self.select = select
+
+    def expand(self, inputs):
+        p = self.params
+        blocks = inputs["blocks"]
+        pieces = blocks | "AssignPartitions" >> beam.FlatMap(assign, pvalue.AsSingleton(inputs["centroids"]), p)
+        searched = (
+            self.select(pieces)
+            | "GroupByPartition" >> beam.GroupByKey()
+            | "SearchPartitions" >> beam.ParDo(SearchPartitionFn(p)).with_outputs("roots", "max_cos", "edges")
+        )
+        edges_written = (
+            searched.edges
+            | "DistinctEdges" >> beam.CombinePerKey(max)
+            | "ToEdges" >> beam.Map(edge_of)
+            | "EdgesByPart" >> beam.Map(lambda e: (row_id(e.a).part, e))
+            | "GroupEdgesByPart" >> beam.GroupByKey()
+            | "WriteEdges" >> beam.Map(write_edges, p)
+        )
+        exact = (
+            blocks
+            | "HashKeys" >> beam.FlatMap(lambda b: [(s, (g, k)) for s, g, k in
+                                                    zip(b.sha256.tolist(), b.gids.tolist(), b.keys.tolist()) if s])
+            | "GroupByHash" >> beam.GroupByKey()
+            | "ExactGroups" >> beam.FlatMap(exact_groups, p).with_outputs("max_cos", main="roots")
+        )
+        roots = (searched.roots, exact.roots) | "SearchAndHashRoots" >> beam.Flatten()
+        max_cos = (searched.max_cos, exact.max_cos) | "SearchAndHashCosines" >> beam.Flatten()
+        return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written}

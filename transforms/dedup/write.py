@@ -1,0 +1,138 @@
+"""Write the per-part outputs (groups, drop keys, rejects), changed old rows and merges."""
+from __future__ import annotations
+
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from models.dedup.plan import DedupParams
+from models.storage import layout, run_chain, schemas
+from transforms.dedup.read import part_keys
+from transforms.dedup.rows import NAMESPACE, GroupRow, PreviousGroup
+
+
+def drop_row(key: str, group_id: str, rep_key: str, max_cos: float) -> dict:
+    """The DROP_KEYS row of a non-representative."""
+    kind = "duplicate" if max_cos >= 1.0 - 1e-6 else "near-duplicate"
+    return {"key": key, "group_id": group_id, "representative_key": rep_key,
+            "reason": f"{kind} of {rep_key} (cosine {max_cos:.4f})"}
+
+
+def group_record(row: GroupRow, part: str) -> dict:
+    """The DEDUP_GROUPS row of a member of a duplicate group."""
+    return {"key": row.key, "group_id": row.group_id, "group_size": row.group_size,
+            "is_representative": row.is_representative, "representative_key": row.representative_key,
+            "max_cosine": row.max_cos, "part": part}
+
+
+class WritePartFn(beam.DoFn):
+    """(part, {"rows": [GroupRow], "rejects": [Reject], "parts": [None]}) -> groups, drop_keys and rejects files.
+
+    Every input row of the part ends in exactly one of groups (a singleton
+    row unless it has a GroupRow) or rejects. Yields a stats Counter.
+    """
+
+    def __init__(self, params: DedupParams):
+        self.params = params
+        self.dropped = Metrics.counter(NAMESPACE, "rows_dropped")
+
+    def process(self, element):
+        part_index, inputs = element
+        p = self.params
+        part = p.parts[part_index]
+        keys = part_keys(p, part_index)
+        n = len(keys)
+        dups = {r.row: r for r in inputs["rows"]}
+        rejected = {r.row: r for r in inputs["rejects"]}
+        groups, drops = [], []
+        for row in range(n):
+            key = str(keys[row])
+            if row in rejected:
+                continue
+            if row in dups:
+                dup = dups[row]
+                groups.append(group_record(dup, part))
+                if not dup.is_representative:
+                    drops.append(drop_row(key, dup.group_id, dup.representative_key, dup.max_cos))
+            else:
+                groups.append({"key": key, "group_id": key, "group_size": 1, "is_representative": True,
+                               "representative_key": key, "max_cosine": None, "part": part})
+        rejects = [{"key": r.key, "shard": part, "url": None, "reason": r.reason, "stage": "dedup"}
+                   for r in sorted(rejected.values())]
+        layout.write_parquet(p.out.groups(part), schemas.table(groups, schemas.DEDUP_GROUPS))
+        layout.write_parquet(p.out.drop_keys_part(part), schemas.table(drops, schemas.DROP_KEYS))
+        layout.write_parquet(p.out.rejects(part), schemas.table(rejects, schemas.REJECTS))
+        self.dropped.inc(len(drops))
+        yield Counter({"rows": n, "grouped_rows": len(groups), "dropped": len(drops), "rejects": len(rejects)})
+
+
+class WriteChangedFn(beam.DoFn):
+    """Incremental runs: (old part, [GroupRow]) -> ``changed/changed_{part}.parquet`` and the part's new drops.
+
+    A row is written when any of group_id, group_size, is_representative,
+    representative_key or max_cosine (as float32) differs from its previous
+    value (a previous singleton: its own key, 1, True, its own key, null),
+    with the previous values alongside (:data:`models.storage.run_chain.CHANGED_GROUPS`).
+    Old representatives that lost their place are written to
+    ``drop_keys.parquet/demoted-{part}.parquet``. Yields a stats Counter
+    (``changed_rows``, ``demoted``, ``dropped``), and the part id when it
+    wrote a changed file (tag ``parts``).
+    """
+
+    def __init__(self, params: DedupParams):
+        self.params = params
+        self.changed = Metrics.counter(NAMESPACE, "old_rows_changed")
+
+    def process(self, element):
+        part_index, rows = element
+        p = self.params
+        part = p.parts[part_index]
+        changed, drops = [], []
+        for row in sorted(rows, key=lambda r: r.row):
+            prev = row.previous if row.previous is not None else PreviousGroup.singleton(row.key)
+            before = GroupRow(row.row, row.key, prev.group_id, prev.group_size, prev.is_representative,
+                              prev.representative_key, prev.max_cosine, None)
+            if row.fields() == before.fields():
+                continue
+            changed.append(group_record(row, part) | {
+                "previous_group_id": prev.group_id, "previous_group_size": prev.group_size,
+                "previous_is_representative": prev.is_representative,
+                "previous_representative_key": prev.representative_key, "previous_max_cosine": prev.max_cosine})
+            if prev.is_representative and not row.is_representative:
+                drops.append(drop_row(row.key, row.group_id, row.representative_key, row.max_cos))
+        if changed:
+            layout.write_parquet(p.out.changed(part), schemas.table(changed, run_chain.CHANGED_GROUPS))
+            yield pvalue.TaggedOutput("parts", part)
+        if drops:
+            layout.write_parquet(p.out.demoted(part), schemas.table(drops, schemas.DROP_KEYS))
+        self.changed.inc(len(changed))
+        yield Counter({"changed_rows": len(changed), "demoted": len(drops), "dropped": len(drops)})
+
+
+def write_merges(rows: list, params: DedupParams) -> int:
+    """merges.parquet (sorted by old group id); returns the number of merged groups."""
+    rows = sorted(rows, key=lambda r: (r["old_group_id"], r["new_group_id"]))
+    layout.write_parquet(params.out.merges, schemas.table(rows, run_chain.MERGES))
+    return len(rows)
+
+
+class WriteParts(beam.PTransform):
+    """``{"rows", "rejects", "parts"}`` -> one stats Counter per written part.
+
+    ``rows``: (part, GroupRow); ``rejects``: (part, Reject); ``parts``: the
+    part indices to write (every one gets its files, even without duplicates).
+    """
+
+    def __init__(self, params: DedupParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, inputs):
+        return (
+            {"rows": inputs["rows"], "rejects": inputs["rejects"],
+             "parts": inputs["parts"] | "EveryPart" >> beam.Map(lambda i: (i, None))}
+            | "GroupRowsByPart" >> beam.CoGroupByKey()
+            | "WritePartFiles" >> beam.ParDo(WritePartFn(self.params))
+        )
