@@ -4,7 +4,7 @@
         [--checks plaplace,side,wen] [--train emb/] [--groups dedup/] [--reference FILE] [--seed S]
         [--device auto|cpu|cuda] [beam options]
 
-Targets: ``diffusers:PATH`` (local Stable-Diffusion-style folder),
+Targets: ``diffusers:PATH`` (local text-to-image diffusers folder),
 ``diffusers-uncond:PATH`` (UNet2DModel + scheduler), ``gmm:FILE.npz`` and
 ``memorizer:FILE.npz`` (closed-form models with known answers; prompts map to
 class labels through ``FILE.npz.prompts.json``). No weights are fetched.
@@ -12,135 +12,145 @@ class labels through ``FILE.npz.prompts.json``). No weights are fetched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
-from models.score.checks import CHECKS, ScoreConfig
-from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
+from models.score.checks import CHECKS, Check, Role, ScoreConfig, ScoreItem
+from pipelines.common import make_pipeline, setup_logging, split_args, stage_parser
 
 log = logging.getLogger("dupmine.score")
-OUTPUTS = ["prompt_scores.parquet", "extractions.parquet", "side_summary.json", "grids", "_stage", "summary.json"]
+_SCORE = ScoreConfig()
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass(frozen=True)
 class ScoreStageConfig:
-    """Resolved options of the score stage (written to ``OUTPUT/config.json``)."""
+    """Resolved options of the score stage: the one source of every default (argparse is built from it).
 
-    flagged: str
-    target: str
-    output: str
-    checks: tuple[str, ...] = CHECKS
-    train: str | None = None
-    groups: str | None = None
-    reference: str | None = None
-    n_reference: int = 20
-    max_prompts: int = 50
-    device: str = "auto"
-    score: ScoreConfig = ScoreConfig()
-    side_k: int = 20
-    side_tau: float = 0.5
-    side_lambda: float = 2.0
-    side_n_syn: int = 200
-    side_n_g: int = 200
-    side_prompts: int = 0
+    Written to ``OUTPUT/config.json``. Field ``x_y`` is flag ``--x-y``.
+    """
+
+    flagged: str = field(metadata={"help": "flagged_prompts.parquet from dupmine mine (or any parquet with a prompt column)"})
+    target: str = field(metadata={"help": "diffusers:PATH | diffusers-uncond:PATH | gmm:FILE | memorizer:FILE"})
+    output: str = field(metadata={"help": "output folder (local or fsspec URL)"})
+    checks: tuple = _opt(CHECKS, "comma-separated subset of " + ",".join(CHECKS))
+    train: str | None = _opt(None, "embedding folder of the training set (SIDE matching, group images)")
+    groups: str | None = _opt(None, "dedup folder (group ids of matched training images)")
+    reference: str | None = _opt(None, "reference prompts for calibration (.txt, or parquet with prompt/caption); "
+                                       "default: captions of singleton rows of --train")
+    n_reference: int = _opt(20, "reference prompts used for calibration")
+    max_prompts: int = _opt(50, "score at most this many flagged prompts (by rank)")
+    device: str = _opt("auto", "torch device of diffusers targets", choices=("auto", "cpu", "cuda"))
+    n_samples: int = _opt(_SCORE.n_samples, "generations per prompt (p-Laplace)")
+    steps: int = _opt(_SCORE.steps, "DDIM steps")
+    t_small: int = _opt(_SCORE.t_small, "timestep of the p-Laplace statistic")
+    n_dirs: int = _opt(_SCORE.n_dirs, "noise directions per sample")
+    wen_n: int = _opt(_SCORE.wen_n, "generations per prompt (Wen)")
+    fpr: float = _opt(_SCORE.fpr, "decision threshold = this upper quantile of reference items")
+    seed: int = _opt(_SCORE.seed, "root seed of every random draw")
+    side_k: int = _opt(20, "SIDE k-means clusters K")
+    side_tau: float = _opt(0.5, "SIDE cohesion threshold tau")
+    side_lambda: float = _opt(2.0, "SIDE guidance scale lambda")
+    side_n_syn: int = _opt(200, "SIDE synthetic samples N_syn")
+    side_n_g: int = _opt(200, "SIDE generations N_G")
+    side_prompts: int = _opt(0, "conditional targets: also run SIDE conditioned on each of the top N flagged prompts")
 
     def __post_init__(self):
-        bad = [c for c in self.checks if c not in CHECKS]
-        if bad:
-            raise ValueError(f"--checks {bad} unknown; allowed {list(CHECKS)}")
-        if "side" in self.checks and not self.train:
+        object.__setattr__(self, "checks", tuple(c.value for c in Check.parse(self.checks)))
+        for name in ("n_reference", "max_prompts", "side_k", "side_n_syn", "side_n_g"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device {self.device!r}; expected auto, cpu or cuda")
+        if Check.SIDE in self.checks and not self.train:
             raise ValueError("--checks side matches generations to the training set: pass --train EMBEDDINGS_DIR")
+        _ = self.score  # validates the per-item sizes
+
+    @property
+    def score(self) -> ScoreConfig:
+        return ScoreConfig(n_samples=self.n_samples, steps=self.steps, t_small=self.t_small, n_dirs=self.n_dirs,
+                           wen_n=self.wen_n, fpr=self.fpr, seed=self.seed)
+
+    @property
+    def side(self):
+        from models.score.side import SideConfig
+
+        return SideConfig(n_syn=self.side_n_syn, k=self.side_k, tau=self.side_tau, lambda_=self.side_lambda,
+                          n_g=self.side_n_g, steps=self.steps, seed=self.seed)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--flagged", required=True, help="flagged_prompts.parquet from dupmine mine (or any parquet with a prompt column)")
-    parser.add_argument("--target", required=True, help="diffusers:PATH | diffusers-uncond:PATH | gmm:FILE | memorizer:FILE")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--checks", default=",".join(CHECKS), help="comma-separated subset of plaplace,side,wen")
-    parser.add_argument("--train", default=None, help="embedding folder of the training set (SIDE matching, group images)")
-    parser.add_argument("--groups", default=None, help="dedup folder (group ids of matched training images)")
-    parser.add_argument("--reference", default=None, help="reference prompts for calibration (.txt, or parquet with prompt/caption); "
-                        "default: captions of singleton rows of --train")
-    parser.add_argument("--n-reference", type=positive_int, default=20)
-    parser.add_argument("--max-prompts", type=positive_int, default=50, help="score at most this many flagged prompts (by rank)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--n-samples", type=positive_int, default=8, help="generations per prompt (p-Laplace)")
-    parser.add_argument("--steps", type=positive_int, default=50, help="DDIM steps")
-    parser.add_argument("--t-small", type=int, default=10, help="timestep of the p-Laplace statistic")
-    parser.add_argument("--n-dirs", type=positive_int, default=64, help="noise directions per sample")
-    parser.add_argument("--wen-n", type=positive_int, default=4)
-    parser.add_argument("--fpr", type=float, default=0.05, help="decision threshold = this upper quantile of reference prompts")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--side-k", type=positive_int, default=20)
-    parser.add_argument("--side-tau", type=float, default=0.5)
-    parser.add_argument("--side-lambda", type=float, default=2.0)
-    parser.add_argument("--side-n-syn", type=positive_int, default=200)
-    parser.add_argument("--side-n-g", type=positive_int, default=200)
-    parser.add_argument("--side-prompts", type=int, default=0,
-                        help="conditional targets: also run SIDE conditioned on each of the top N flagged prompts")
+    """One flag per :class:`ScoreStageConfig` field, with the field's default, type and help."""
+    for f in dataclasses.fields(ScoreStageConfig):
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        default = None if required else f.default
+        kind = str if f.name == "checks" or default is None else type(default)
+        if f.name == "checks":
+            default = ",".join(default)
+        extra = {"choices": f.metadata["choices"]} if "choices" in f.metadata else {}
+        parser.add_argument(flag, required=required, default=default, type=kind, help=f.metadata["help"], **extra)
 
 
 def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
-    score = ScoreConfig(n_samples=args.n_samples, steps=args.steps, t_small=args.t_small, n_dirs=args.n_dirs,
-                        wen_n=args.wen_n, fpr=args.fpr, seed=args.seed)
-    return ScoreStageConfig(
-        flagged=args.flagged, target=args.target, output=args.output,
-        checks=tuple(c for c in args.checks.split(",") if c), train=args.train, groups=args.groups,
-        reference=args.reference, n_reference=args.n_reference, max_prompts=args.max_prompts, device=args.device,
-        score=score, side_k=args.side_k, side_tau=args.side_tau, side_lambda=args.side_lambda,
-        side_n_syn=args.side_n_syn, side_n_g=args.side_n_g, side_prompts=args.side_prompts,
-    )
+    return ScoreStageConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreStageConfig)})
 
 
-def load_prompts(cfg: ScoreStageConfig) -> tuple[list[dict], list[str]]:
-    """Flagged prompts (rank order, capped) and reference prompts for calibration."""
-    from models.storage import layout
+def score_items(cfg: ScoreStageConfig, train) -> tuple[list[ScoreItem], int]:
+    """The items to score (flagged prompts, then reference prompts) and the number of flagged ones."""
+    from models.score.inputs import default_reference, load_flagged, read_reference_file
 
-    table = layout.read_parquet(cfg.flagged)
-    rows = table.to_pylist()
-    if rows and "rank" in rows[0]:
-        rows.sort(key=lambda r: r["rank"])
-    flagged = [{"prompt": r["prompt"], "group_ids": list(r.get("group_ids") or [])} for r in rows if r.get("prompt")][: cfg.max_prompts]
+    flagged = load_flagged(cfg.flagged, cfg.max_prompts)
     if cfg.reference:
-        if cfg.reference.endswith(".txt"):
-            with open(cfg.reference, encoding="utf-8") as f:
-                reference = [line.strip() for line in f if line.strip()]
-        else:
-            t = layout.read_parquet(cfg.reference)
-            reference = [str(x) for x in t.column("prompt" if "prompt" in t.column_names else "caption").to_pylist() if x]
+        reference = read_reference_file(cfg.reference)
     else:
-        reference = default_reference(cfg, {r["prompt"] for r in flagged})
-    return flagged, reference[: cfg.n_reference]
+        reference = default_reference(train, {f.prompt for f in flagged}, cfg.n_reference, cfg.seed)
+    items = [ScoreItem(Role.FLAGGED.value, f.prompt, f.group_ids) for f in flagged]
+    items += [ScoreItem(Role.REFERENCE.value, q) for q in reference[: cfg.n_reference]]
+    return items, len(flagged)
 
 
-def default_reference(cfg: ScoreStageConfig, exclude: set) -> list[str]:
-    """Captions of rows that are not in a duplicate group (seeded sample), when ``--train``/``--groups`` are given."""
-    from models.storage import run_chain
+def build(p, cfg: ScoreStageConfig, items: list[ScoreItem], side_prompts: list[str], handle) -> None:
+    """Wire the stage: items -> ScorePrompts; one request -> ExtractWithSide (both on ``handle``'s context)."""
+    import apache_beam as beam
+
+    from transforms.score import ExtractWithSide, ScorePrompts
+
+    p | "ListItems" >> beam.Create(items) | "ScorePrompts" >> ScorePrompts(cfg, handle)
+    if Check.SIDE in cfg.checks:
+        p | "SideRequest" >> beam.Create([tuple(side_prompts)]) | "ExtractWithSide" >> ExtractWithSide(cfg, handle)
+
+
+def summarize(cfg: ScoreStageConfig, n_flagged: int, n_reference: int, seconds: float) -> dict:
+    """The stage summary from the files it wrote."""
     from models.storage import layout
+    from models.storage.folders.score import ScoreFolder
 
-    if not cfg.train:
-        return []
-    meta = layout.read_parquet(layout.join(cfg.train, "metadata"), ["key", "caption"]).to_pylist()
-    single = None
-    if cfg.groups:
-        single = {r["key"] for r in run_chain.load_groups(cfg.groups, ["key", "group_size"]).to_pylist()
-                  if r["group_size"] == 1}
-    captions = sorted({m["caption"] for m in meta if m["caption"] and m["caption"] not in exclude
-                       and (single is None or m["key"] in single)})
-    rng = np.random.default_rng(cfg.score.seed)
-    return [captions[i] for i in rng.permutation(len(captions))[: cfg.n_reference]]
+    folder = ScoreFolder(cfg.output)
+    scores = layout.read_parquet(folder.prompt_scores).to_pylist()
+    summary = {
+        "prompts_scored": n_flagged, "reference_prompts": n_reference,
+        "memorized": {c: sum(1 for s in scores if s["check"] == c and s["role"] == Role.FLAGGED.value and s["decision"])
+                      for c in sorted({s["check"] for s in scores})},
+        "thresholds": {s["check"]: s["threshold"] for s in scores},
+        "cost_evals": int(sum(s["cost_evals"] for s in scores)),
+        "seconds": round(seconds, 3),
+    }
+    if Check.SIDE in cfg.checks:
+        summary["side"] = layout.read_json(folder.side_summary)["metrics"]
+    return summary
 
 
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
-    """Parse flags, score, write outputs; return the summary."""
-    import apache_beam as beam
-
+    """Parse flags, load the target once (failing early), score, write outputs; return the summary."""
     from models.storage import layout
-    from models.score.checks import load_target
-    from transforms.score import ScorePrompts, run_side_stage
+    from models.storage.folders.score import ScoreFolder
+    from transforms.score import ContextHandle
 
     parser = stage_parser("dupmine score", __doc__)
     add_arguments(parser)
@@ -148,31 +158,23 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     setup_logging()
     cfg = config_from_args(args)
     started = time.monotonic()
-    layout.clear_outputs(cfg.output, OUTPUTS)
-    load_target(cfg.target, cfg.device)  # fail at start on a missing or incomplete model
-    flagged, reference = load_prompts(cfg)
-    layout.write_json(layout.join(cfg.output, "config.json"), {"stage": "score", "config": asdict(cfg), "beam_args": beam_args,
-                                                               "n_flagged": len(flagged), "n_reference": len(reference)})
-    log.info("score: %d flagged and %d reference prompt(s) against %s, checks %s", len(flagged), len(reference),
-             cfg.target, ",".join(cfg.checks))
+    folder = ScoreFolder(cfg.output)
+    folder.clear()
     p = make_pipeline(beam_args, test_pipeline)
-    prompts = [("flagged", r["prompt"], tuple(r["group_ids"])) for r in flagged] + [("reference", q, ()) for q in reference]
-    p | "ListPrompts" >> beam.Create(prompts) | "ScorePrompts" >> ScorePrompts(cfg)
-    if "side" in cfg.checks:
-        side_prompts = [r["prompt"] for r in flagged[: cfg.side_prompts]]
-        p | "One" >> beam.Create([None]) | "RunSide" >> beam.Map(lambda _: run_side_stage(cfg, side_prompts))
+    # The preflight load fails at start on a missing or incomplete model; the workers acquire the same handle
+    # (in-process runners load the target once), held here until the run ends.
+    handle = ContextHandle(cfg)
+    loaded = handle.acquire()
+    items, n_flagged = score_items(cfg, loaded.value.train)
+    side_prompts = [i.prompt for i in items[: min(cfg.side_prompts, n_flagged)]]
+    build(p, cfg, items, side_prompts, handle)
+    layout.write_json(folder.config, {"stage": "score", "config": asdict(cfg), "beam_args": beam_args,
+                                      "n_flagged": n_flagged, "n_reference": len(items) - n_flagged})
+    log.info("score: %d flagged and %d reference item(s) against %s, checks %s", n_flagged, len(items) - n_flagged,
+             cfg.target, ",".join(cfg.checks))
     p.run().wait_until_finish()
-    scores = layout.read_parquet(layout.join(cfg.output, "prompt_scores.parquet")).to_pylist()
-    summary = {
-        "prompts_scored": len(flagged), "reference_prompts": len(reference),
-        "memorized": {c: sum(1 for s in scores if s["check"] == c and s["role"] == "flagged" and s["decision"])
-                      for c in sorted({s["check"] for s in scores})},
-        "thresholds": {s["check"]: s["threshold"] for s in scores},
-        "cost_evals": int(sum(s["cost_evals"] for s in scores)),
-        "seconds": round(time.monotonic() - started, 3),
-    }
-    if "side" in cfg.checks:
-        summary["side"] = layout.read_json(layout.join(cfg.output, "side_summary.json"))["metrics"]
-    layout.write_json(layout.join(cfg.output, "summary.json"), summary)
+    summary = summarize(cfg, n_flagged, len(items) - n_flagged, time.monotonic() - started)
+    layout.write_json(folder.summary, summary)
     log.info("score done: memorized per check %s", summary["memorized"])
+    del loaded
     return summary

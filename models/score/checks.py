@@ -1,41 +1,68 @@
-"""Per-prompt memorization checks and their calibrated decisions (plain Python).
+"""Per-item memorization checks and their calibrated decisions (plain Python).
 
-A *target* has ``schedule``, ``dim`` and ``eps(x_t (B,d), t, cond)``. Prompts
-become conditions through :class:`PromptConditioner`: text-to-image targets
-encode them (``encode_prompts``); closed-form targets (``gmm:``,
-``memorizer:``) read a ``FILE.prompts.json`` mapping prompt -> class label
-beside the target file (unknown prompts are unconditional).
+An *item* (:class:`ScoreItem`) is a flagged prompt, a reference prompt or, for
+targets no prompt conditions, a duplicate group or a reference training image.
+Targets and conditions: :mod:`models.score.conditioning`.
 
 Checks (each returns a :class:`CheckResult`):
 
 * ``plaplace``: generate ``n_samples`` with the prompt (seeded DDIM) and
   measure, around each, the p = 1 flux of the learned score at small t in its
-  noise form E[cos(eps_hat(x_t, t, c), eps)] (METHODS 2.2-2.3: memorized
-  samples are sharp maxima, the score points inward, the statistic -> 1).
-  The per-prompt statistic is the mean over samples; ``spread`` their std.
+  noise form E[cos(eps_hat(x_t, t, c), eps)] (Brokman et al., arXiv:2505.08246:
+  memorized samples are sharp maxima, the score points inward, the statistic
+  -> 1). The item's statistic is the mean over samples; ``spread`` their std.
+  ``plaplace-train``: the same statistic around given training images
+  (:func:`plaplace_at_points`).
 * ``wen``: Wen et al.'s text-conditional noise-difference magnitude at the
-  first DDIM step (METHODS 4.3), a cheap first pass.
+  first DDIM step (arXiv:2407.21720, Sec. 3.1), a cheap first pass.
 
 Decisions are calibrated, not magic constants: :func:`calibrate` sets each
 check's threshold at the ``1 - fpr`` quantile of the same statistic on
-reference prompts (ordinary captions), so "memorized" means "more extreme than
-all but ``fpr`` of ordinary prompts".
+reference items (ordinary captions or training images), so "memorized" means
+"more extreme than all but ``fpr`` of ordinary items".
 """
 from __future__ import annotations
 
-import json
-import os
+import enum
 import time
+import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-CHECKS = ("plaplace", "side", "wen")
+
+class Check(str, enum.Enum):
+    """The ``--checks`` names."""
+
+    PLAPLACE = "plaplace"
+    SIDE = "side"
+    WEN = "wen"
+
+    @classmethod
+    def parse(cls, text: str | tuple | list) -> tuple["Check", ...]:
+        """``"plaplace,wen"`` (or a sequence of names) -> checks; an unknown name lists the allowed ones."""
+        names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if str(n).strip()]
+        allowed = [c.value for c in cls]
+        bad = [n for n in names if n not in allowed]
+        if bad:
+            raise ValueError(f"--checks {bad} unknown; allowed {allowed}")
+        return tuple(cls(n) for n in names)
+
+
+CHECKS = tuple(c.value for c in Check)
+
+
+class Role(str, enum.Enum):
+    """Whether an item is scored (flagged) or calibrates the thresholds (reference)."""
+
+    FLAGGED = "flagged"
+    REFERENCE = "reference"
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Sampling sizes of the per-prompt checks (all seeded)."""
+    """Sampling sizes of the per-item checks (all seeded)."""
 
     n_samples: int = 8
     steps: int = 50
@@ -56,11 +83,19 @@ class ScoreConfig:
             raise ValueError(f"fpr must be in (0, 1), got {self.fpr}")
 
 
+class ScoreItem(NamedTuple):
+    """One thing to score: a prompt (with the duplicate groups it names), a group or a training image."""
+
+    role: str                       # Role value
+    prompt: str | None              # the condition's text (None: unconditional)
+    group_ids: tuple = ()           # duplicate groups whose training images the item is checked at
+
+
 @dataclass
 class CheckResult:
-    """One check of one prompt."""
+    """One check of one item."""
 
-    prompt: str
+    prompt: str | None
     check: str
     statistic: float
     spread: float
@@ -69,52 +104,41 @@ class CheckResult:
     seconds: float
 
 
-def load_target(spec: str, device: str = "auto"):
-    """Any target spec: ``diffusers:``, ``diffusers-uncond:``, ``gmm:``, ``memorizer:``."""
-    if spec.startswith(("diffusers:", "diffusers-uncond:")):
-        from models.score.targets.hf_diffusers import load_any_target
+class ScoreRow(NamedTuple):
+    """A check's result for an item, before calibration (the columns of ``schemas.PROMPT_SCORES`` less the decision)."""
 
-        return load_any_target(spec, device=device)
-    from models.score.targets.closed_form import load_target as load_closed_form
+    role: str
+    prompt: str | None
+    check: str
+    statistic: float
+    spread: float
+    n_samples: int
+    seed: int
+    cost_evals: int
+    seconds: float
 
-    return load_closed_form(spec)
-
-
-class PromptConditioner:
-    """Prompt text -> the target's condition; ``null`` is the unconditional one."""
-
-    def __init__(self, target, spec: str):
-        self.target = target
-        self.mapping: dict[str, int] = {}
-        if not hasattr(target, "encode_prompts"):
-            path = spec.split(":", 1)[1] + ".prompts.json"
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    self.mapping = {str(k): int(v) for k, v in json.load(f).items()}
-
-    null = None  # the empty prompt (diffusers) / the unconditional union (closed-form)
-
-    def __call__(self, prompt: str):
-        """A prompt string for text-to-image targets (they encode and cache it), a label or None otherwise."""
-        if hasattr(self.target, "encode_prompts"):
-            return prompt
-        return self.mapping.get(prompt)
+    @classmethod
+    def of(cls, item: ScoreItem, result: CheckResult, seed: int) -> "ScoreRow":
+        return cls(item.role, item.prompt, result.check, result.statistic, result.spread, result.n_samples, seed,
+                   result.cost_evals, result.seconds)
 
 
-def _rng(cfg: ScoreConfig, prompt: str, check: str) -> np.random.Generator:
+def item_rng(cfg: ScoreConfig, prompt: str | None, check: str) -> np.random.Generator:
     """A generator seeded by (seed, prompt, check): results do not depend on batching or order."""
-    import zlib
+    text = "" if prompt is None else prompt
+    return np.random.default_rng([cfg.seed, zlib.crc32(text.encode("utf-8")), zlib.crc32(check.encode())])
 
-    return np.random.default_rng([cfg.seed, zlib.crc32(prompt.encode("utf-8")), zlib.crc32(check.encode())])
 
+def plaplace_check(target, cond, prompt: str | None, cfg: ScoreConfig) -> CheckResult:
+    """p-Laplace (p = 1 flux, noise form) around ``n_samples`` generations of the prompt.
 
-def plaplace_check(target, cond, prompt: str, cfg: ScoreConfig) -> CheckResult:
-    """p-Laplace (p = 1 flux, noise form) around ``n_samples`` generations of the prompt."""
-    from models.score.targets.closed_form import ddim_sample
+    Cost: n_samples * (steps + 1) sampling evaluations + n_samples * n_dirs for the statistic.
+    """
     from models.score.plaplace import noise_cosine_statistic
+    from models.score.targets.closed_form import ddim_sample
 
     started = time.monotonic()
-    rng = _rng(cfg, prompt, "plaplace")
+    rng = item_rng(cfg, prompt, "plaplace")
     x0 = ddim_sample(target, cfg.n_samples, target.dim, cfg.steps, rng, cond=cond)
     mean, _ = noise_cosine_statistic(target, x0, cfg.t_small, cfg.n_dirs, rng, cond=cond)
     evals = cfg.n_samples * (cfg.steps + 1) + cfg.n_samples * cfg.n_dirs
@@ -122,34 +146,54 @@ def plaplace_check(target, cond, prompt: str, cfg: ScoreConfig) -> CheckResult:
                        time.monotonic() - started)
 
 
-def plaplace_at_points(target, cond, prompt: str, x0: np.ndarray, cfg: ScoreConfig) -> CheckResult:
-    """The same statistic around given points (the training images of the prompt's duplicate group)."""
+def plaplace_at_points(target, cond, prompt: str | None, x0: np.ndarray, cfg: ScoreConfig) -> CheckResult:
+    """The same statistic around given points x0 (B, d) (the training images of the item's duplicate groups)."""
     from models.score.plaplace import noise_cosine_statistic
 
     started = time.monotonic()
-    mean, _ = noise_cosine_statistic(target, x0, cfg.t_small, cfg.n_dirs, _rng(cfg, prompt, "plaplace-train"), cond=cond)
+    mean, _ = noise_cosine_statistic(target, x0, cfg.t_small, cfg.n_dirs, item_rng(cfg, prompt, "plaplace-train"),
+                                     cond=cond)
     return CheckResult(prompt, "plaplace-train", float(np.mean(mean)), float(np.std(mean)), len(x0),
                        len(x0) * cfg.n_dirs, time.monotonic() - started)
 
 
-def wen_check(target, cond, null, prompt: str, cfg: ScoreConfig) -> CheckResult:
-    """Wen et al. noise-difference magnitude over the first ``wen_steps`` steps."""
+def wen_check(target, cond, null, prompt: str | None, cfg: ScoreConfig) -> CheckResult:
+    """Wen et al. noise-difference magnitude over the first ``wen_steps`` steps (arXiv:2407.21720)."""
     from models.score.wen import wen_metric
 
     started = time.monotonic()
     if cond is None:  # the prompt's condition is the null condition itself: eps_c - eps_null = 0 exactly
         return CheckResult(prompt, "wen", 0.0, 0.0, cfg.wen_n, 0, time.monotonic() - started)
-    result = wen_metric(target, [cond], null, n=cfg.wen_n, steps_used=cfg.wen_steps, rng=_rng(cfg, prompt, "wen"),
-                        num_inference_steps=cfg.steps)
+    result = wen_metric(target, [cond], null, n=cfg.wen_n, steps_used=cfg.wen_steps,
+                        rng=item_rng(cfg, prompt, "wen"), num_inference_steps=cfg.steps)
     return CheckResult(prompt, "wen", float(result.values[0]), float(np.std(result.per_sample[0])), cfg.wen_n,
                        int(result.evals), time.monotonic() - started)
 
 
 def calibrate(reference: dict[str, list[float]], fpr: float) -> dict[str, float]:
-    """Per check: the ``1 - fpr`` quantile of the reference prompts' statistics (NaN without references).
+    """Per check: the ``1 - fpr`` quantile of the reference items' statistics (NaN without references).
 
     Uses the "higher" quantile method, so at most ``fpr`` of the references
     exceed the threshold.
     """
     return {check: float(np.quantile(np.asarray(v, float), 1 - fpr, method="higher")) if len(v) else float("nan")
             for check, v in reference.items()}
+
+
+def decide(rows: list[ScoreRow], fpr: float) -> list[dict]:
+    """Thresholds from the reference rows, a decision for every row (``statistic > threshold``).
+
+    Returns the rows as dicts with ``threshold`` and ``decision`` added, flagged
+    first, then by check and decreasing statistic.
+    """
+    reference: dict[str, list[float]] = {}
+    for r in rows:
+        reference.setdefault(r.check, [])
+        if r.role == Role.REFERENCE.value:
+            reference[r.check].append(r.statistic)
+    thresholds = calibrate(reference, fpr)
+    out = []
+    for r in sorted(rows, key=lambda r: (r.role != Role.FLAGGED.value, r.check, -r.statistic, r.prompt or "")):
+        t = thresholds[r.check]
+        out.append(r._asdict() | {"threshold": t, "decision": bool(np.isfinite(t) and r.statistic > t)})
+    return out

@@ -1,6 +1,6 @@
-"""Extraction metrics of SIDE (METHODS.md §1.4): matching, bands, AMS and UMS.
+"""Extraction metrics of SIDE (SIDE, arXiv:2410.02467 v7, Sec. 5 metrics): matching, bands, AMS and UMS.
 
-Definitions (METHODS §1.4), with D₁ the N_G generations, D₂ the training set and
+Definitions (SIDE, arXiv:2410.02467 v7, Sec. 5), with D₁ the N_G generations, D₂ the training set and
 γ a similarity measure:
 
 * F(x_i) = 1[best_{x_j∈D₂} γ(x_i, x_j) ∈ band]  ("best" = max for a similarity,
@@ -27,7 +27,7 @@ the raw value of the measure, and a :class:`SimilarityBands` names its measure.
 
 * ``"cosine"``: cosine similarity of L2-normalised embeddings (SSCD, CLIP or
   raw vectors); larger = more similar; defaults low = [0.4, 0.5),
-  mid = [0.5, 0.6], high = (0.6, 1.0] (METHODS §1.4 [INF]).
+  mid = [0.5, 0.6], high = (0.6, 1.0] (SIDE arXiv:2410.02467 v7, Fig. 4, on SSCD; the lower end 0.4 is our choice).
 * ``"normalized_l2"``: Carlini's normalised L2 *distance* ‖a − b‖₂ / √d, with d
   the number of elements per item (pixels × channels, or vector length);
   smaller = more similar, so "best" is the minimum and an "exact" band reads
@@ -118,12 +118,12 @@ DEFAULT_BANDS: tuple[Band, ...] = (
     Band("mid", 0.5, 0.6, lo_closed=True, hi_closed=True),
     Band("high", 0.6, 1.0, lo_closed=False, hi_closed=True),
 )
-"""METHODS §1.4 [INF] cosine bands: low [0.4, 0.5), mid [0.5, 0.6], high (0.6, 1.0]."""
+"""SSCD cosine bands of SIDE (arXiv:2410.02467 v7, Fig. 4; the low band's lower end is our choice): low [0.4, 0.5), mid [0.5, 0.6], high (0.6, 1.0]."""
 
 
 @dataclass(frozen=True)
 class SimilarityBands:
-    """Disjoint named bands on one measure (METHODS §1.4; see the module docstring).
+    """Disjoint named bands on one measure (SIDE arXiv:2410.02467 v7; see the module docstring).
 
     Args:
         bands: non-empty tuple of :class:`Band` with unique names and pairwise
@@ -276,7 +276,7 @@ def match_to_train(generations, train, k: int = 1) -> tuple[np.ndarray, np.ndarr
 
 
 def normalized_l2_distance(a, b) -> np.ndarray:
-    """Pairwise Carlini normalised L2 distance ‖a_i − b_j‖₂ / √d (METHODS §1.4).
+    """Pairwise Carlini normalised L2 distance ‖a_i − b_j‖₂ / √d (Carlini et al., arXiv:2301.13188; SIDE arXiv:2410.02467).
 
     Args:
         a: (G, ...) items (images or vectors; trailing dims are flattened to d).
@@ -353,7 +353,7 @@ def _result(bands: SimilarityBands, n_hits: dict, n_unique: dict, n_g: int) -> d
 
 
 def ams_ums(best_sim, best_idx, bands: SimilarityBands, n_g: Optional[int] = None) -> dict:
-    """Top-1 AMS / UMS per band (METHODS §1.4; see the module docstring).
+    """Top-1 AMS / UMS per band (SIDE arXiv:2410.02467 v7; see the module docstring).
 
     Args:
         best_sim: (G,) best value of the measure per generation (max cosine or
@@ -408,7 +408,7 @@ class _FullAccumulator:
 
 def ams_ums_from_matrix(table, bands: SimilarityBands, n_g: Optional[int] = None) -> dict:
     """Full AMS / UMS (the paper's φ: every training item in the band) from a
-    given (G, N) table of the measure γ(x_i, x_j) (METHODS §1.4).
+    given (G, N) table of the measure γ(x_i, x_j) (Carlini et al., arXiv:2301.13188; SIDE arXiv:2410.02467).
 
     Args:
         table: (G, N) values of ``bands.measure`` (cosine: larger = closer, the
@@ -465,7 +465,7 @@ def ams_ums_full(generations, train, bands: SimilarityBands, block: int = 1024, 
 
 def percentile_max_similarity(best_sim, q: float = 95.0) -> float:
     """q-th percentile (numpy "linear" rule) of the per-generation best value
-    (Somepalli's 95th-percentile max-SSCD for cosine; METHODS §1.4).
+    (Somepalli's 95th-percentile max-SSCD for cosine; Somepalli et al., arXiv:2212.03860).
 
     For the normalised L2 distance the same call gives the q-th percentile of
     the nearest-neighbour distance (lower = more copying); pick q accordingly.

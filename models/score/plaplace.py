@@ -1,32 +1,32 @@
-"""p-Laplace memorization detector (Brokman et al., METHODS.md §2) and its metrics.
+"""p-Laplace memorization detector (Brokman et al., arXiv:2505.08246) and its metrics.
 
-The operator is Δ_p u = div(|∇u|^{p−2}∇u) on u = log p_t (METHODS §2.2); with
+The operator is Δ_p u = div(|∇u|^{p−2}∇u) on u = log p_t (arXiv:2505.08246, Sec. 3); with
 s = ∇log p_t the score, Δ_p log p_t = div V with V = |s|^{p−2} s.
 Memorized samples are sharp local maxima of p_t: the score points *inward* on a
-small sphere around them, so the flux is negative (METHODS §2.2, §5.1).
+small sphere around them, so the flux is negative (arXiv:2505.08246; checked on a closed-form GMM in tests/models/score/test_plaplace.py).
 
 Estimators:
 
-* :func:`flux_estimator` (boundary / flux form, METHODS §2.2(a)):
+* :func:`flux_estimator` (boundary / flux form, arXiv:2505.08246 boundary form):
   mean_j |s(y_j)|^{p−2} s(y_j)·u_j with y_j = x + r u_j, u_j ~ Unif(S^{d−1}).
   By the divergence theorem this equals (r/d)·avg_{B_r(x)} Δ_p log p_t
   (:func:`ball_average_from_flux` inverts it). For p = 1 it is mean cos(s, u).
   **This is the corrected formula.** The reference torch code multiplies the
   *cosine* by |s|^{p−2} (i.e. returns |s|^{p−2}·cos), which is wrong for p ≠ 1:
-  it gives −1.0 instead of −3.0 at a GMM mode with p = 2, r = 0.3 (METHODS §5.1).
-* :func:`volume_estimator_hutchinson` (volume form, METHODS §2.2(b) [INF]):
+  it gives −1.0 instead of −3.0 at a GMM mode with p = 2, r = 0.3 (closed-form GMM, tests/models/score/test_plaplace.py).
+* :func:`volume_estimator_hutchinson` (volume form, arXiv:2505.08246 volume form; Hutchinson is our choice):
   avg over uniform points of the ball of div V, with the divergence estimated
   by Hutchinson E_v[vᵀ J_V v] (Rademacher v, one forward-mode JVP per probe).
 * :func:`noise_cosine_statistic`: the hippo experiment's statistic written as
-  E[cos(ε̂(x_t, t, c), ε̃)] over forward-noised x_t (METHODS §2.3 key
-  equivalence). Memorized ⇒ ≈ 1.
+  E[cos(ε̂(x_t, t, c), ε̃)] over forward-noised x_t (the hippo experiment of arXiv:2505.08246's code,
+  an exact equivalence). Memorized ⇒ ≈ 1.
 
 **Radius convention.** Every estimator here takes an *absolute* radius r. The
 reference code instead takes ``radius_factor`` ρ and uses r = ρ·√d; convert with
 :func:`radius_from_factor`. In the SD "hippo" setting ρ = √(1−ᾱ_t).
 
 Metrics: :func:`roc_curve`, :func:`roc_auc` (ties count ½), and
-:func:`tpr_at_fpr` (Wen's convention by default, METHODS §4.3). In all metric
+:func:`tpr_at_fpr` (Wen et al.'s convention by default, arXiv:2407.21720). In all metric
 helpers, larger scores mean "more likely positive/memorized".
 """
 from __future__ import annotations
@@ -107,7 +107,7 @@ def _float_dtype(x: np.ndarray) -> np.dtype:
 # --------------------------------------------------------------------------- #
 def radius_from_factor(factor: float, d: int) -> float:
     """Absolute radius r = factor·√d: the reference code's ``radius_factor``
-    convention (METHODS §2.2(a) step 2). E.g. hippo: factor = √(1−ᾱ_t)."""
+    convention (the reference code's boundary estimator). E.g. hippo: factor = √(1−ᾱ_t)."""
     d = _check_count(d, "d", 1)
     f = float(factor)
     if not (math.isfinite(f) and f > 0.0):
@@ -117,7 +117,7 @@ def radius_from_factor(factor: float, d: int) -> float:
 
 def ball_average_from_flux(flux_mean: np.ndarray, radius: float, d: int) -> np.ndarray:
     """avg_{B_r} Δ_p log p = (d/r)·(mean flux): inverts the divergence-theorem
-    identity of METHODS §2.2/§5.1. Works elementwise on arrays (and stderrs)."""
+    identity of arXiv:2505.08246 (divergence theorem). Works elementwise on arrays (and stderrs)."""
     return np.asarray(flux_mean, dtype=np.float64) * (_check_count(d, "d", 1) / _check_radius(radius))
 
 
@@ -130,7 +130,7 @@ def sample_unit_sphere(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
 
 def sample_ball(n: int, d: int, radius: float, rng: np.random.Generator) -> np.ndarray:
     """(n, d) float64 points uniform in the ball of ``radius`` about 0:
-    direction uniform on the sphere, norm r·U^{1/d} (METHODS §2.2(b))."""
+    direction uniform on the sphere, norm r·U^{1/d} (arXiv:2505.08246 volume form)."""
     r = _check_radius(radius)
     u = sample_unit_sphere(n, d, rng)
     return u * (r * rng.random(n) ** (1.0 / d))[:, None]
@@ -196,10 +196,10 @@ def flux_estimator(
     *,
     chunk_size: int = 8192,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Boundary (flux) estimator of the p-Laplacian (METHODS §2.2(a), corrected).
+    """Boundary (flux) estimator of the p-Laplacian (arXiv:2505.08246 boundary form, corrected).
 
     For each centre x_b: mean_j |s(y_j)|^{p−2} (s(y_j)·u_j), y_j = x_b + r u_j,
-    u_j i.i.d. uniform on S^{d−1} (normalised Gaussians). Identity (§5.1):
+    u_j i.i.d. uniform on S^{d−1} (normalised Gaussians). Identity (divergence theorem):
     E[mean] = (r/d)·avg_{B_r(x_b)} Δ_p log p. p = 1 gives mean cos(s(y_j), u_j)
     (scale-invariant, so −ε̂ works as well as the score). Terms where s = 0 are 0.
     Negative = inward score = local maximum ("memorized").
@@ -239,7 +239,7 @@ def volume_estimator_hutchinson(
     chunk_size: int = 4096,
     dtype: torch.dtype = torch.float64,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Volume estimator avg_{B_r(x)} Δ_p log p (METHODS §2.2(b), Hutchinson [INF]).
+    """Volume estimator avg_{B_r(x)} Δ_p log p (arXiv:2505.08246 volume form; Hutchinson estimator, our choice).
 
     Points y_i uniform in the ball (radius r·U^{1/d}); at each, div V with
     V = |s|^{p−2} s is estimated as mean over ``n_probes`` Rademacher probes v of
@@ -313,17 +313,17 @@ def noise_cosine_statistic(
     chunk_size: int = 8192,
 ) -> tuple[np.ndarray, np.ndarray]:
     """E[cos(ε̂(x_t, t, c), ε̃)] over x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε̃, |ε̃| = √d,
-    direction uniform (METHODS §2.3 key equivalence).
+    direction uniform (the hippo experiment of arXiv:2505.08246's code: an exact equivalence).
 
     This is exactly the reference p = 1 boundary estimator on ε̂ (sign-flipped
     score) centred at √ᾱ x₀ with radius_factor √(1−ᾱ), i.e. r = √(1−ᾱ)·√d.
-    Memorized ⇒ ≈ 1 (inward score); generic points ⇒ ≈ 0 (METHODS §5.2).
+    Memorized ⇒ ≈ 1 (inward score); generic points ⇒ ≈ 0 (the exact empirical score, tests/models/score/test_plaplace.py).
 
     Args:
         target: object with ``schedule.abar(t)`` and ``eps(x_t, t, cond)``
             (e.g. :class:`models.score.targets.closed_form.MemorizerTarget`).
         x0: (B, d) clean samples (latents), float32/64.
-        t: integer timestep (e.g. 10 of 1000, METHODS §2.3).
+        t: integer timestep (e.g. 10 of 1000, the hippo setting of arXiv:2505.08246).
         n: noise draws per sample (>= 2); the reference uses 128.
         rng: numpy Generator.
         cond: passed to ``target.eps``; an int, None, or a (B,) array with one
@@ -399,7 +399,7 @@ def roc_auc(scores_pos, scores_neg) -> float:
 
 
 def tpr_at_fpr(scores_pos, scores_neg, fpr: float = 0.01, convention: str = "wen") -> float:
-    """TPR at a target FPR on the full :func:`roc_curve` (METHODS §4.3).
+    """TPR at a target FPR on the full :func:`roc_curve` (Wen et al., arXiv:2407.21720).
 
     Conventions:
         ``"wen"`` (default, conservative): tpr[last index with fpr < target],

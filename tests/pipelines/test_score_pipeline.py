@@ -141,3 +141,22 @@ def test_score_against_a_tiny_diffusers_text_to_image_folder(synthetic_shards, t
     for name in ("side_00.png", "side_01.png"):
         with Image.open(os.path.join(out, "grids", name)) as grid:
             assert grid.size[0] > 0 and grid.mode == "RGB"
+
+
+def test_score_loads_the_target_once(tmp_path, monkeypatch):
+    """The preflight load is the workers' load: an in-process run loads the target (and training set) once."""
+    from transforms import score as score_transforms
+
+    spec = build(tmp_path)
+    calls = []
+    real = score_transforms.load_context
+
+    def counting(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(score_transforms, "load_context", counting)
+    score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", str(tmp_path / "o"),
+               "--train", str(tmp_path / "emb"), "--groups", str(tmp_path / "dd"), "--reference", str(tmp_path / "reference.txt"),
+               "--checks", "wen,side", "--wen-n", "2", "--steps", "10", "--side-k", "4", "--side-n-syn", "32", "--side-n-g", "16"])
+    assert len(calls) == 1

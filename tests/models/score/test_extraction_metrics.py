@@ -1,4 +1,4 @@
-"""Tests for models.score.extraction_metrics: AMS / UMS, bands and matching (METHODS.md §1.4, §5.6)."""
+"""Tests for models.score.extraction_metrics: AMS / UMS, bands and matching (SIDE arXiv:2410.02467 v7 metrics)."""
 from __future__ import annotations
 
 import json
@@ -33,7 +33,7 @@ def _counts(res: dict) -> dict:
 # Bands
 # --------------------------------------------------------------------------- #
 def test_default_band_edges():
-    """low = [0.4, 0.5), mid = [0.5, 0.6], high = (0.6, 1.0] (METHODS §1.4 [INF])."""
+    """low = [0.4, 0.5), mid = [0.5, 0.6], high = (0.6, 1.0]."""
     b = SimilarityBands()
     assert b.bands == DEFAULT_BANDS and b.measure == "cosine" and b.higher_is_closer
     cases = {0.399999: None, 0.4: "low", 0.45: "low", 0.499999: "low", 0.5: "mid", 0.6: "mid",
@@ -97,7 +97,7 @@ def test_ams_ums_top1_known_answer():
 
 
 def test_ums_denominator_is_n_g_not_train_size():
-    """10 generations, all copies of 2 training items: UMS = 2/10, not 2/2 (METHODS §1.4)."""
+    """10 generations, all copies of 2 training items: UMS = 2/10, not 2/2 (the N_G denominator of SIDE)."""
     table = np.array([[0.95, 0.1]] * 6 + [[0.1, 0.92]] * 4)
     bands = SimilarityBands()
     for res in (ams_ums_from_matrix(table, bands), ams_ums(table.max(1), table.argmax(1), bands)):

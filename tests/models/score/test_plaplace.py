@@ -1,4 +1,4 @@
-"""Tests for models.score.plaplace against the closed forms of METHODS.md §5.1–§5.2.
+"""Tests for models.score.plaplace against closed forms (GMM score and the exact empirical score; arXiv:2505.08246).
 
 Monte-Carlo checks use fixed seeds and a 4-standard-error tolerance
 (n = 2000 directions gives SE ≈ 0.01 for p = 1).
@@ -59,7 +59,7 @@ def test_samplers_and_radius_helpers():
 
 
 # --------------------------------------------------------------------------- #
-# Flux estimator (METHODS §5.1 table)
+# Flux estimator (closed-form GMM values)
 # --------------------------------------------------------------------------- #
 def test_flux_p1_r1_triangle(tri):
     mean, se = flux_estimator(_score(tri), _pts(tri), 1.0, 1.0, 2000, np.random.default_rng(0))
@@ -177,7 +177,7 @@ def test_hutchinson_on_memorizer_torch_path():
 
 
 # --------------------------------------------------------------------------- #
-# Noise-cosine statistic on the perfect memorizer (METHODS §5.2)
+# Noise-cosine statistic on the perfect memorizer (exact empirical score)
 # --------------------------------------------------------------------------- #
 def test_noise_cosine_memorizer_separates_train_from_fresh():
     rng = np.random.default_rng(0)

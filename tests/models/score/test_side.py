@@ -1,4 +1,4 @@
-"""Tests for models.score.side: SIDE v7 on closed-form targets (METHODS.md §1.2, §5.2, §5.5)."""
+"""Tests for models.score.side: SIDE v7 on closed-form targets (arXiv:2410.02467 v7 Algorithm 1, on the exact empirical score)."""
 from __future__ import annotations
 
 import dataclasses
@@ -275,7 +275,7 @@ def test_run_side_is_deterministic_and_checks_stage():
 
 
 def test_side_extracts_more_unique_points_than_unguided_on_perfect_memorizer():
-    """Headline check (METHODS §5.5 on the §5.2 perfect memorizer).
+    """Headline check (SIDE on the perfect memorizer: guided UMS above unguided).
 
     Training set: d = 8, 4 points with multiplicity 50 and 96 singletons, so
     unguided DDIM lands on a duplicated point with probability 200/296. SIDE:

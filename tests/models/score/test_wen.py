@@ -1,6 +1,6 @@
-"""Tests for models.score.wen: Wen (METHODS §4.3) and Jeon (§4.6) metrics.
+"""Tests for models.score.wen and models.score.jeon: Wen (arXiv:2407.21720) and Jeon (arXiv:2412.04140) metrics.
 
-Main check: the conditional perfect memorizer of METHODS §5.3. Prompts c0…c9
+Main check: the conditional perfect memorizer (exact empirical score). Prompts c0…c9
 each map to one training point duplicated 20× ("memorized"), c10…c19 each map
 to 50 distinct points ("generic"); the unconditional score (cond=None) is the
 empirical score of the union. Both metrics must separate the two groups with
@@ -14,16 +14,8 @@ import torch
 
 from models.score.targets.closed_form import MemorizerTarget, VPSchedule
 from models.score.plaplace import roc_auc
-from models.score.wen import (
-    MetricResult,
-    ddim_timesteps,
-    initial_noise,
-    jeon_metric,
-    jeon_sharpness,
-    sharpness_fd,
-    sharpness_jvp,
-    wen_metric,
-)
+from models.score.jeon import jeon_metric, jeon_sharpness, sharpness_fd, sharpness_jvp
+from models.score.wen import MetricResult, ddim_timesteps, initial_noise, wen_metric
 
 D = 8
 N_MEM = N_GEN = 10
@@ -45,7 +37,7 @@ def _auc(values: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- #
-# Detection on the conditional toy (METHODS §5.3)
+# Detection on the conditional toy
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("n, steps_used", [(1, 1), (4, 1), (4, 5)])
 def test_wen_separates_memorized_prompts(toy, n, steps_used):
@@ -68,7 +60,7 @@ def test_jeon_separates_memorized_prompts(toy, n):
 
 
 def test_wen_step1_is_scaled_score_difference(toy):
-    """At step 1, ‖ε̂_c − ε̂_∅‖ = √(1−ᾱ_t)‖s^Δ‖ on the same x_T (METHODS §4.6 notation)."""
+    """At step 1, ‖ε̂_c − ε̂_∅‖ = √(1−ᾱ_t)‖s^Δ‖ on the same x_T (arXiv:2412.04140 notation)."""
     noise = initial_noise(20, D, 3).reshape(20, 1, D)
     w = wen_metric(toy, PROMPTS, None, n=1, steps_used=1, noise=noise)
     j = jeon_sharpness(toy, np.arange(20), None, noise[:, 0], 999)
@@ -93,7 +85,7 @@ def test_wen_follows_cfg_ddim_between_steps(toy):
 # --------------------------------------------------------------------------- #
 @pytest.mark.parametrize("t", [999, 500, 100])
 def test_jeon_jvp_matches_closed_form_hessian(toy, t):
-    """H^Δ s^Δ by JVP equals (H(x,c) − H(x,∅)) s^Δ from the closed-form Hessian (METHODS §5.1)."""
+    """H^Δ s^Δ by JVP equals (H(x,c) − H(x,∅)) s^Δ from the closed-form Hessian."""
     x = initial_noise(20, D, 5)
     cond = np.arange(20)
     s, hv = sharpness_jvp(toy, cond, None, x, t)
