@@ -207,3 +207,24 @@ def test_rerun_with_other_partitions_leaves_no_stale_files(planted, tmp_path):
     assert again.keys() == before.keys()  # same pairs; float32 BLAS tiles may differ in the last bits
     assert all(abs(again[k] - before[k]) < 1e-5 for k in before)
     assert components_from_output(out, truth)[0] == expected_components(truth)
+
+
+def test_flags_are_built_from_the_config_and_reach_it():
+    import argparse
+    import dataclasses
+
+    parser = argparse.ArgumentParser()
+    dedup.add_arguments(parser)
+    fields = {f.name: f for f in dataclasses.fields(dedup.DedupConfig)}
+    assert {a.dest for a in parser._actions if a.dest != "help"} == set(fields)
+    args = parser.parse_args(["--embeddings", "e", "--output", "o"])
+    cfg = dedup.config_from_args(args)
+    for name, f in fields.items():  # unset flags: the dataclass default, the one source of it
+        if name not in ("embeddings", "output"):
+            assert getattr(cfg, name) == f.default, name
+    values = {"threshold": "0.9", "partitions": "7", "sample_fraction": "0.5", "seed": "3", "max_spill": "2",
+              "niter": "4", "block_rows": "99"}
+    argv = ["--embeddings", "e", "--output", "o"] + [x for n, v in values.items() for x in ("--" + n.replace("_", "-"), v)]
+    cfg = dedup.config_from_args(parser.parse_args(argv))
+    for name, v in values.items():
+        assert getattr(cfg, name) == type(fields[name].default)(v), name

@@ -1,0 +1,135 @@
+"""The composite steps of transforms.dedup, each on a tiny inline embedding folder (TestPipeline + assert_that).
+
+Folder: two parts of 6 rows, d = 8. Rows 0-1 of part 0 and row 0 of part 1 are
+copies of one vector (cosine >= 0.999); row 2 of part 0 and row 1 of part 1
+share a sha256 with unrelated vectors; row 5 of part 1 is NaN, row 4 is zero;
+every other row is an orthogonal basis vector (no edges at t = 0.95).
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from models.dedup.plan import DedupParams
+from models.storage import layout
+from transforms.dedup.centroids import TrainCentroids
+from transforms.dedup.components import ConnectComponents
+from transforms.dedup.label import LabelGroups
+from transforms.dedup.read import ReadParts
+from transforms.dedup.rows import GroupRow, Reject, gid_of
+from transforms.dedup.search import AssignAndSearch
+from transforms.dedup.write import WriteParts
+
+D = 8
+T = 0.95
+
+
+def _gid(part: int, row: int) -> int:
+    return int(gid_of(part, np.asarray([row]))[0])
+
+
+@pytest.fixture
+def params(tmp_path):
+    eye = np.eye(D)
+    base = eye[0] + 0.01 * eye[7]
+    base /= np.linalg.norm(base)
+    parts = {
+        "00000": np.stack([base, eye[0], eye[1], eye[2], eye[3], eye[4]]),
+        "00001": np.stack([eye[0], eye[5], eye[6], eye[7], np.zeros(D), np.full(D, np.nan)]),
+    }
+    folder = layout.EmbeddingFolder(str(tmp_path / "emb"))
+    for p, (name, x) in enumerate(parts.items()):
+        layout.write_npy(folder.img_emb(name), x.astype(np.float16))
+        sha = [f"h{p}{r}" for r in range(6)]
+        if p == 0:
+            sha[2] = "same"
+        else:
+            sha[1] = "same"
+        os.makedirs(os.path.dirname(folder.metadata(name)), exist_ok=True)
+        pq.write_table(pa.table({"key": [f"k{p}{r}" for r in range(6)], "sha256": sha,
+                                 "width": [100 + r for r in range(6)], "height": [10] * 6}), folder.metadata(name))
+    return DedupParams(embeddings=folder.root, output=str(tmp_path / "out"), parts=tuple(parts), dim=D, threshold=T,
+                       max_spill=1, sample_size=12, seed=0, niter=5, k=2, block_rows=4, n_rows=12)
+
+
+def test_read_parts_blocks_and_rejects(beam_pipeline, params):
+    with beam_pipeline as p:
+        read = p | beam.Create([0, 1]) | ReadParts(params)
+        rows = read["blocks"] | beam.FlatMap(lambda b: zip(b.gids.tolist(), b.keys.tolist(), b.area.tolist()))
+        expected = [(_gid(0, r), f"k0{r}", (100 + r) * 10) for r in range(6)]
+        expected += [(_gid(1, r), f"k1{r}", (100 + r) * 10) for r in range(4)]
+        assert_that(rows, equal_to(expected), label="Rows")
+        assert_that(read["rejects"], equal_to([(1, Reject(4, "k14", "zero-embedding")),
+                                               (1, Reject(5, "k15", "non-finite-embedding"))]), label="Rejects")
+        assert_that(read["old_state"], equal_to([]), label="NoOldState")
+
+
+def test_train_centroids_gives_unit_centroids(beam_pipeline, params):
+    with beam_pipeline as p:
+        read = p | beam.Create([0, 1]) | ReadParts(params)
+        centroids = read["blocks"] | TrainCentroids(params)
+        shape_norms = centroids | beam.Map(lambda c: (c.shape, bool(np.allclose(np.linalg.norm(c, axis=1), 1, atol=1e-5))))
+        assert_that(shape_norms, equal_to([((2, D), True)]))
+
+
+def test_assign_and_search_finds_copies_and_hash_pairs(beam_pipeline, params):
+    centroids = np.eye(D, dtype=np.float32)[[0, 1]]  # fixed centroids: the result must not depend on them
+    with beam_pipeline as p:
+        read = p | beam.Create([0, 1]) | ReadParts(params)
+        found = ({"blocks": read["blocks"], "centroids": p | "C" >> beam.Create([centroids])}
+                 | AssignAndSearch(params, lambda pieces: pieces))
+        copies = [_gid(0, 0), _gid(0, 1), _gid(1, 0)]
+        hashed = [_gid(0, 2), _gid(1, 1)]
+        roots = ([(g, copies[0]) for g in copies] + [(g, hashed[0]) for g in hashed])
+        assert_that(found["roots"] | beam.Distinct(), equal_to(roots), label="Roots")
+        best = found["max_cos"] | beam.CombinePerKey(max) | beam.Map(lambda e: (e[0], round(e[1], 3)))
+        assert_that(best, equal_to([(g, 1.0) for g in copies + hashed]), label="MaxCos")
+        assert_that(found["edges_written"], equal_to([3]), label="EdgesWritten")  # 3 pairs among the copies
+    edges = layout.read_parquet(params.out.edges("00000")).to_pylist()
+    assert sorted((e["key_a"], e["key_b"]) for e in edges) == [("k00", "k01"), ("k00", "k10"), ("k01", "k10")]
+
+
+def test_connect_components_merges_through_shared_nodes(beam_pipeline):
+    with beam_pipeline as p:
+        a = p | "A" >> beam.Create([(1, 1), (2, 1), (5, 5), (6, 5)])
+        b = p | "B" >> beam.Create([(2, 2), (5, 2), (9, 9), (10, 9)])
+        labels = (a, b) | ConnectComponents()
+        assert_that(labels, equal_to([(1, 1), (2, 1), (5, 1), (6, 1), (9, 9), (10, 9)]))
+
+
+def test_label_groups_picks_largest_image_and_names_group_by_first_member(beam_pipeline, params):
+    g00, g01, g10 = _gid(0, 0), _gid(0, 1), _gid(1, 0)
+    with beam_pipeline as p:
+        labels = p | "L" >> beam.Create([(g, g00) for g in (g00, g01, g10)])
+        max_cos = p | "M" >> beam.Create([(g00, 0.99), (g01, 0.99), (g10, 0.98), (g00, 0.97)])
+        groups = ({"labels": labels, "max_cos": max_cos, "previous": p | "P" >> beam.Create([])}
+                  | LabelGroups(params, lambda labelled: labelled))
+        # areas: k00 1000, k01 1010, k10 1000 -> k01 is the representative
+        assert_that(groups["rows"], equal_to([
+            (0, GroupRow(0, "k00", "k00", 3, False, "k01", 0.99, None)),
+            (0, GroupRow(1, "k01", "k00", 3, True, "k01", 0.99, None)),
+            (1, GroupRow(0, "k10", "k00", 3, False, "k01", 0.98, None)),
+        ]), label="Rows")
+        assert_that(groups["sizes"], equal_to([3]), label="Sizes")
+        assert_that(groups["merges"], equal_to([]), label="Merges")
+
+
+def test_write_parts_every_row_once(beam_pipeline, params):
+    with beam_pipeline as p:
+        rows = p | "R" >> beam.Create([(1, GroupRow(0, "k10", "k00", 2, False, "k00", 0.99, None))])
+        rejects = p | "J" >> beam.Create([(1, Reject(4, "k14", "zero-embedding"))])
+        stats = {"rows": rows, "rejects": rejects, "parts": p | "I" >> beam.Create([1])} | WriteParts(params)
+        assert_that(stats, equal_to([Counter({"rows": 6, "grouped_rows": 5, "dropped": 1, "rejects": 1})]))
+    groups = layout.read_parquet(params.out.groups("00001")).to_pylist()
+    assert [g["key"] for g in groups] == ["k10", "k11", "k12", "k13", "k15"]
+    assert groups[0]["group_id"] == "k00" and groups[1]["group_size"] == 1
+    drops = layout.read_parquet(params.out.drop_keys_part("00001")).to_pylist()
+    assert [d["key"] for d in drops] == ["k10"] and drops[0]["reason"].startswith("near-duplicate of k00")
+    assert [r["key"] for r in layout.read_parquet(params.out.rejects("00001")).to_pylist()] == ["k14"]
