@@ -18,10 +18,10 @@ import pyarrow.compute as pc
 from models.report.config import ReportConfig, ReportInputs
 from models.report.groups import fill_cosines, shown_groups
 from models.report.metadata import ExampleQuery, count_rows, scan_metadata
-from models.report.plots import plot_group_sizes, plot_keywords, plot_scores
+from models.report.plots import plot_group_sizes, plot_keywords, plot_nn_similarity, plot_scores
 from models.report.reading import read_each, read_json_object, read_table
-from models.report.rows import (DuplicateGroup, Extraction, FlaggedPrompt, ObjectTrigger, PromptScore, RejectCount,
-                                ScoreImage, ShownRow, WordTrigger, rows_of)
+from models.report.rows import (DuplicateGroup, Extraction, FlaggedPrompt, NnSimilarity, ObjectTrigger, PromptScore,
+                                RejectCount, ScoreImage, ShownRow, WordTrigger, rows_of)
 from models.report.thumbnails import copy_generations, copy_grids, make_thumbnails
 from models.storage import layout
 from models.storage.folders.report import ReportFolder
@@ -32,6 +32,7 @@ STAGE_JSONS = ("config", "summary", "stats")
 KEYWORD_TRIGGERS, OBJECT_TRIGGERS, FLAGGED_PROMPTS, OBJECT_TAGS = (
     "keyword_triggers.parquet", "object_triggers.parquet", "flagged_prompts.parquet", "object_tags")
 PROMPT_SCORES, EXTRACTIONS, SIDE_SUMMARY = "prompt_scores.parquet", "extractions.parquet", "side_summary.json"
+NN_SIMILARITY = "nn_similarity.json"
 
 
 @dataclass
@@ -59,6 +60,9 @@ class ReportData:
     thumbs: dict[str, str] = field(default_factory=dict)                   # key -> relative path
     thumb_notes: list[str] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)                    # plot name -> relative path
+    nn_similarity: NnSimilarity | None = None                              # dedup's sampled NN histogram
+    nn_similarity_plot: str | None = None                                  # its plot (relative path)
+    nn_similarity_note: str | None = None                                  # why there is no plot, when the file is bad
 
     @property
     def groups(self) -> list[DuplicateGroup]:
@@ -127,6 +131,21 @@ def _gather_score(d: ReportData, score: str, report: ReportFolder, cfg: ReportCo
     d.generations = copy_generations(score, [str(r.generation_id) for r in d.extractions], report)
 
 
+def _gather_nn_similarity(d: ReportData, dedup: str, report: ReportFolder) -> None:
+    """Dedup's ``nn_similarity.json`` (absent: nothing; malformed: a note with every problem) and its plot."""
+    obj = read_json_object(layout.join(dedup, NN_SIMILARITY))
+    if obj is None:
+        return
+    try:
+        d.nn_similarity = NnSimilarity.from_json(obj)
+    except ValueError as exc:
+        d.nn_similarity_note = f"{NN_SIMILARITY} not plotted: {exc}"
+        return
+    d.nn_similarity_plot = plot_nn_similarity(d.nn_similarity, report)
+    if d.nn_similarity_plot is None:
+        d.nn_similarity_note = f"{NN_SIMILARITY} not plotted: every count is 0"
+
+
 def _object_queries(d: ReportData, mine: str) -> list[ExampleQuery]:
     """Per shown object trigger: its keyword and the keys tagged with its object (from ``object_tags/``)."""
     names = sorted({str(r.object) for r in d.objects})
@@ -167,6 +186,7 @@ def gather(inputs: ReportInputs, report: ReportFolder, cfg: ReportConfig) -> Rep
         referenced += [r.group_id for r in d.extractions if r.group_id]
     if inputs.dedup is not None:
         summary = d.stage_json.get("dedup", {}).get("summary")
+        _gather_nn_similarity(d, inputs.dedup, report)
         shown = shown_groups(inputs.dedup, summary, cfg.max_groups, cfg.max_members, referenced, report)
         d.top_groups, d.extra_groups, d.size_hist, d.groups_total = shown.top, shown.referenced, shown.size_hist, shown.total
     if inputs.embeddings is not None:

@@ -1,7 +1,8 @@
 """The report's plots: matplotlib on an Agg canvas (no display, no global pyplot state), saved as PNG.
 
-Each ``plot_*`` function writes one PNG into the report folder and returns
-its report-relative path, or ``None`` when there is nothing to plot.
+Each ``*_figure`` function draws one figure from the data (``None`` when
+there is nothing to plot); each ``plot_*`` function saves it as a PNG into the
+report folder and returns its report-relative path.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from models.report.reading import column
+from models.report.rows import NnSimilarity
 from models.storage import layout
 from models.storage.folders.report import ReportFolder
 
@@ -60,8 +62,8 @@ def _floats(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(pc.fill_null(table.column(name).cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), dtype=float)
 
 
-def plot_group_sizes(hist: dict[int, int], report: ReportFolder) -> str | None:
-    """Group size vs number of groups, log-log (singletons included)."""
+def group_sizes_figure(hist: dict[int, int]):
+    """Group size vs number of groups, log-log (singletons included): one marker line, x = sizes, y = counts."""
     if not hist:
         return None
     fig = _figure()
@@ -74,11 +76,19 @@ def plot_group_sizes(hist: dict[int, int], report: ReportFolder) -> str | None:
     ax.set_ylabel("number of groups")
     ax.set_title("Group-size distribution")
     ax.grid(True, which="both", alpha=0.3)
-    return _save(fig, report, report.group_sizes_plot())
+    return fig
 
 
-def plot_keywords(table: pa.Table | None, report: ReportFolder) -> str | None:
-    """Keyword support vs lift, log-log, flagged keywords in red (rows with a non-positive or null value left out)."""
+def plot_group_sizes(hist: dict[int, int], report: ReportFolder) -> str | None:
+    fig = group_sizes_figure(hist)
+    return None if fig is None else _save(fig, report, report.group_sizes_plot())
+
+
+def keywords_figure(table: pa.Table | None):
+    """Keyword support vs lift, log-log: a grey scatter of the tested keywords, a red one of the flagged.
+
+    Rows with a null or non-positive support or lift are left out.
+    """
     if table is None or table.num_rows == 0 or not {"n", "lift"} <= set(table.column_names):
         return None
     n, lift = _floats(table, "n"), _floats(table, "lift")
@@ -99,7 +109,12 @@ def plot_keywords(table: pa.Table | None, report: ReportFolder) -> str | None:
     ax.set_title("Keywords: lift vs support")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, report, report.keyword_plot())
+    return fig
+
+
+def plot_keywords(table: pa.Table | None, report: ReportFolder) -> str | None:
+    fig = keywords_figure(table)
+    return None if fig is None else _save(fig, report, report.keyword_plot())
 
 
 class _CheckValue(NamedTuple):
@@ -107,11 +122,11 @@ class _CheckValue(NamedTuple):
     threshold: float | None
 
 
-def plot_scores(scores: pa.Table | None, report: ReportFolder) -> dict[str, str]:
-    """One histogram of the statistic per score check, its thresholds (at most 3) as dashed lines.
+def score_figures(scores: pa.Table | None) -> dict:
+    """One histogram of the statistic per score check, its finite thresholds (at most 3) as dashed vertical lines.
 
     Returns:
-      ``{check: relative path}``, checks sorted by name; checks without a finite statistic get no plot.
+      ``{check: figure}``, checks sorted by name; checks without a finite statistic get no figure.
     """
     if scores is None or scores.num_rows == 0 or not {"check", "statistic"} <= set(scores.column_names):
         return {}
@@ -135,5 +150,41 @@ def plot_scores(scores: pa.Table | None, report: ReportFolder) -> dict[str, str]
         ax.set_xlabel("statistic")
         ax.set_ylabel("prompts")
         ax.set_title(_plain(f"Score check: {check}"))
-        out[check] = _save(fig, report, report.score_plot(check))
+        out[check] = fig
     return out
+
+
+def plot_scores(scores: pa.Table | None, report: ReportFolder) -> dict[str, str]:
+    """:func:`score_figures` saved: ``{check: relative path}``."""
+    return {check: _save(fig, report, report.score_plot(check)) for check, fig in score_figures(scores).items()}
+
+
+def nn_similarity_figure(hist: NnSimilarity | None):
+    """Dedup's sampled nearest-neighbour similarities: one bar per bin (log count), the threshold as a red line.
+
+    Bars: ``ax.patches`` in bin order, left edge ``bin_edges[i]``, height
+    ``counts[i]``; the threshold is the one vertical line. ``None`` when every count is 0.
+    """
+    if hist is None or not any(hist.counts):
+        return None
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    edges = np.asarray(hist.bin_edges, dtype=float)
+    ax.bar(edges[:-1], np.asarray(hist.counts, dtype=float), width=np.diff(edges), align="edge", color=BLUE,
+           edgecolor="white", linewidth=0.5)
+    ax.set_yscale("log")
+    _plain_log_ticks(ax, "y")
+    above = hist.at_or_above_threshold()
+    ax.axvline(hist.threshold, color=RED, linestyle="--",
+               label=f"threshold {hist.threshold:.3g} ({above:,} of {hist.n_sampled:,} sampled at or above)")
+    ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel(_plain(f"nearest-neighbour similarity ({hist.space})"))
+    ax.set_ylabel("sampled rows (log)")
+    ax.set_title("Nearest-neighbour similarities (sample)")
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def plot_nn_similarity(hist: NnSimilarity | None, report: ReportFolder) -> str | None:
+    fig = nn_similarity_figure(hist)
+    return None if fig is None else _save(fig, report, report.nn_similarity_plot())

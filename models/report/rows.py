@@ -8,6 +8,7 @@ folders), missing columns reading as ``None``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 
@@ -136,3 +137,52 @@ class ScoreImage(NamedTuple):
 
     name: str
     rel: str
+
+
+@dataclass(frozen=True)
+class NnSimilarity:
+    """Dedup's ``nn_similarity.json``: a histogram of sampled nearest-neighbour similarities and the threshold used.
+
+    ``counts[i]`` samples have their nearest-neighbour similarity in
+    ``[bin_edges[i], bin_edges[i + 1])``; ``space`` names the similarity (``cosine``).
+    """
+
+    bin_edges: list[float]
+    counts: list[int]
+    threshold: float
+    n_sampled: int
+    space: str
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "NnSimilarity":
+        """Validate and convert the JSON object.
+
+        Raises:
+          ValueError: every problem found (missing fields, lengths, order, negative counts), in one message.
+        """
+        fields = ("bin_edges", "counts", "threshold", "n_sampled", "space")
+        missing = [f for f in fields if f not in obj]
+        if missing:
+            raise ValueError(f"nn_similarity.json lacks {missing} (expected fields {list(fields)})")
+        problems = []
+        try:
+            edges = [float(v) for v in obj["bin_edges"]]
+            counts = [int(v) for v in obj["counts"]]
+            threshold, n_sampled = float(obj["threshold"]), int(obj["n_sampled"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"nn_similarity.json has a non-numeric value: {exc}") from exc
+        if len(edges) != len(counts) + 1:
+            problems.append(f"{len(edges)} bin_edges for {len(counts)} counts (need counts + 1)")
+        if any(b <= a for a, b in zip(edges, edges[1:])) or not all(math.isfinite(e) for e in edges):
+            problems.append("bin_edges are not finite and strictly increasing")
+        if any(c < 0 for c in counts):
+            problems.append("a count is negative")
+        if not math.isfinite(threshold):
+            problems.append(f"threshold {obj['threshold']!r} is not finite")
+        if problems:
+            raise ValueError("nn_similarity.json: " + "; ".join(problems))
+        return cls(edges, counts, threshold, n_sampled, str(obj["space"]))
+
+    def at_or_above_threshold(self) -> int:
+        """Samples in the bins whose lower edge is at or above the threshold (a lower bound on those >= threshold)."""
+        return sum(c for lo, c in zip(self.bin_edges, self.counts) if lo >= self.threshold)

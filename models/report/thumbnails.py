@@ -123,7 +123,9 @@ def copy_png(src: str, report: ReportFolder, rel: str) -> bool:
 def copy_grids(score: str, report: ReportFolder, limit: int) -> list[ScoreImage]:
     """The first ``limit`` ``grids/*.png`` of a score folder (by name), copied; non-PNG files skipped."""
     out = []
-    for name, src in list(files_with_suffix(layout.join(score, "grids"), ".png").items())[:limit]:
+    for name, src in files_with_suffix(layout.join(score, "grids"), ".png").items():
+        if len(out) == limit:
+            break
         rel = report.score_grid(name)
         if copy_png(src, report, rel):
             out.append(ScoreImage(name, rel))

@@ -1,0 +1,79 @@
+"""models.report.gather on hand-made stage folders: the right rows, in the right order, bounded by the config."""
+from __future__ import annotations
+
+import pytest
+
+from models.report.config import ReportConfig, ReportInputs
+from models.report.gather import gather, reject_counts, stage_jsons
+from models.report.rows import RejectCount
+from models.storage import layout
+from models.storage.folders.report import ReportFolder
+from tests.models.report import tiny
+
+
+@pytest.fixture
+def folders(tmp_path):
+    return tiny.write_all(tmp_path)
+
+
+def run_gather(folders, tmp_path, **cfg):
+    inputs = ReportInputs(*map(str, folders))
+    return gather(inputs, ReportFolder(str(tmp_path / "report")), ReportConfig(**cfg))
+
+
+def test_groups_rows_and_examples(folders, tmp_path):
+    d = run_gather(folders, tmp_path)
+    assert [(g.group_id, g.size, g.representative, g.members) for g in d.top_groups] == [
+        ("k0", 3, "k0", ["k0", "k1", "k2"]), ("k4", 2, "k4", ["k4", "k3"])]
+    assert d.size_hist == {1: 1, 2: 1, 3: 1} and d.groups_total == 2 and d.extra_groups == []
+    cos = d.top_groups[0].cosine  # float16-stored unit vectors: k1 . k0 = 0.8, k2 . k0 = 0.6
+    assert cos["k0"] == pytest.approx(1.0, abs=1e-3) and cos["k1"] == pytest.approx(0.8, abs=1e-3)
+    assert cos["k2"] == pytest.approx(0.6, abs=1e-3) and d.top_groups[1].cosine["k3"] == pytest.approx(0.0, abs=1e-3)
+    # captions and locations only for the rows shown (members, 3 example keys, extraction matches, object examples)
+    assert sorted(d.rows) == ["k0", "k1", "k2", "k3", "k4"]
+    assert d.rows["k2"].caption == tiny.CAPTIONS["k2"] and d.rows["k2"].index == 2 and d.rows["k2"].shard == "00000"
+    # the object trigger's examples: tagged "ball" AND captioned "red" (k3 is tagged but says "green")
+    assert d.object_examples == [["k0", "k1"]]
+    assert set(d.thumbs) == {"k0", "k1", "k2", "k3", "k4"}
+    for key, rel in d.thumbs.items():
+        assert rel == ReportFolder.thumb(key) and layout.exists(str(tmp_path / "report" / rel))
+
+
+def test_ranked_tables_and_limits(folders, tmp_path):
+    d = run_gather(folders, tmp_path, max_rows=2, max_groups=1, max_members=2)
+    assert [w.keyword for w in d.words] == ["beta", "alpha"]          # flagged first, then by rank, max_rows
+    assert d.words_all.num_rows == 3
+    assert [p.prompt for p in d.prompts] == ["a red ball", "green"]  # by rank
+    assert [e.generation_id for e in d.extractions] == ["r00g000000", "r01g000000"]  # most similar first, max_rows
+    assert [g.group_id for g in d.top_groups] == ["k0"] and d.top_groups[0].members == ["k0", "k1"]
+    assert [g.group_id for g in d.extra_groups] == ["k4"]            # referenced by a prompt, a word and an extraction
+    assert [g.name for g in d.grids] == ["side_00", "side_01"]
+    assert d.generations == {"r01g000000": ReportFolder.generation("r01g000000")}
+    assert set(d.plots) == {"group_sizes", "keyword_lift_support", "score:plaplace", "score:wen"}
+
+
+def test_rejects_and_stage_jsons(folders):
+    inputs = ReportInputs(*map(str, folders))
+    assert reject_counts(inputs) == [RejectCount("embeddings", "corrupt-image", 1), RejectCount("dedup", "zero-vector", 2)]
+    found = stage_jsons(inputs)
+    assert found["embeddings"]["stats"] == {"rows": 6, "rejects": 1} and "summary" in found["dedup"]
+    assert found["mine"] == {} and found["score"] == {}
+
+
+def test_metadata_without_key_column_uses_row_keys(tmp_path):
+    """LAION-style metadata with image_path and no key: rows are named as models.storage.ids.row_keys names them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    emb = tiny.write_embeddings(tmp_path, with_shards=False)
+    paths = [f"img/{k}.jpg" for k in tiny.KEYS]
+    pq.write_table(pa.table({"image_path": paths, "caption": [tiny.CAPTIONS[k] for k in tiny.KEYS]}),
+                   emb / "metadata" / "metadata_00000.parquet")
+    rows = [r | {"key": f"img/{r['key']}.jpg", "group_id": f"img/{r['group_id']}.jpg",
+                 "representative_key": f"img/{r['representative_key']}.jpg"} for r in tiny.group_rows()]
+    from models.storage import schemas
+    layout.write_parquet(str(tmp_path / "dd" / "groups" / "groups_0.parquet"), schemas.table(rows, schemas.DEDUP_GROUPS))
+    d = gather(ReportInputs(embeddings=str(emb), dedup=str(tmp_path / "dd")), ReportFolder(str(tmp_path / "r")), ReportConfig())
+    assert d.rows["img/k1.jpg"].caption == tiny.CAPTIONS["k1"]
+    assert d.top_groups[0].cosine["img/k1.jpg"] == pytest.approx(0.8, abs=1e-3)
+    assert d.thumbs == {} and "lists no shards" in d.thumb_notes[0]
