@@ -81,9 +81,10 @@ def build(p, cfg: EmbedConfig, shards):
     import apache_beam as beam
 
     from models.storage import layout
+    from models.storage.folders.embed import EmbeddingFolder
     from transforms.embed import EmbedShards
 
-    stats_path = layout.EmbeddingFolder(cfg.output).stats
+    stats_path = EmbeddingFolder(cfg.output).stats
     fp = layout.fingerprint(cfg.output_fingerprint_params())
     embed = EmbedShards(cfg.embedder, cfg.job, cfg.output, fp, cfg.overwrite)
     stats = p | "ListShards" >> beam.Create(shards) | "EmbedShards" >> embed
@@ -94,6 +95,7 @@ def build(p, cfg: EmbedConfig, shards):
 def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Parse flags, preflight the model, run the pipeline; return the merged stats."""
     from models.storage import layout
+    from models.storage.folders.embed import EmbeddingFolder
     from models.storage.shards import list_shards
 
     parser = stage_parser("dupmine embed", __doc__)
@@ -107,7 +109,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     # Fail at start, with a clear message, if weights are missing. The model is loaded through the workers'
     # shared handle, so in-process runners reuse it instead of loading it twice (held until the run ends).
     loaded = transform.fn.load()
-    folder = layout.EmbeddingFolder(cfg.output)
+    folder = EmbeddingFolder(cfg.output)
     layout.write_json(folder.config, {"stage": "embed", "config": asdict(cfg), "embedder": loaded.value.describe(),
                                       "shards": [asdict(s) for s in shards], "beam_args": beam_args})
     log.info("embedding %d shard(s) with %s into %s", len(shards), cfg.model, cfg.output)

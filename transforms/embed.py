@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
 from models.storage import layout
+from models.storage.folders.embed import EmbeddingFolder
 from models.embed.shard_job import ShardJob, embed_shard, shard_is_done, write_shard
 from models.embed.embedders import EmbedderConfig, load_embedder
 from models.storage.shards import ShardRef
@@ -51,7 +52,7 @@ class EmbedShardFn(beam.DoFn):
         self._counters[name].inc(n)
 
     def process(self, shard: ShardRef):
-        folder = layout.EmbeddingFolder(self.output)
+        folder = EmbeddingFolder(self.output)
         if not self.overwrite and shard_is_done(folder, shard, self.fingerprint):
             self._count("shards_skipped", 1)
             marker = layout.read_json(folder.marker(shard.shard_id))

@@ -19,8 +19,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from models.storage import layout
-from models.storage import schemas
+from models.storage import layout, schemas
+from models.storage.folders.embed import EmbeddingFolder
 from models.embed.embedders import Embedder, l2_normalise
 from models.storage.imaging import DEFAULT_MAX_PIXELS, ImageRejected, decode_image
 from models.storage.shards import Reject, Sample, ShardRef, read_shard
@@ -57,7 +57,7 @@ def _reason_code(reason: str) -> str:
 
 
 def _reject_row(r: Reject, stage: str = "embed") -> dict:
-    return {"key": r.key, "shard": r.shard, "url": r.url, "reason": r.reason, "stage": stage}
+    return {"key": r.key, "sample_id": r.sample_id, "shard": r.shard, "url": r.url, "reason": r.reason, "stage": stage}
 
 
 def _as_int(v) -> int | None:
@@ -72,9 +72,11 @@ def _metadata_row(s: Sample, width: int, height: int) -> dict:
     exif = m.get("exif")
     return {
         "key": s.key,
+        "sample_id": s.sample_id,
         "url": m.get("url"),
         "caption": s.caption,
         "sha256": m.get("sha256"),
+        "md5": m.get("md5") or None,
         "width": _as_int(m.get("width")) or width,
         "height": _as_int(m.get("height")) or height,
         "original_width": _as_int(m.get("original_width")) or width,
@@ -94,7 +96,7 @@ def _prepare(item: Sample | Reject, embedder: Embedder, max_pixels: int):
         decoded = decode_image(item.image, target_size=embedder.image_size, max_pixels=max_pixels)
         return embedder.preprocess(decoded.image), _metadata_row(item, decoded.width, decoded.height)
     except ImageRejected as exc:
-        return Reject(item.key, item.shard, str(exc), item.meta.get("url"))
+        return Reject(item.key, item.shard, str(exc), item.meta.get("url"), item.sample_id)
 
 
 def _prepared_chunks(items: Iterable, embedder: Embedder, job: ShardJob, pool: ThreadPoolExecutor) -> Iterator[list]:
@@ -138,7 +140,12 @@ def embed_shard(shard: ShardRef, embedder: Embedder, job: ShardJob,
       embedder: a loaded embedder (shared across shards of a worker).
       job: batching and decoding parameters.
       count: called as ``count(name, n)`` for counters ``read``, ``decoded``,
-        ``embedded``, ``rejected`` and ``rejected.<reason>``.
+        ``embedded``, ``rejected``, ``rejected.<reason>`` and ``key_source.<column>``
+        (where the plain keys came from: ``key``, ``image_path``, ``url`` or ``row``).
+
+    Raises:
+      OSError (or the filesystem's error): a read failed transiently; nothing is
+      written for the shard, so the retried bundle redoes it.
 
     Returns:
       ShardResult with ``img_emb`` ``(N, D)`` float16 L2-normalised, optional
@@ -159,8 +166,14 @@ def embed_shard(shard: ShardRef, embedder: Embedder, job: ShardJob,
         bump("rejected")
         bump(f"rejected.{_reason_code(r.reason)}")
 
+    def read() -> Iterator[Sample | Reject]:
+        for item in read_shard(shard):
+            if isinstance(item, Sample):
+                bump(f"key_source.{item.key_source}")
+            yield item
+
     with ThreadPoolExecutor(max_workers=max(1, job.decode_workers)) as pool:
-        for chunk in _prepared_chunks(read_shard(shard), embedder, job, pool):
+        for chunk in _prepared_chunks(read(), embedder, job, pool):
             ready = []
             for item in chunk:
                 bump("read")
@@ -176,7 +189,8 @@ def embed_shard(shard: ShardRef, embedder: Embedder, job: ShardJob,
                     txt, _ = l2_normalise(embedder.embed_texts([m["caption"] or "" for _, m in ready]))
                 for idx in np.flatnonzero(~ok):
                     m = ready[idx][1]
-                    reject(Reject(m["key"], m["shard"], "zero-embedding: image embedding is zero or not finite", m["url"]))
+                    reject(Reject(m["key"], m["shard"], "zero-embedding: image embedding is zero or not finite", m["url"],
+                                  m["sample_id"]))
                 img_parts.append(emb[ok].astype(np.float16))
                 if txt is not None:
                     txt_parts.append(txt[ok].astype(np.float16))
@@ -189,14 +203,20 @@ def embed_shard(shard: ShardRef, embedder: Embedder, job: ShardJob,
     return ShardResult(shard, img, txt, metadata, rejects, counts, time.monotonic() - started)
 
 
-def write_shard(folder: layout.EmbeddingFolder, result: ShardResult, fingerprint: str) -> dict:
-    """Write a shard's outputs atomically, marker last; return the marker's content."""
+def write_shard(folder: EmbeddingFolder, result: ShardResult, fingerprint: str) -> dict:
+    """Write a shard's outputs: the old marker removed first, each file atomically, the new marker last.
+
+    A crash between the steps leaves the shard unmarked (invisible to
+    readers, redone by the next run), never an old marker over new files.
+    Returns the marker's content.
+    """
     i = result.shard.shard_id
+    layout.remove_if_present(folder.marker(i))
     layout.write_npy(folder.img_emb(i), result.img_emb)
     if result.text_emb is not None:
         layout.write_npy(folder.text_emb(i), result.text_emb)
-    elif layout.exists(folder.text_emb(i)):  # left by an earlier run with a text tower
-        layout.remove(folder.text_emb(i))
+    else:  # one left by an earlier run with a text tower is stale
+        layout.remove_if_present(folder.text_emb(i))
     layout.write_parquet(folder.metadata(i), schemas.table(result.metadata, schemas.EMBED_METADATA))
     layout.write_parquet(folder.rejects(i), schemas.table(result.rejects, schemas.REJECTS))
     marker = {
@@ -212,10 +232,10 @@ def write_shard(folder: layout.EmbeddingFolder, result: ShardResult, fingerprint
     return marker
 
 
-def shard_is_done(folder: layout.EmbeddingFolder, shard: ShardRef, fingerprint: str) -> bool:
+def shard_is_done(folder: EmbeddingFolder, shard: ShardRef, fingerprint: str) -> bool:
     """True when the shard's marker exists and was made with the same parameters."""
-    path = folder.marker(shard.shard_id)
-    if not layout.exists(path):
+    try:
+        marker = layout.read_json(folder.marker(shard.shard_id))
+    except FileNotFoundError:
         return False
-    marker = layout.read_json(path)
     return marker.get("fingerprint") == fingerprint and marker.get("shard") == shard.path

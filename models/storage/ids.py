@@ -57,3 +57,22 @@ def row_keys(meta: pa.Table, part: str) -> RowKeys:
         if name in meta.column_names and meta.column(name).null_count == 0:
             return RowKeys([str(k) for k in meta.column(name).to_pylist()], name)
     return RowKeys([f"{part}:{i}" for i in range(meta.num_rows)], ROW_NUMBER)
+
+
+class SampleRef(NamedTuple):
+    """A sample id split back into the absolute URL of its shard and its plain key."""
+
+    source_url: str
+    key: str
+
+
+def split_sample_id(value: str) -> SampleRef:
+    """``SHARD_URL::KEY`` -> :class:`SampleRef`; the first separator splits (URLs hold no ``::``, keys may).
+
+    Raises:
+      ValueError: ``value`` has no separator (a bare key, not a sample id).
+    """
+    url, sep, key = value.partition(SEPARATOR)
+    if not sep:
+        raise ValueError(f"{value!r} is not a sample id (expected SHARD_URL{SEPARATOR}KEY)")
+    return SampleRef(url, key)

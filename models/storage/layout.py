@@ -1,50 +1,73 @@
-"""Output folders, atomic writes and completion markers (local or fsspec URLs).
+"""Filesystem access, atomic writes and completion markers (local paths or fsspec URLs).
 
-Embedding folders use the layout LAION and clip-retrieval publish::
+Every path may be a local path or an fsspec URL (``s3://``, ``gs://``,
+``memory://``). This module is the one place that resolves a path to its
+filesystem (:func:`filesystem`); every other module goes through it.
 
-    img_emb/img_emb_{i}.npy          (N_i, D) float16, L2-normalised
-    text_emb/text_emb_{i}.npy        (N_i, D) float16 (when the model has a text tower)
-    metadata/metadata_{i}.parquet    N_i rows, same order
-    rejects/rejects_{i}.parquet      dupmine only: samples without an embedding
-    _done/{i}.json                   dupmine only: completion marker (written last)
-    config.json, stats.json          dupmine only
+Remote cost per call, which matters on object stores:
 
-``{i}`` is any suffix (``0`` in LAION, ``00000`` shard ids in dupmine); parts
-are matched by it. Every write goes to a temporary name and is renamed into
-place, and a shard's marker is written after all its files, so a crash
-leaves either a complete shard or one a rerun redoes.
+* whole-file reads (:func:`read_bytes`, :func:`read_npy`, :func:`read_parquet`,
+  :func:`read_json`) are one ``cat_file`` (one GET, no ``info``); a Parquet
+  *folder* costs one failed GET, one ``isdir`` and one listing more;
+* :func:`npy_shape` is a range read of the header (about 128 bytes), never the
+  whole array;
+* :func:`exists` is one ``info``, and only a verified absence
+  (``FileNotFoundError``) is ``False``: a transient error (timeout,
+  throttling, permission) raises, so it is retried rather than taken as
+  "missing" (fsspec's own ``exists`` swallows every error).
+
+Writes go to a temporary sibling and are renamed into place. The embedding
+folder class lives in :mod:`models.storage.folders.embed` (re-exported here as
+``layout.EmbeddingFolder``).
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
-import re
+import struct
 import uuid
-from dataclasses import dataclass
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+NPY_HEADER_GUESS = 1024  # bytes fetched for a .npy header; numpy pads headers to 64 (v1) or more (v2/v3)
+
 
 def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def _fs(path: str):
+def filesystem(path: str):
+    """``(fsspec filesystem, path inside it)`` for a local path or URL."""
     return fsspec.core.url_to_fs(path)
+
+
+_fs = filesystem  # the name other stages already import
+
+
+def is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary sibling and a rename."""
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
     tmp = f"{p}.tmp-{uuid.uuid4().hex}"
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, p)
+
+
+def read_bytes(path: str, start: int | None = None, end: int | None = None) -> bytes:
+    """The file's bytes ``[start, end)`` (all by default) in one request."""
+    fs, p = filesystem(path)
+    return fs.cat_file(p, start=start, end=end)
 
 
 def write_npy(path: str, array: np.ndarray) -> None:
@@ -54,11 +77,53 @@ def write_npy(path: str, array: np.ndarray) -> None:
 
 
 def read_npy(path: str, mmap: bool = True) -> np.ndarray:
-    fs, p = _fs(path)
-    if mmap and fs.protocol in ("file", ("file", "local"), "local"):
+    """A ``.npy`` array: memory-mapped when local and ``mmap``, else one whole-file GET."""
+    fs, p = filesystem(path)
+    if mmap and is_local(fs):
         return np.load(p, mmap_mode="r", allow_pickle=False)
-    with fs.open(p, "rb") as f:
-        return np.load(io.BytesIO(f.read()), allow_pickle=False)
+    return np.load(io.BytesIO(fs.cat_file(p)), allow_pickle=False)
+
+
+class ShortNpyHeader(ValueError):
+    """The bytes given end inside the ``.npy`` header; ``need`` is how many the header takes."""
+
+    def __init__(self, need: int, got: int):
+        super().__init__(f".npy header needs {need} bytes, got {got}")
+        self.need = need
+
+
+def parse_npy_header(head: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
+    """``(shape, dtype, data offset)`` from the first bytes of a ``.npy`` file.
+
+    Raises:
+      ShortNpyHeader: ``head`` ends inside the header. ValueError: not a ``.npy`` file.
+    """
+    if head[:6] != b"\x93NUMPY":
+        raise ValueError("not a .npy file (bad magic)")
+    major = head[6]
+    if major == 1:
+        (hlen,), start = struct.unpack("<H", head[8:10]), 10
+    elif major in (2, 3):
+        (hlen,), start = struct.unpack("<I", head[8:12]), 12
+    else:
+        raise ValueError(f".npy format version {major} unknown; expected 1, 2 or 3")
+    if len(head) < start + hlen:
+        raise ShortNpyHeader(start + hlen, len(head))
+    header = ast.literal_eval(head[start:start + hlen].decode("latin-1" if major < 3 else "utf-8"))
+    if header.get("fortran_order"):
+        raise ValueError("Fortran-ordered .npy arrays are not supported")
+    return tuple(header["shape"]), np.dtype(header["descr"]), start + hlen
+
+
+def npy_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file from a range read of its header (remote: ~1 KiB, not the array)."""
+    try:
+        shape, dtype, _ = parse_npy_header(read_bytes(path, 0, NPY_HEADER_GUESS))
+    except ShortNpyHeader as short:  # a header longer than the guess (very many dimensions or fields)
+        shape, dtype, _ = parse_npy_header(read_bytes(path, 0, short.need))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return shape, dtype
 
 
 def write_parquet(path: str, table: pa.Table) -> None:
@@ -68,12 +133,15 @@ def write_parquet(path: str, table: pa.Table) -> None:
 
 
 def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
-    """One Parquet file, or a folder of them read as one table (``drop_keys.parquet/``, ``groups/``)."""
-    fs, p = _fs(path)
-    if fs.isdir(p):
+    """One Parquet file (one GET), or a folder of them read as one table (``drop_keys.parquet/``, ``groups/``)."""
+    fs, p = filesystem(path)
+    try:
+        data = fs.cat_file(p)
+    except (FileNotFoundError, IsADirectoryError):
+        if not fs.isdir(p):
+            raise
         return pq.read_table(p, columns=columns, filesystem=fs)
-    with fs.open(p, "rb") as f:
-        return pq.read_table(f, columns=columns)
+    return pq.read_table(pa.BufferReader(data), columns=columns)
 
 
 def write_json(path: str, obj) -> None:
@@ -81,24 +149,45 @@ def write_json(path: str, obj) -> None:
 
 
 def read_json(path: str):
-    fs, p = _fs(path)
-    with fs.open(p, "rb") as f:
-        return json.loads(f.read())
+    return json.loads(read_bytes(path))
 
 
 def exists(path: str) -> bool:
-    fs, p = _fs(path)
-    return fs.exists(p)
+    """True when ``path`` exists; False only on a verified absence. Other errors raise (one ``info`` call)."""
+    fs, p = filesystem(path)
+    try:
+        fs.info(p)
+    except (FileNotFoundError, NotADirectoryError):  # NotADirectoryError: a parent is a file
+        return False
+    return True
 
 
 def remove(path: str) -> None:
-    fs, p = _fs(path)
+    fs, p = filesystem(path)
     fs.rm(p)
+
+
+def remove_if_present(path: str) -> None:
+    """Remove ``path``; a path already gone is fine (other errors raise)."""
+    fs, p = filesystem(path)
+    try:
+        fs.rm(p)
+    except FileNotFoundError:
+        pass
+
+
+def list_names(folder: str) -> set[str]:
+    """Base names of the entries of ``folder`` (one listing); empty when the folder does not exist."""
+    fs, p = filesystem(folder)
+    try:
+        return {name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(p, detail=False)}
+    except FileNotFoundError:
+        return set()
 
 
 def clear_outputs(root: str, names: list[str]) -> None:
     """Remove a stage's own output entries under ``root`` before it is rerun (stale parts must not mix in)."""
-    fs, base = _fs(root)
+    fs, base = filesystem(root)
     for name in names:
         path = join(base, name)
         if fs.exists(path):
@@ -110,59 +199,9 @@ def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class EmbeddingFolder:
-    """Paths inside an embedding folder (ours, LAION's or clip-retrieval's)."""
+def __getattr__(name: str):
+    if name == "EmbeddingFolder":  # moved to models.storage.folders.embed; kept here for every stage's imports
+        from models.storage.folders.embed import EmbeddingFolder
 
-    root: str
-
-    def img_emb(self, i: str) -> str:
-        return join(self.root, "img_emb", f"img_emb_{i}.npy")
-
-    def text_emb(self, i: str) -> str:
-        return join(self.root, "text_emb", f"text_emb_{i}.npy")
-
-    def metadata(self, i: str) -> str:
-        return join(self.root, "metadata", f"metadata_{i}.parquet")
-
-    def rejects(self, i: str) -> str:
-        return join(self.root, "rejects", f"rejects_{i}.parquet")
-
-    def marker(self, i: str) -> str:
-        return join(self.root, "_done", f"{i}.json")
-
-    @property
-    def config(self) -> str:
-        return join(self.root, "config.json")
-
-    @property
-    def stats(self) -> str:
-        return join(self.root, "stats.json")
-
-    def parts(self) -> list[str]:
-        """Suffixes ``i`` with both an ``img_emb_i.npy`` and a ``metadata_i.parquet``, sorted.
-
-        Shards with a dupmine marker count only when the marker exists, so a
-        half-written shard from a crashed run is never read.
-
-        Raises:
-          FileNotFoundError: no ``img_emb/`` folder. ValueError: an img_emb part without metadata.
-        """
-        fs, root = _fs(self.root)
-        emb_dir = join(root, "img_emb")
-        if not fs.exists(emb_dir):
-            raise FileNotFoundError(f"{self.root!r} is not an embedding folder: no img_emb/ inside")
-        suffixes = []
-        for name in fs.ls(emb_dir, detail=False):
-            m = re.fullmatch(r"img_emb_(.+)\.npy", name.rsplit("/", 1)[-1])
-            if m:
-                suffixes.append(m.group(1))
-        dupmine_made = fs.exists(join(root, "_done"))
-        out = []
-        for i in suffixes:
-            if dupmine_made and not fs.exists(_fs(self.marker(i))[1]):
-                continue
-            if not fs.exists(_fs(self.metadata(i))[1]):
-                raise ValueError(f"{self.img_emb(i)} has no row-aligned {self.metadata(i)}")
-            out.append(i)
-        return sorted(out, key=lambda s: (len(s), s) if s.isdigit() else (0, s))
+        return EmbeddingFolder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,12 +9,16 @@ from __future__ import annotations
 import pyarrow as pa
 
 # --- embed --------------------------------------------------------------------
-# metadata/metadata_{shard}.parquet, row-aligned with img_emb/img_emb_{shard}.npy
+# metadata/metadata_{shard}.parquet, row-aligned with img_emb/img_emb_{shard}.npy.
+# sample_id = "<absolute shard URL>::<key>" (models.storage.ids); sha256 is always set (computed when the
+# shard lacks it), md5 only when the shard carries one (img2dataset --compute_hash md5).
 EMBED_METADATA = pa.schema([
     ("key", pa.string()),
+    ("sample_id", pa.string()),
     ("url", pa.string()),
     ("caption", pa.string()),
     ("sha256", pa.string()),
+    ("md5", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
     ("original_width", pa.int32()),
@@ -26,13 +30,15 @@ EMBED_METADATA = pa.schema([
 ])
 
 # rejects/rejects_{shard}.parquet: one row per input sample that has no embedding
-# (key "" means the whole shard, e.g. it vanished or was truncated before its first sample).
+# (key "" means the whole shard, e.g. it vanished or was truncated before its first sample;
+# sample_id is then "" too).
 REJECTS = pa.schema([
     ("key", pa.string()),
     ("shard", pa.string()),
     ("url", pa.string()),
     ("reason", pa.string()),
     ("stage", pa.string()),
+    ("sample_id", pa.string()),
 ])
 
 # --- dedup -------------------------------------------------------------------
@@ -119,7 +125,7 @@ FLAGGED_PROMPTS = pa.schema([
 # prompt_scores.parquet: one row per (prompt, check), flagged and reference prompts
 PROMPT_SCORES = pa.schema([
     ("prompt", pa.string()),
-    ("check", pa.string()),            # plaplace | plaplace-train | wen
+    ("check", pa.string()),            # plaplace | plaplace-train | wen | jeon | side | side-baseline
     ("statistic", pa.float64()),
     ("spread", pa.float64()),          # std of the per-sample statistic
     ("threshold", pa.float64()),       # 1 - fpr quantile of the reference prompts (NaN without references)
@@ -129,9 +135,10 @@ PROMPT_SCORES = pa.schema([
     ("seed", pa.int64()),
     ("cost_evals", pa.int64()),        # model (eps) evaluations
     ("seconds", pa.float64()),
+    ("group_ids", pa.list_(pa.string())),  # duplicate groups the item stands for (per-group rows of unconditional targets)
 ])
 
-# extractions.parquet: SIDE generations matched to the training set
+# extractions.parquet (lambda runs) and extractions_baseline.parquet (lambda = 0): SIDE generations matched to the training set
 EXTRACTIONS = pa.schema([
     ("generation_id", pa.string()),
     ("prompt", pa.string()),

@@ -3,15 +3,26 @@
 Per format:
 
 * ``webdataset``: the tar is streamed member by member and kept members are
-  copied with their original headers and bytes; the sidecar ``.parquet``
-  (and ``_stats.json``) keep only the kept keys plus img2dataset's failed
-  rows (they were never in the tar), so the filtered folder is again a valid
-  img2dataset output;
+  copied with their original headers and bytes;
 * ``parquet``: rows of dropped keys are removed, all columns kept;
-* ``files``: kept files are copied unchanged.
+* ``files``: kept files are copied unchanged;
 
-A shard's output is written to temporary names and renamed, so a rerun after
-a crash rewrites whole shards only.
+and beside tar and files shards the sidecar ``NNNNN.parquet`` keeps only the
+kept keys plus img2dataset's failed rows (they were never in the shard).
+``NNNNN_stats.json`` is rewritten with the counts of the filtered shard
+(``count``, ``successes``, ``status_dict.success`` less the dropped samples)
+and a ``dupmine_apply`` entry with the number dropped, so the filtered folder
+is again a valid img2dataset output whose stats add up.
+
+``drop`` is the set of *plain keys of this shard* to remove: the caller has
+already resolved sample ids (``SHARD_URL::KEY``) to the shard they name
+(:mod:`transforms.apply`), so keys that repeat in other shards are never
+touched. Keys are read exactly as :mod:`models.storage.shards` reads them
+(the ``.json`` ``key``, else the file name; parquet: ``ids.row_keys``).
+
+Outputs are named by the shard id (the input's name, qualified by its parent
+folder where two inputs share a name: ``a_00000.tar``), each written to a
+temporary name and renamed, so a rerun after a crash rewrites whole shards.
 """
 from __future__ import annotations
 
@@ -19,14 +30,16 @@ import io
 import json
 import posixpath
 import tarfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import NamedTuple
 
-import fsspec
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from models.storage import layout
-from models.storage.shards import ShardFormat, ShardRef
+from models.storage import ids, layout
+from models.storage.shards import ShardFormat, ShardRef, parquet_row_keys
 
 
 @dataclass
@@ -39,42 +52,56 @@ class ApplyCounts:
     output: str = ""
 
     def as_dict(self) -> dict:
-        return {"shard": self.shard, "kept": self.kept, "dropped": self.dropped, "output": self.output}
+        return asdict(self)
 
 
 def _key_of(name: str) -> str:
     return posixpath.basename(name).split(".", 1)[0]
 
 
-def _member_key(name: str, data: bytes | None, ext: str) -> str | None:
-    """A sample's key: from its ``.json`` when that is what we hold, else from the file name."""
-    if ext == "json" and data is not None:
-        try:
-            key = json.loads(data).get("key")
-            return str(key) if key is not None else None
-        except (ValueError, AttributeError):
-            return None
-    return None
+def _json_key(data: bytes) -> str | None:
+    """The ``key`` field of a sample's ``.json`` member, if it has one."""
+    try:
+        key = json.loads(data).get("key")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    return None if key is None else key if isinstance(key, str) else json.dumps(key)
 
 
-def _filter_sidecar(src: str, dst: str, drop: frozenset) -> None:
-    fs, path = fsspec.core.url_to_fs(src)
-    if not fs.exists(path):
+def _is_in(column: pa.ChunkedArray, drop: frozenset) -> pa.ChunkedArray:
+    return pc.is_in(column.cast(pa.string()), value_set=pa.array(sorted(drop), pa.string()))
+
+
+def _filter_sidecar(src_base: str, dst_base: str, drop: frozenset, dropped: int) -> None:
+    """Filter ``SRC.parquet`` by key and rewrite ``SRC_stats.json`` for the ``dropped`` samples; absent ones are skipped."""
+    try:
+        table = pq.read_table(pa.BufferReader(layout.read_bytes(src_base + ".parquet")))
+    except FileNotFoundError:
+        pass
+    else:
+        if "key" in table.column_names:
+            table = table.filter(pc.invert(_is_in(table.column("key"), drop)))
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        layout.atomic_write_bytes(dst_base + ".parquet", buf.getvalue())
+    _filter_stats(src_base + "_stats.json", dst_base + "_stats.json", dropped)
+
+
+def _filter_stats(src: str, dst: str, dropped: int) -> None:
+    """img2dataset's ``_stats.json`` with the dropped samples taken out of ``count``, ``successes`` and ``status_dict``."""
+    try:
+        stats = layout.read_json(src)
+    except FileNotFoundError:
         return
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    if "key" in table.column_names:
-        keep = pc.invert(pc.is_in(table.column("key").cast("string"), value_set=_value_set(drop)))
-        table = table.filter(keep)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    layout.atomic_write_bytes(dst, buf.getvalue())
-
-
-def _value_set(drop: frozenset):
-    import pyarrow as pa
-
-    return pa.array(sorted(drop), pa.string())
+    if isinstance(stats, dict):
+        for name in ("count", "successes"):
+            if isinstance(stats.get(name), int):
+                stats[name] = max(0, stats[name] - dropped)
+        status = stats.get("status_dict")
+        if isinstance(status, dict) and isinstance(status.get("success"), int):
+            status["success"] = max(0, status["success"] - dropped)
+        stats["dupmine_apply"] = {"dropped": dropped}
+    layout.write_json(dst, stats)
 
 
 def filter_tar(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
@@ -82,18 +109,19 @@ def filter_tar(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
 
     The key used is the ``key`` field of the sample's ``.json`` when present
     (img2dataset writes it equal to the file name), else the file name.
+    Memory: the filtered tar is built in memory (one shard, ~ its size).
     """
-    name = posixpath.basename(shard.path)
-    counts = ApplyCounts(shard.shard_id, output=layout.join(out_dir, name))
+    counts = ApplyCounts(shard.shard_id, output=layout.join(out_dir, f"{shard.shard_id}.tar"))
     buf = io.BytesIO()
-    fs, path = fsspec.core.url_to_fs(shard.path)
+    fs, path = layout.filesystem(shard.path)
     pending: list[tuple[tarfile.TarInfo, bytes]] = []
     current = None
 
     def flush(out: tarfile.TarFile) -> None:
         if not pending:
             return
-        key = next((k for m, d in pending if (k := _member_key(m.name, d, m.name.rsplit(".", 1)[-1].lower()))), _key_of(pending[0][0].name))
+        json_keys = (_json_key(d) for m, d in pending if m.name.rsplit(".", 1)[-1].lower() == "json")
+        key = next((k for k in json_keys if k), _key_of(pending[0][0].name))
         if key in drop:
             counts.dropped += 1
         else:
@@ -112,42 +140,43 @@ def filter_tar(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
             pending.append((member, data if data is not None else b""))
         flush(out)
     layout.atomic_write_bytes(counts.output, buf.getvalue())
-    base = shard.path[: -len(".tar")]
-    _filter_sidecar(base + ".parquet", layout.join(out_dir, name[: -len(".tar")] + ".parquet"), drop)
+    _filter_sidecar(shard.path[: -len(".tar")], layout.join(out_dir, shard.shard_id), drop, counts.dropped)
     return counts
 
 
 def filter_parquet(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
-    """Copy a parquet shard without the rows of dropped keys (all columns, same schema)."""
-    name = posixpath.basename(shard.path)
-    fs, path = fsspec.core.url_to_fs(shard.path)
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f)
-    keep = pc.invert(pc.is_in(table.column("key").cast("string"), value_set=_value_set(drop)))
-    kept = table.filter(keep)
+    """Copy a parquet shard without the rows of dropped keys (all columns, same schema).
+
+    Shards without a ``key`` column are keyed as the reader keys them
+    (``image_path``, else ``url``, else ``STEM:ROW``).
+    """
+    pf = pq.ParquetFile(pa.BufferReader(layout.read_bytes(shard.path)))
+    keys = parquet_row_keys(pf, shard)
+    table = pf.read()
+    kept = table.filter(pc.invert(_is_in(pa.chunked_array([pa.array(keys.keys, pa.string())]), drop)))
     buf = io.BytesIO()
     pq.write_table(kept, buf)
-    out = layout.join(out_dir, name)
+    out = layout.join(out_dir, f"{shard.shard_id}.parquet")
     layout.atomic_write_bytes(out, buf.getvalue())
-    return ApplyCounts(shard.shard_id, kept=kept.num_rows, dropped=table.num_rows - kept.num_rows, output=out)
+    counts = ApplyCounts(shard.shard_id, kept=kept.num_rows, dropped=table.num_rows - kept.num_rows, output=out)
+    _filter_stats(shard.path[: -len(".parquet")] + "_stats.json", layout.join(out_dir, f"{shard.shard_id}_stats.json"),
+                  counts.dropped)
+    return counts
 
 
 def filter_files(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
     """Copy a files-format folder without the files of dropped keys."""
-    fs, path = fsspec.core.url_to_fs(shard.path)
-    name = posixpath.basename(path.rstrip("/"))
-    out = layout.join(out_dir, name)
+    fs, path = layout.filesystem(shard.path)
+    out = layout.join(out_dir, shard.shard_id)
     keys_kept, keys_dropped = set(), set()
     for src in sorted(fs.ls(path, detail=False)):
         key = _key_of(src)
-        with fs.open(src, "rb") as f:
-            data = f.read()
         if key in drop:
             keys_dropped.add(key)
             continue
         keys_kept.add(key)
-        layout.atomic_write_bytes(layout.join(out, posixpath.basename(src)), data)
-    _filter_sidecar(path.rstrip("/") + ".parquet", layout.join(out_dir, name + ".parquet"), drop)
+        layout.atomic_write_bytes(layout.join(out, posixpath.basename(src)), fs.cat_file(src))
+    _filter_sidecar(shard.path.rstrip("/"), out, drop, len(keys_dropped))
     return ApplyCounts(shard.shard_id, kept=len(keys_kept), dropped=len(keys_dropped), output=out)
 
 
@@ -159,22 +188,84 @@ def filter_shard(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
         return filter_parquet(shard, out_dir, drop)
     if shard.format == ShardFormat.FILES:
         return filter_files(shard, out_dir, drop)
-    raise ValueError(f"unknown shard format {shard.format!r}; expected one of {ShardFormat.ALL}")
+    raise ValueError(f"unknown shard format {shard.format!r}; expected one of {[f.value for f in ShardFormat]}")
 
 
-def load_drop_keys(path: str) -> frozenset:
-    """Keys to drop: a dedup output folder (the union over its run chain), a Parquet file or folder with a
-    ``key`` column (``drop_keys.parquet``), or a text file with one key per line.
+# --- drop lists ---------------------------------------------------------------
 
-    Memory: about 60 bytes per key.
+
+class DropListKind(str, Enum):
+    """What ``--drop`` names."""
+
+    DEDUP_RUN = "dedup"      # a dedup output folder: every drop_keys.parquet of its run chain
+    PARQUET = "parquet"      # a Parquet file or folder with a sample_id and/or key column (drop_keys.parquet)
+    TEXT = "text"            # a .txt file: one sample id or key per line
+
+
+@dataclass(frozen=True)
+class DropList:
+    """The files of a drop list (small: names, not rows; the rows are read by workers)."""
+
+    kind: DropListKind
+    files: tuple[str, ...]
+
+
+class DropRow(NamedTuple):
+    """One sample to drop: the absolute URL of its shard and its plain key (``source_url=""``: a bare key)."""
+
+    source_url: str
+    key: str
+
+
+def _parquet_files(path: str) -> list[str]:
+    fs, p = layout.filesystem(path)
+    if not fs.isdir(p):
+        return [path]
+    return sorted(layout.join(path, n) for n in layout.list_names(path) if n.endswith(".parquet"))
+
+
+def resolve_drop_list(path: str) -> DropList:
+    """Which kind of drop list ``path`` is, and its files (one listing per folder, on the driver).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
     """
     from models.storage import run_chain
+    from models.storage.folders.dedup import DedupFolder
 
-    if layout.exists(layout.join(path, run_chain.MANIFEST)):  # a dedup output folder: its whole chain's drop list
-        return frozenset(str(k) for k in run_chain.load_drop_keys(path).column("key").to_pylist())
+    if not layout.exists(path):
+        raise FileNotFoundError(f"--drop {path!r} does not exist")
+    if layout.exists(DedupFolder(path).manifest):
+        files = [f for entry in run_chain.read_chain(path) if layout.exists(DedupFolder(entry.run).drop_keys)
+                 for f in _parquet_files(DedupFolder(entry.run).drop_keys)]
+        return DropList(DropListKind.DEDUP_RUN, tuple(files))
     if path.endswith(".txt"):
-        fs, p = fsspec.core.url_to_fs(path)
-        with fs.open(p, "rt") as f:
-            return frozenset(line.strip() for line in f if line.strip())
-    table = layout.read_parquet(path, ["key"])
-    return frozenset(str(k) for k in table.column("key").to_pylist())
+        return DropList(DropListKind.TEXT, (path,))
+    return DropList(DropListKind.PARQUET, tuple(_parquet_files(path)))
+
+
+def _drop_row(value: str) -> DropRow:
+    try:
+        return DropRow(*ids.split_sample_id(value))
+    except ValueError:
+        return DropRow("", value)
+
+
+def read_drop_rows(path: str, kind: DropListKind) -> list[DropRow]:
+    """The rows of one drop-list file: sample ids split into (shard URL, key); bare keys keep ``source_url=""``.
+
+    Parquet files are read by their ``sample_id`` column where it is set,
+    else ``key`` (drop lists written before sample ids existed).
+
+    Raises:
+      ValueError: a Parquet file with neither column.
+    """
+    if kind == DropListKind.TEXT:
+        return [_drop_row(line.strip()) for line in layout.read_bytes(path).decode("utf-8").splitlines() if line.strip()]
+    table = pq.read_table(pa.BufferReader(layout.read_bytes(path)))
+    names = table.column_names
+    if "sample_id" not in names and "key" not in names:
+        raise ValueError(f"drop list {path} has neither a sample_id nor a key column (columns: {names})")
+    sids = table.column("sample_id").to_pylist() if "sample_id" in names else [None] * table.num_rows
+    keys = table.column("key").to_pylist() if "key" in names else [None] * table.num_rows
+    return [_drop_row(s) if s else DropRow("", str(k)) for s, k in zip(sids, keys) if s or k is not None]

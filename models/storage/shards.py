@@ -20,6 +20,13 @@ and beside tar and files shards a sidecar ``NNNNN.parquet`` with one row per
 the sidecar that are not in the shard become rejects: ``failed_to_download``
 etc. for img2dataset failures, ``missing-from-shard`` for successful rows the
 shard lost (a truncated tar).
+
+Errors. Only what the bytes in hand prove is a reject: ``shard-missing`` (the
+filesystem says the file does not exist), ``truncated-shard`` (the file ends
+before its end-of-archive marker, and every byte of it was read),
+``corrupt-shard`` (undecodable tar headers or parquet pages). Any error raised
+by the filesystem itself (timeouts, throttling, resets, permissions) is
+re-raised, so Beam retries the bundle and no completion marker is written.
 """
 from __future__ import annotations
 
@@ -30,36 +37,47 @@ import posixpath
 import re
 import tarfile
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Iterator
 
-import fsspec
+import pyarrow as pa
 import pyarrow.parquet as pq
+from braceexpand import braceexpand
+
+from models.storage import ids, layout
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 IMAGE_COLUMNS = ("jpg", "png", "webp", "jpeg", "image")
-# img2dataset's per-sample metadata columns, in its order.
+# img2dataset's per-sample metadata columns, in its order (md5 when it was run with --compute_hash md5).
 META_FIELDS = (
     "url", "caption", "status", "error_message", "width", "height",
-    "original_width", "original_height", "exif", "sha256",
+    "original_width", "original_height", "exif", "sha256", "md5",
 )
 
 
-class ShardFormat:
-    """The three img2dataset output formats (string constants)."""
+_NUMERIC_FIELDS = ("width", "height", "original_width", "original_height")
+
+
+class ShardFormat(str, Enum):
+    """The three img2dataset output formats."""
 
     WEBDATASET = "webdataset"
     PARQUET = "parquet"
     FILES = "files"
-    ALL = (WEBDATASET, PARQUET, FILES)
 
 
 @dataclass(frozen=True)
 class ShardRef:
-    """One input shard: its URL/path, format and the id used in output names."""
+    """One input shard: its URL/path, format, the id used in output names, and its absolute URL."""
 
     path: str
     format: str
     shard_id: str
+    url: str = ""  # ids.absolute_url(path); the prefix of every sample id of this shard
+
+    def __post_init__(self):
+        if not self.url:
+            object.__setattr__(self, "url", ids.absolute_url(self.path))
 
 
 @dataclass
@@ -71,6 +89,8 @@ class Sample:
     image: bytes
     caption: str | None
     meta: dict = field(default_factory=dict)
+    sample_id: str = ""
+    key_source: str = "key"  # where the key came from (ids.KEY_SOURCES or ids.ROW_NUMBER)
 
 
 @dataclass(frozen=True)
@@ -81,64 +101,84 @@ class Reject:
     shard: str
     reason: str
     url: str | None = None
+    sample_id: str = ""
 
 
 class InputError(ValueError):
     """An input spec that names nothing readable."""
 
 
-_BRACE_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
-_BRACE_LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
+_DESCENDING = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """Expand ``{a..b}`` (zero-padded to the width of ``a``) and ``{x,y}``.
+    """Shell brace expansion (``braceexpand``): ``{a..b}`` zero-padded like ``a``, ``{x,y}`` lists.
 
     >>> expand_braces("s/{00000..00002}.tar")
     ['s/00000.tar', 's/00001.tar', 's/00002.tar']
+
+    Raises:
+      InputError: a numeric range runs backwards (``{5..1}``): shard ranges are ascending.
     """
-    matches = [m for m in (_BRACE_RANGE.search(pattern), _BRACE_LIST.search(pattern)) if m]
-    if not matches:
-        return [pattern]
-    m = min(matches, key=lambda m: m.start())  # leftmost brace first, like the shell
-    head, tail = pattern[: m.start()], pattern[m.end():]
-    if m.re is _BRACE_LIST:
-        return [p for alt in m.group(1).split(",") for p in expand_braces(f"{head}{alt}{tail}")]
-    lo, hi = int(m.group(1)), int(m.group(2))
-    if hi < lo:
-        raise InputError(f"brace range {m.group(0)!r} in {pattern!r} is empty (end < start)")
-    width = len(m.group(1))
-    return [p for i in range(lo, hi + 1) for p in expand_braces(f"{head}{i:0{width}d}{tail}")]
-
-
-def _fs(path: str):
-    fs, root = fsspec.core.url_to_fs(path)
-    return fs, root
+    for m in _DESCENDING.finditer(pattern):
+        if int(m.group(2)) < int(m.group(1)):
+            raise InputError(f"brace range {m.group(0)!r} in {pattern!r} is empty (end < start)")
+    return list(braceexpand(pattern))
 
 
 def _unstrip(fs, path: str) -> str:
-    """Turn an fs-internal path back into a URL the same fs reopens."""
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (list, tuple)) else fs.protocol
-    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
+    """Turn an fs-internal path back into a URL the same fs reopens (local paths stay paths)."""
+    return path if layout.is_local(fs) else fs.unstrip_protocol(path)
 
 
-def _parquet_has_images(fs, path: str) -> bool:
-    with fs.open(path, "rb") as f:
-        names = pq.ParquetFile(f).schema_arrow.names
-    return any(c in names for c in IMAGE_COLUMNS)
+def _stem(name: str) -> str:
+    base = name.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".tar", ".parquet"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
-def _shards_in_dir(fs, root: str) -> list[tuple[str, str]]:
-    found = []
-    for info in fs.ls(root, detail=True):
-        name = info["name"]
-        if info["type"] == "directory":
-            if any(n.rsplit(".", 1)[-1].lower() in IMAGE_EXTS for n in fs.ls(name, detail=False)):
+def _has_images(names) -> bool:
+    return any(n.rsplit(".", 1)[-1].lower() in IMAGE_EXTS for n in names)
+
+
+def _shards_in_dir(fs, root: str) -> list[tuple[str, ShardFormat]]:
+    """The shards of one folder, from one listing.
+
+    A ``NNNNN.parquet`` beside ``NNNNN.tar`` or ``NNNNN/`` is img2dataset's
+    sidecar, known by name: no footer is opened here. A sub-folder with a
+    sidecar or ``NNNNN_stats.json`` is a files shard without listing it;
+    others are listed once to see whether they hold images. Standalone
+    parquet files are parquet shards: the first one's schema is checked here
+    (a folder of URL lists fails at once), the rest by the workers that read
+    them (no image column -> a ``corrupt-shard`` reject).
+    """
+    entries = fs.ls(root, detail=True)
+    names = {e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries}
+    tar_or_dir = {_stem(e["name"]) for e in entries if e["type"] == "directory" or e["name"].endswith(".tar")}
+    found, parquets = [], []
+    for e in entries:
+        name = e["name"].rstrip("/")
+        stem = _stem(name)
+        if e["type"] == "directory":
+            marked = f"{stem}.parquet" in names or f"{stem}_stats.json" in names
+            if marked or _has_images(fs.ls(name, detail=False)):
                 found.append((name, ShardFormat.FILES))
         elif name.endswith(".tar"):
             found.append((name, ShardFormat.WEBDATASET))
-        elif name.endswith(".parquet") and _parquet_has_images(fs, name):
-            found.append((name, ShardFormat.PARQUET))
+        elif name.endswith(".parquet") and stem not in tar_or_dir:
+            parquets.append(name)
+    if parquets:
+        first = sorted(parquets)[0]
+        with fs.open(first, "rb") as f:
+            columns = pq.ParquetFile(f).schema_arrow.names
+        if not any(c in columns for c in IMAGE_COLUMNS):
+            if not found:
+                raise InputError(f"{_unstrip(fs, first)} has no image column (expected one of {IMAGE_COLUMNS}): "
+                                 f"not an img2dataset parquet shard (a URL list? run dupmine download first)")
+        else:
+            found += [(p, ShardFormat.PARQUET) for p in parquets]
     return found
 
 
@@ -148,24 +188,26 @@ def list_shards(spec: str | list[str]) -> list[ShardRef]:
     Args:
       spec: one or more (comma-separated, or a list) paths, globs, brace
         patterns or folders, local or fsspec URLs. A folder contributes its
-        ``*.tar`` shards, its parquet files that hold image bytes (sidecars
-        do not count) and its sub-folders of images (``files`` format).
+        ``*.tar`` shards, its parquet shards (sidecars, named like a tar or
+        folder beside them, do not count) and its sub-folders of images
+        (``files`` format). Cost: one listing per folder (plus one per
+        unmarked sub-folder and one parquet footer), never one per shard.
 
     Raises:
       InputError: a pattern matches nothing, naming the pattern.
     """
     patterns = [s for part in ([spec] if isinstance(spec, str) else spec) for s in part.split(",") if s.strip()]
-    found: dict[str, str] = {}
+    found: dict[str, ShardFormat] = {}
     for pattern in patterns:
         for expanded in expand_braces(pattern.strip()):
-            fs, root = _fs(expanded)
-            paths = fs.glob(root) if any(ch in root for ch in "*?[") else ([root] if fs.exists(root) else [])
+            fs, root = layout.filesystem(expanded)
+            paths = fs.glob(root) if any(ch in root for ch in "*?[") else ([root] if layout.exists(expanded) else [])
             if not paths:
                 raise InputError(f"input {expanded!r} matches no file or folder")
             for path in sorted(paths):
                 if fs.isdir(path):
                     sub = _shards_in_dir(fs, path)
-                    if not sub and not any(n.rsplit(".", 1)[-1].lower() in IMAGE_EXTS for n in fs.ls(path, detail=False)):
+                    if not sub and not _has_images(fs.ls(path, detail=False)):
                         raise InputError(f"folder {expanded!r} holds no img2dataset shards (.tar, image parquet, or image folders)")
                     for p, fmt in sub or [(path, ShardFormat.FILES)]:
                         found[_unstrip(fs, p)] = fmt
@@ -183,16 +225,12 @@ def _shard_ids(paths: list[str]) -> list[str]:
     """Output-name ids: the shard stem, made unique with parent folders if needed."""
     def stem(p: str, depth: int) -> str:
         parts = p.rstrip("/").split("/")
-        last = parts[-1]
-        for suffix in (".tar", ".parquet"):
-            if last.endswith(suffix):
-                last = last[: -len(suffix)]
-        return re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(parts[-1 - depth:-1] + [last]))
+        return re.sub(r"[^A-Za-z0-9._-]", "_", "_".join(parts[-1 - depth:-1] + [_stem(parts[-1])]))
 
     for depth in range(0, 8):
-        ids = [stem(p, depth) for p in paths]
-        if len(set(ids)) == len(ids):
-            return ids
+        shard_ids = [stem(p, depth) for p in paths]
+        if len(set(shard_ids)) == len(shard_ids):
+            return shard_ids
     return [hashlib.sha1(p.encode()).hexdigest()[:12] for p in paths]
 
 
@@ -205,49 +243,102 @@ def _decode_text(raw: bytes) -> str:
 
 
 def _meta_from_json(raw: bytes | None) -> dict:
+    """A member's JSON object; ``{}`` when absent, not JSON, or not an object (the sample is still embedded)."""
     if raw is None:
         return {}
     try:
         meta = json.loads(_decode_text(raw))
-    except json.JSONDecodeError:
-        return {"_json_error": True}
-    return meta if isinstance(meta, dict) else {"_json_error": True}
+    except (json.JSONDecodeError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
-def _make_sample(shard: ShardRef, key: str, files: dict[str, bytes]) -> Sample | Reject:
-    meta = _meta_from_json(files.get("json"))
-    key = str(meta.get("key") or key)
-    image_ext = next((e for e in IMAGE_EXTS if e in files), None)
+def _text(value) -> str | None:
+    return None if value is None else value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _make_sample(shard: ShardRef, key: str, files: dict[str, bytes], meta: dict | None = None,
+                 key_source: str = "key") -> Sample | Reject:
+    """One sample from its members (``ext -> bytes``); ``meta`` overrides the ``.json`` member."""
+    meta = _meta_from_json(files.get("json")) if meta is None else meta
+    key = _text(meta.get("key")) or key
+    sid = ids.sample_id(shard.url, key)
+    url = _text(meta.get("url"))
+    image_ext = next((e for e in IMAGE_EXTS if files.get(e)), None)
     if meta.get("status") not in (None, "success"):
-        return Reject(key, shard.shard_id, f"{meta['status']}: {meta.get('error_message') or ''}".strip(), meta.get("url"))
+        reason = f"{_text(meta['status'])}: {_text(meta.get('error_message')) or ''}".strip()
+        return Reject(key, shard.shard_id, reason, url, sid)
     if image_ext is None:
-        return Reject(key, shard.shard_id, "missing-image", meta.get("url"))
-    caption = _decode_text(files["txt"]) if "txt" in files else meta.get("caption")
+        return Reject(key, shard.shard_id, "missing-image", url, sid)
+    caption = _decode_text(files["txt"]) if "txt" in files else _text(meta.get("caption"))
     image = files[image_ext]
-    meta = {k: meta.get(k) for k in META_FIELDS if k in meta}
+    meta = {k: meta[k] if k in _NUMERIC_FIELDS else _text(meta[k]) for k in META_FIELDS if k in meta}
     if not meta.get("sha256"):
         meta["sha256"] = hashlib.sha256(image).hexdigest()
-    return Sample(key, shard.shard_id, image, caption, meta)
+    return Sample(key, shard.shard_id, image, caption, meta, sid, key_source)
 
 
-def _sidecar_rows(shard: ShardRef) -> dict[str, dict] | None:
-    """img2dataset's per-URL sidecar parquet beside a tar/files shard, by key."""
+class _IOGuard:
+    """A file wrapper that remembers an exception raised by the file itself.
+
+    Parsers (tarfile, pyarrow) re-raise or wrap what the file raises; the
+    guard lets the caller tell an I/O failure (retry) from bad bytes (reject).
+    ``position`` counts the bytes actually delivered.
+    """
+
+    def __init__(self, f):
+        self.f, self.error, self.position = f, None, 0
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self.error = exc
+            raise
+
+    def read(self, n=-1):
+        data = self._guard(self.f.read, n)
+        self.position += len(data)
+        return data
+
+    def seek(self, *args):
+        self.position = self._guard(self.f.seek, *args)
+        return self.position
+
+    def tell(self):
+        return self._guard(self.f.tell)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def _open(fs, path: str, size: int):
+    """Open for reading; remote files get the size already known, so opening costs no second ``info``."""
+    return fs.open(path, "rb") if layout.is_local(fs) else fs.open(path, "rb", size=size)
+
+
+def _sidecar_rows(shard: ShardRef) -> dict[str, dict] | Reject | None:
+    """img2dataset's per-URL sidecar parquet beside a tar/files shard, by key; None when there is none."""
     base = shard.path.rstrip("/")
-    if base.endswith(".tar"):
-        base = base[:-4]
-    fs, root = _fs(base + ".parquet")
-    if not fs.exists(root):
+    base = base[:-4] if base.endswith(".tar") else base
+    try:
+        data = layout.read_bytes(base + ".parquet")
+    except FileNotFoundError:
         return None
-    with fs.open(root, "rb") as f:
-        table = pq.read_table(f, columns=None)
-    cols = [c for c in ("key", "url", "status", "error_message") if c in table.column_names]
-    if "key" not in cols:
-        return None
-    return {str(r["key"]): r for r in table.select(cols).to_pylist()}
+    try:  # the bytes are in memory: any error from here on is in the data, not the filesystem
+        table = pq.read_table(pa.BufferReader(data))
+        cols = [c for c in ("key", "url", "status", "error_message") if c in table.column_names]
+        rows = table.select(cols).to_pylist() if "key" in cols else None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        return Reject("", shard.shard_id, f"corrupt-sidecar: {base}.parquet: {type(exc).__name__}: {exc}")
+    return None if rows is None else {_text(r["key"]): r for r in rows if r["key"] is not None}
 
 
 def _with_sidecar(shard: ShardRef, items: Iterator[Sample | Reject]) -> Iterator[Sample | Reject]:
     sidecar = _sidecar_rows(shard)
+    if isinstance(sidecar, Reject):
+        yield sidecar
+        sidecar = None
     seen = set()
     for item in items:
         seen.add(item.key)
@@ -255,19 +346,55 @@ def _with_sidecar(shard: ShardRef, items: Iterator[Sample | Reject]) -> Iterator
     for key, row in (sidecar or {}).items():
         if key in seen:
             continue
-        status = row.get("status") or "unknown"
+        status = _text(row.get("status")) or "unknown"
         if status == "success":
             reason = "missing-from-shard: listed as downloaded in the sidecar parquet but absent from the shard"
         else:
-            reason = f"{status}: {row.get('error_message') or ''}".strip()
-        yield Reject(key, shard.shard_id, reason, row.get("url"))
+            reason = f"{status}: {_text(row.get('error_message')) or ''}".strip()
+        yield Reject(key, shard.shard_id, reason, _text(row.get("url")), ids.sample_id(shard.url, key))
 
 
-def _read_tar(shard: ShardRef) -> Iterator[Sample | Reject]:
-    fs, root = _fs(shard.path)
-    current_key, files, last_key = None, {}, None
+_TRUNCATION_MESSAGES = ("unexpected end of data", "empty file", "truncated header")
+
+
+def _damage(shard: ShardRef, exc: Exception, guard: _IOGuard, size: int, current_key, last_key) -> Reject:
+    """The reject for a tar that stopped decoding; re-raises where the filesystem, not the data, failed."""
+    if guard.error is not None:
+        raise guard.error
+    if not isinstance(exc, (tarfile.TarError, EOFError)):
+        raise exc
+    message = str(exc)
+    truncated = isinstance(exc, EOFError) or any(m in message for m in _TRUNCATION_MESSAGES)
+    if truncated and guard.position < size:  # short data that is not the end of the file: not a verified truncation
+        raise OSError(f"{shard.path}: read stopped at byte {guard.position} of {size}; retrying") from exc
+    kind = "truncated-shard" if truncated else "corrupt-shard"
+    detail = f"{type(exc).__name__}: {message}"
+    if current_key is not None:
+        return Reject(current_key, shard.shard_id, f"{kind}: {detail}", None, ids.sample_id(shard.url, current_key))
+    where = f"after key {last_key}" if last_key else "before the first sample"
+    return Reject("", shard.shard_id, f"{kind} {where}: {detail}")
+
+
+def _end_of_archive(shard: ShardRef, fs, root: str, offset: int, size: int, last_key) -> Reject | None:
+    """Check that an uncompressed tar stopped at its zero end block, not at a bad or missing header.
+
+    tarfile ends iteration silently on an invalid or truncated header after
+    the first member; one range read of the block it stopped at tells which.
+    """
+    block = fs.cat_file(root, start=offset, end=min(offset + tarfile.BLOCKSIZE, size)) if offset < size else b""
+    if len(block) == tarfile.BLOCKSIZE and not any(block):
+        return None
+    where = f"after key {last_key}" if last_key else "before the first sample"
+    if len(block) < tarfile.BLOCKSIZE:
+        return Reject("", shard.shard_id, f"truncated-shard {where}: no end-of-archive block (file ends at byte {size})")
+    return Reject("", shard.shard_id, f"corrupt-shard {where}: undecodable tar header at byte {offset}; the rest is unread")
+
+
+def _read_tar(shard: ShardRef, fs, root: str, size: int) -> Iterator[Sample | Reject]:
+    current_key, files, last_key, stop = None, {}, None, None
+    guard = _IOGuard(_open(fs, root, size))
     try:
-        with fs.open(root, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        with guard.f, tarfile.open(fileobj=guard, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -281,71 +408,90 @@ def _read_tar(shard: ShardRef) -> Iterator[Sample | Reject]:
                         last_key = current_key
                     current_key, files = key, {}
                 files[ext.lower()] = tar.extractfile(member).read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        where = f"after key {last_key}" if last_key else "before the first sample"
-        if current_key is not None:
-            yield Reject(current_key, shard.shard_id, f"truncated-shard: {type(exc).__name__}: {exc}")
-        else:
-            yield Reject("", shard.shard_id, f"truncated-shard {where}: {type(exc).__name__}: {exc}")
+            if current_key is not None:
+                yield _make_sample(shard, current_key, files)
+                last_key, current_key = current_key, None
+            if getattr(tar.fileobj, "comptype", "tar") == "tar":  # compressed streams verify themselves (CRC)
+                stop = tar.offset
+    except Exception as exc:  # noqa: BLE001 - _damage re-raises all but tar data errors
+        yield _damage(shard, exc, guard, size, current_key, last_key)
         return
-    if current_key is not None:
-        yield _make_sample(shard, current_key, files)
+    end = None if stop is None else _end_of_archive(shard, fs, root, stop, size, last_key)
+    if end is not None:
+        yield end
 
 
-def _read_files(shard: ShardRef) -> Iterator[Sample | Reject]:
-    fs, root = _fs(shard.path)
+def _read_files(shard: ShardRef, fs, root: str) -> Iterator[Sample | Reject]:
     names = sorted(fs.ls(root, detail=False))
     for key, group in itertools.groupby(names, key=lambda n: posixpath.basename(n).split(".", 1)[0]):
-        files = {}
-        for name in group:
-            base = posixpath.basename(name)
-            if "." in base:
-                with fs.open(name, "rb") as f:
-                    files[base.split(".", 1)[1].lower()] = f.read()
+        files = {posixpath.basename(n).split(".", 1)[1].lower(): fs.cat_file(n)
+                 for n in group if "." in posixpath.basename(n)}
         if files:
             yield _make_sample(shard, key, files)
 
 
-def _read_parquet(shard: ShardRef, batch_rows: int = 256) -> Iterator[Sample | Reject]:
-    fs, root = _fs(shard.path)
-    with fs.open(root, "rb") as f:
-        pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-        image_col = next((c for c in IMAGE_COLUMNS if c in names), None)
-        if image_col is None:
-            yield Reject("", shard.shard_id, f"no image column (expected one of {IMAGE_COLUMNS})")
-            return
-        for i, batch in enumerate(pf.iter_batches(batch_size=batch_rows)):
-            for j, row in enumerate(batch.to_pylist()):
-                key = str(row.get("key") or f"{shard.shard_id}{i * batch_rows + j:06d}")
-                files = {"json": json.dumps({k: row.get(k) for k in META_FIELDS if k in row} | {"key": key}).encode()}
-                if row.get(image_col):
-                    files[image_col] = row[image_col]
-                if row.get("caption") is not None:
-                    files["txt"] = str(row["caption"]).encode("utf-8")
-                yield _make_sample(shard, key, files)
+def parquet_row_keys(pf: pq.ParquetFile, shard: ShardRef) -> ids.RowKeys:
+    """Plain keys of a parquet shard's rows (:func:`models.storage.ids.row_keys`; reads only the key columns)."""
+    key_cols = [c for c in ids.KEY_SOURCES if c in pf.schema_arrow.names]
+    table = pf.read(columns=key_cols) if key_cols else pa.table({"row": pa.nulls(pf.metadata.num_rows)})
+    return ids.row_keys(table, _stem(shard.path))
+
+
+def _read_parquet(shard: ShardRef, fs, root: str, size: int, batch_rows: int = 256) -> Iterator[Sample | Reject]:
+    guard = _IOGuard(_open(fs, root, size))
+    done = 0
+    try:
+        with guard.f:
+            pf = pq.ParquetFile(guard)
+            names = pf.schema_arrow.names
+            image_col = next((c for c in IMAGE_COLUMNS if c in names), None)
+            if image_col is None:
+                yield Reject("", shard.shard_id, f"corrupt-shard: no image column (expected one of {IMAGE_COLUMNS})")
+                return
+            keys = parquet_row_keys(pf, shard)
+            meta_cols = [c for c in META_FIELDS if c in names]
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                for row in batch.to_pylist():
+                    files = {image_col: row.get(image_col)}
+                    if row.get("caption") is not None:
+                        files["txt"] = _text(row["caption"]).encode("utf-8", errors="replace")
+                    meta = {k: row.get(k) for k in meta_cols} | {"key": keys.keys[done]}
+                    done += 1
+                    yield _make_sample(shard, keys.keys[done - 1], files, meta, keys.source)
+    except (pa.ArrowException, OSError) as exc:
+        if guard.error is not None:
+            raise guard.error
+        where = f"after {done} rows" if done else "before the first row"
+        yield Reject("", shard.shard_id, f"corrupt-shard {where}: {type(exc).__name__}: {exc}")
 
 
 def read_shard(shard: ShardRef) -> Iterator[Sample | Reject]:
     """Stream a shard's samples and rejects, in shard order.
 
     Memory: one sample at a time (tar, files) or ``batch_rows`` rows
-    (parquet), plus the sidecar's key/status columns.
+    (parquet), plus the sidecar's key/status columns. Cost: one ``info``,
+    one streaming read (tar, parquet) and one range read of the tar's end block.
 
-    A shard that is missing when read yields one shard-level reject
+    A shard the filesystem reports missing yields one shard-level reject
     (``key=""``, reason ``shard-missing``); a truncated tar yields the
     samples before the damage, a ``truncated-shard`` reject, and one
     ``missing-from-shard`` reject per sidecar row that was lost.
+
+    Raises:
+      OSError (or the filesystem's own error): any failure of the filesystem
+      other than a verified absence or truncation, so the caller retries.
     """
-    fs, root = _fs(shard.path)
-    if not fs.exists(root):
+    fs, root = layout.filesystem(shard.path)
+    try:
+        info = fs.info(root)
+    except FileNotFoundError:
         yield Reject("", shard.shard_id, f"shard-missing: {shard.path} vanished before it was read")
         return
     if shard.format == ShardFormat.WEBDATASET:
-        yield from _with_sidecar(shard, _read_tar(shard))
+        yield from _with_sidecar(shard, _read_tar(shard, fs, root, int(info.get("size") or 0)))
     elif shard.format == ShardFormat.FILES:
-        yield from _with_sidecar(shard, _read_files(shard))
+        yield from _with_sidecar(shard, _read_files(shard, fs, root))
     elif shard.format == ShardFormat.PARQUET:
-        yield from _read_parquet(shard)
+        yield from _read_parquet(shard, fs, root, int(info.get("size") or 0))
     else:
-        raise ValueError(f"unknown shard format {shard.format!r}; expected one of {ShardFormat.ALL}")
+        raise ValueError(f"unknown shard format {shard.format!r}; expected one of {[f.value for f in ShardFormat]}")

@@ -57,3 +57,93 @@ def test_apply_parquet_and_files_formats_and_text_drop_list(tmp_path):
     assert (m2["kept"], m2["dropped"]) == (2, 1)
     assert sorted(os.listdir(tmp_path / "o2" / "00001")) == sorted(n for n in os.listdir(files) if not n.startswith("f0."))
     assert (tmp_path / "o2" / "00001" / "f1.jpg").read_bytes() == imgs[1]
+
+
+def _two_folders_same_keys(tmp_path):
+    """Two downloads, a/ and b/, whose shards and keys are named alike (img2dataset restarts at 000000000)."""
+    import json as _json
+
+    from tests.helpers import jpeg, noise_image, sample_members, write_tar
+
+    for d, seed in (("a", 0), ("b", 10)):
+        os.makedirs(tmp_path / d)
+        members = []
+        for i in range(3):
+            members += sample_members(f"00000000{i}", jpeg(noise_image(seed + i)))
+        write_tar(tmp_path / d / "00000.tar", members)
+        pq.write_table(pa.table({"key": [f"00000000{i}" for i in range(3)], "status": ["success"] * 3}),
+                       tmp_path / d / "00000.parquet")
+        (tmp_path / d / "00000_stats.json").write_text(_json.dumps(
+            {"count": 3, "successes": 3, "failed_to_download": 0, "status_dict": {"success": 3}}))
+    return f"{tmp_path}/a,{tmp_path}/b"
+
+
+def test_sample_ids_drop_only_the_named_shards_sample_and_stats_add_up(tmp_path):
+    import json as _json
+
+    from models.storage import ids
+
+    inputs = _two_folders_same_keys(tmp_path)
+    a_url = ids.absolute_url(str(tmp_path / "a" / "00000.tar"))
+    pq.write_table(pa.table({"sample_id": [ids.sample_id(a_url, "000000001"), "s3://elsewhere/0.tar::x"],
+                             "key": ["000000001", "x"]}), tmp_path / "drop.parquet")
+    m = apply.run(["--input", inputs, "--drop", str(tmp_path / "drop.parquet"), "--output", str(tmp_path / "out")])
+    by_shard = {r["shard"]: (r["kept"], r["dropped"]) for r in m["shards"]}
+    assert by_shard == {"a_00000": (2, 1), "b_00000": (3, 0)}  # b's 000000001 is another sample: kept
+    assert m["unmatched_drop_rows"] == 1 and m["unmatched_examples"] == ["s3://elsewhere/0.tar"]
+    outs = {s.key for s in read_shard(list_shards(str(tmp_path / "out" / "a_00000.tar"))[0])}
+    assert outs == {"000000000", "000000002"}  # the two inputs named 00000.tar do not overwrite each other
+    assert len([s for s in read_shard(list_shards(str(tmp_path / "out" / "b_00000.tar"))[0])]) == 3
+    stats = _json.loads((tmp_path / "out" / "a_00000_stats.json").read_text())
+    assert (stats["count"], stats["successes"], stats["status_dict"]["success"]) == (2, 2, 2)
+    assert stats["dupmine_apply"] == {"dropped": 1}
+
+
+def test_key_only_drop_lists_still_drop_the_key_in_every_shard(tmp_path):
+    inputs = _two_folders_same_keys(tmp_path)
+    (tmp_path / "drop.txt").write_text("000000002\n")
+    m = apply.run(["--input", inputs, "--drop", str(tmp_path / "drop.txt"), "--output", str(tmp_path / "out")])
+    assert (m["kept"], m["dropped"], m["unmatched_drop_rows"]) == (4, 2, 0)
+
+
+def test_parquet_shard_without_key_column_is_filtered_by_the_readers_keys(tmp_path):
+    from models.storage import ids
+    from tests.helpers import jpeg, noise_image
+
+    imgs = [jpeg(noise_image(i)) for i in range(3)]
+    pq.write_table(pa.table({"image_path": ["p/0.jpg", "p/1.jpg", "p/2.jpg"], "caption": ["c"] * 3, "jpg": imgs}),
+                   tmp_path / "00000.parquet")
+    (shard,) = list_shards(str(tmp_path / "00000.parquet"))
+    read = [s for s in read_shard(shard) if isinstance(s, Sample)]
+    assert [s.key for s in read] == ["p/0.jpg", "p/1.jpg", "p/2.jpg"] and read[1].key_source == "image_path"
+    (tmp_path / "drop.txt").write_text(read[1].sample_id + "\n")
+    m = apply.run(["--input", str(tmp_path / "00000.parquet"), "--drop", str(tmp_path / "drop.txt"), "--output", str(tmp_path / "o")])
+    assert (m["kept"], m["dropped"]) == (2, 1)
+    assert read[1].sample_id == ids.sample_id(shard.url, "p/1.jpg")
+    assert pq.read_table(tmp_path / "o" / "00000.parquet").column("image_path").to_pylist() == ["p/0.jpg", "p/2.jpg"]
+
+
+def test_every_config_field_reaches_its_consumer(tmp_path):
+    import argparse
+    from dataclasses import fields
+
+    parser = argparse.ArgumentParser()
+    apply.add_arguments(parser)
+    cfg = apply.config_from_args(parser.parse_args(["--input", "i", "--drop", "d", "--output", "o"]))
+    assert cfg == apply.ApplyConfig(input="i", drop="d", output="o")
+    assert {a.dest for a in parser._actions if a.dest != "help"} == {f.name for f in fields(apply.ApplyConfig)}
+    # each field changes what the run does: input -> which shards, drop -> what goes, output -> where it lands
+    inputs = _two_folders_same_keys(tmp_path)
+    (tmp_path / "d1.txt").write_text("000000000\n")
+    (tmp_path / "d2.txt").write_text("000000000\n000000001\n")
+    runs = {
+        "base": ["--input", inputs, "--drop", str(tmp_path / "d1.txt"), "--output", str(tmp_path / "o1")],
+        "input": ["--input", str(tmp_path / "a"), "--drop", str(tmp_path / "d1.txt"), "--output", str(tmp_path / "o2")],
+        "drop": ["--input", inputs, "--drop", str(tmp_path / "d2.txt"), "--output", str(tmp_path / "o3")],
+    }
+    got = {name: apply.run(argv) for name, argv in runs.items()}
+    assert (got["base"]["kept"], got["base"]["dropped"]) == (4, 2)
+    assert (got["input"]["kept"], got["input"]["dropped"]) == (2, 1)
+    assert (got["drop"]["kept"], got["drop"]["dropped"]) == (2, 4)
+    assert got["base"]["config"] == {"input": inputs, "drop": str(tmp_path / "d1.txt"), "output": str(tmp_path / "o1")}
+    assert os.path.exists(tmp_path / "o1" / "manifest.json") and os.path.exists(tmp_path / "o3" / "manifest.json")

@@ -132,3 +132,28 @@ def test_killed_process_then_rerun_has_each_sample_exactly_once(tmp_path):
     assert done_before < 6, "the run finished before it could be killed; make the shards bigger"
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
     assert _keys(str(out)) == Counter({k: 1 for k in keys})
+
+
+def test_metadata_and_rejects_carry_sample_ids_that_tell_colliding_keys_apart(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from models.storage import ids
+    from tests.helpers import jpeg, noise_image, sample_members, write_tar
+
+    for d, seed in (("a", 0), ("b", 5)):
+        os.makedirs(tmp_path / d)
+        write_tar(tmp_path / d / "00000.tar", sample_members("000000000", jpeg(noise_image(seed))))
+        pq.write_table(pa.table({"key": ["000000000", "000000001"], "status": ["success", "failed_to_download"],
+                                 "error_message": [None, "404"]}), tmp_path / d / "00000.parquet")
+    out = str(tmp_path / "emb")
+    embed.run(["--input", f"{tmp_path}/a,{tmp_path}/b", "--output", out, "--model", "pixel"])
+    folder = layout.EmbeddingFolder(out)
+    meta = {i: layout.read_parquet(folder.metadata(i)).to_pylist() for i in folder.parts()}
+    rejects = {i: layout.read_parquet(folder.rejects(i)).to_pylist() for i in folder.parts()}
+    a, b = (ids.absolute_url(str(tmp_path / d / "00000.tar")) for d in ("a", "b"))
+    assert [m["sample_id"] for m in meta["a_00000"]] == [ids.sample_id(a, "000000000")]
+    assert [m["sample_id"] for m in meta["b_00000"]] == [ids.sample_id(b, "000000000")]
+    assert [m["key"] for m in meta["a_00000"]] == ["000000000"]  # the plain key is kept
+    assert [r["sample_id"] for r in rejects["b_00000"]] == [ids.sample_id(b, "000000001")]
+    assert folder.part_ids("a_00000") == (["000000000"], [ids.sample_id(a, "000000000")], "sample_id")

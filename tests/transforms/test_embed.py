@@ -25,6 +25,7 @@ def test_embed_shards_transform_writes_every_sample_once(beam_pipeline, syntheti
         assert_that(stats, equal_to([{
             "shards": 3, "rows": n_ok, "rejects": 3, "count.read": n_ok + 3, "count.decoded": n_ok,
             "count.embedded": n_ok, "count.rejected": 3, "count.rejected.failed_to_download": 3,
+            "count.key_source.key": n_ok,  # every key from the members' names / .json, none made up
         }]))
     folder = layout.EmbeddingFolder(out)
     assert folder.parts() == ["00000", "00001", "00002"]
