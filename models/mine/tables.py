@@ -1,20 +1,32 @@
-"""Turn summed co-occurrence counts into trigger tables and flagged prompts.
+"""Turn summed co-occurrence counts into trigger tables, flagged prompts and the stage summary.
 
 Plain Python over the small, already-combined counts of the mine stage
-(keywords with support >= ``min_support`` only); the statistics themselves
-live in :mod:`models.mine.statistics`.
+(keywords with support >= ``min_support`` only, see :func:`TableCounts`);
+the statistics live in :mod:`models.mine.word_triggers` and
+:mod:`models.mine.object_triggers`.
 """
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
+from models.mine.object_triggers import ObjectTriggerConfig, object_trigger_table
+from models.mine.part_counts import Examples, KeywordGroup, KeywordObject, TagMention
+from models.mine.word_triggers import WordTriggerConfig, word_trigger_table
 from models.storage import schemas
-from models.mine.statistics import ObjectTriggerConfig, WordTriggerConfig, object_trigger_table, word_trigger_table
+
+__all__ = ["CaptionCount", "PromptConfig", "TableCounts", "TableSet", "build_tables", "flagged_prompts",
+           "object_table", "stage_summary", "word_table"]
+
+
+class CaptionCount(NamedTuple):
+    caption: str
+    n: int
 
 
 @dataclass(frozen=True)
@@ -26,32 +38,63 @@ class PromptConfig:
     duplicate_caption_groups: int = 50
 
 
-def word_table(kw: dict, kwin: dict, kwg: list, grp: dict, n_total: int, cfg: WordTriggerConfig) -> pa.Table:
-    """Keyword-group statistics for keywords with ``n >= cfg.min_support``.
+@dataclass(frozen=True)
+class TableCounts:
+    """The combined counts the tables read (small: support-filtered).
 
-    Args:
-      kw: {keyword: rows with it}. kwin: {keyword: its rows in duplicate groups}.
-      kwg: [((keyword, group_id), (rows, example_keys))] for duplicate groups.
+    Attributes:
+      kw: {keyword: rows with it} (keywords with n >= min_support).
+      kwin: {keyword: its rows in duplicate groups}.
+      kwg: [(KeywordGroup, Examples)] for duplicate groups, sorted.
       grp: {group_id: analysed rows in the group} (duplicate groups only).
-      n_total: analysed rows N.
+      obj: {object index: tagged rows}.
+      kwo: [(KeywordObject, TagMention)], sorted.
+      captions: {group_id: [CaptionCount]} most repeated first.
+      stats: summed per-part totals (``rows``, ``rows_analysed``, ...).
+    """
+
+    kw: dict
+    kwin: dict
+    kwg: list
+    grp: dict
+    obj: dict
+    kwo: list
+    captions: dict
+    stats: dict
+
+    @property
+    def n_total(self) -> int:
+        return int(self.stats.get("rows_analysed", 0))
+
+
+class TableSet(NamedTuple):
+    words: pa.Table    # KEYWORD_TRIGGERS
+    objects: pa.Table  # OBJECT_TRIGGERS
+    prompts: pa.Table  # FLAGGED_PROMPTS
+
+
+def word_table(counts: TableCounts, cfg: WordTriggerConfig) -> pa.Table:
+    """Keyword-group statistics for keywords with ``n >= cfg.min_support``.
 
     Returns:
       Table with :data:`models.storage.schemas.KEYWORD_TRIGGERS` columns, ranked.
     """
+    kw = counts.kw
     words = sorted(w for w, n in kw.items() if n >= cfg.min_support)
-    index = {w: i for i, w in enumerate(words)}
-    groups = sorted(grp)
-    gindex = {g: i for i, g in enumerate(groups)}
-    pairs = [(index[w], gindex[g], n, ex) for (w, g), (n, ex) in kwg if w in index and g in gindex]
     if not words:
         return schemas.table([], schemas.KEYWORD_TRIGGERS)
-    examples = {(k, g): list(ex) for k, g, _, ex in pairs}
+    index = {w: i for i, w in enumerate(words)}
+    groups = sorted(counts.grp)
+    gindex = {g: i for i, g in enumerate(groups)}
+    pairs = [(index[k.keyword], gindex[k.group_id], ex) for k, ex in counts.kwg
+             if k.keyword in index and k.group_id in gindex]
+    examples = {(w, g): list(ex.keys) for w, g, ex in pairs}
     t = word_trigger_table(
         words, np.asarray([kw[w] for w in words], np.int64),
-        np.asarray([p[0] for p in pairs], np.int64), np.asarray([p[1] for p in pairs], np.int64),
-        np.asarray([p[2] for p in pairs], np.int64), np.arange(len(groups), dtype=np.int64),
-        np.asarray([grp[g] for g in groups], np.int64), n_total,
-        n_in_groups=np.asarray([kwin.get(w, 0) for w in words], np.int64), config=cfg,
+        np.asarray([w for w, _, _ in pairs], np.int64), np.asarray([g for _, g, _ in pairs], np.int64),
+        np.asarray([ex.n for _, _, ex in pairs], np.int64), np.arange(len(groups), dtype=np.int64),
+        np.asarray([counts.grp[g] for g in groups], np.int64), counts.n_total,
+        n_in_groups=np.asarray([counts.kwin.get(w, 0) for w in words], np.int64), config=cfg,
     ).to_pylist()
     rows = []
     for r in t:
@@ -65,24 +108,20 @@ def word_table(kw: dict, kwin: dict, kwg: list, grp: dict, n_total: int, cfg: Wo
     return schemas.table(rows, schemas.KEYWORD_TRIGGERS)
 
 
-def object_table(kw: dict, obj: dict, kwo: list, objects: list[str], n_total: int, cfg: ObjectTriggerConfig) -> pa.Table:
-    """Keyword-object statistics for keywords with ``n >= cfg.min_support`` and every listed pair.
-
-    Args:
-      kw: {keyword: rows}. obj: {object index: tagged rows}.
-      kwo: [((keyword, object index), (tagged rows with w, rows with w mentioning o))].
-      objects: object names by index. n_total: analysed rows N.
-    """
+def object_table(counts: TableCounts, objects: list[str], cfg: ObjectTriggerConfig) -> pa.Table:
+    """Keyword-object statistics for keywords with ``n >= cfg.min_support`` and every listed pair."""
+    kw = counts.kw
     words = sorted(w for w, n in kw.items() if n >= cfg.min_support)
     index = {w: i for i, w in enumerate(words)}
-    pairs = [(index[w], o, c, m) for (w, o), (c, m) in kwo if w in index]
+    pairs = [(index[k.keyword], k.object, v) for k, v in counts.kwo if k.keyword in index]
     if not words or not pairs:
         return schemas.table([], schemas.OBJECT_TRIGGERS)
     t = object_trigger_table(
         words, list(objects), np.asarray([kw[w] for w in words], np.int64),
-        np.asarray([obj.get(o, 0) for o in range(len(objects))], np.int64), n_total,
-        np.asarray([p[0] for p in pairs], np.int64), np.asarray([p[1] for p in pairs], np.int64),
-        np.asarray([p[2] for p in pairs], np.int64), np.asarray([p[3] for p in pairs], np.int64), config=cfg,
+        np.asarray([counts.obj.get(o, 0) for o in range(len(objects))], np.int64), counts.n_total,
+        np.asarray([w for w, _, _ in pairs], np.int64), np.asarray([o for _, o, _ in pairs], np.int64),
+        np.asarray([v.tagged for _, _, v in pairs], np.int64), np.asarray([v.mentioned for _, _, v in pairs], np.int64),
+        config=cfg,
     )
     return t.select(schemas.OBJECT_TRIGGERS.names).cast(schemas.OBJECT_TRIGGERS)
 
@@ -105,7 +144,7 @@ def flagged_prompts(words: pa.Table, objects: pa.Table, captions: dict, grp: dic
     the largest duplicate groups (``duplicate-caption``).
 
     Args:
-      captions: {group_id: [(caption, count), ...]} most repeated first.
+      captions: {group_id: [CaptionCount]} most repeated first.
       grp: {group_id: rows}.
     """
     out, seen = [], set()
@@ -123,16 +162,42 @@ def flagged_prompts(words: pa.Table, objects: pa.Table, captions: dict, grp: dic
     for r in flagged:
         g = r["top_group_id"]
         cands = captions.get(g, [])
-        hits = [(c, n) for c, n in cands if r["keyword"] in c.lower()] or cands[:1]
+        hits = [c for c in cands if r["keyword"] in c.caption.lower()] or cands[:1]
         evidence = {k: _finite(r[k]) for k in ("n", "n_in_groups", "top_group_share", "lift", "p_value", "q_value")}
-        for caption, n in hits[: cfg.captions_per_trigger]:
-            add(caption, "word-trigger", r["keyword"], None, [g], n, evidence | {"caption_count": n})
+        for c in hits[: cfg.captions_per_trigger]:
+            add(c.caption, "word-trigger", r["keyword"], None, [g], c.n, evidence | {"caption_count": c.n})
     for r in objects.to_pylist():
         if not r["flagged"]:
             continue
         evidence = {k: _finite(r[k]) for k in ("n_w", "n_wo", "p_o_given_w", "p_o_given_not_w", "lift", "absent_fraction", "q_value")}
         add(f"a photo of {_article(r['keyword'])} {r['keyword']}", "object-trigger", r["keyword"], r["object"], [], r["n_wo"], evidence)
     for g in sorted(grp, key=lambda g: (-grp[g], g))[: cfg.duplicate_caption_groups]:
-        for caption, n in captions.get(g, [])[:1]:
-            add(caption, "duplicate-caption", None, None, [g], n, {"group_size": grp[g], "caption_count": n})
+        for c in captions.get(g, [])[:1]:
+            add(c.caption, "duplicate-caption", None, None, [g], c.n, {"group_size": grp[g], "caption_count": c.n})
     return schemas.table(out, schemas.FLAGGED_PROMPTS)
+
+
+def build_tables(counts: TableCounts, objects: list[str], word_cfg: WordTriggerConfig, obj_cfg: ObjectTriggerConfig,
+                 prompt_cfg: PromptConfig) -> TableSet:
+    """The three output tables from the combined counts."""
+    words = word_table(counts, word_cfg)
+    objs = object_table(counts, objects, obj_cfg)
+    return TableSet(words, objs, flagged_prompts(words, objs, counts.captions, counts.grp, prompt_cfg))
+
+
+def stage_summary(tables: TableSet, counts: TableCounts, parts: int, increment: dict | None,
+                  previous: str | None) -> dict:
+    """The numbers ``summary.json`` reports (``increment``: this run's new parts and changed rows)."""
+    stats = counts.stats
+    return {
+        "rows": int(stats.get("rows", 0)), "rows_analysed": counts.n_total,
+        "caption_rejects": int(stats.get("caption_rejects", 0)), "object_tags": int(stats.get("object_tags", 0)),
+        "keywords_tested": tables.words.num_rows,
+        "word_triggers": int(sum(tables.words.column("flagged").to_pylist())),
+        "object_pairs_tested": tables.objects.num_rows,
+        "object_triggers": int(sum(tables.objects.column("flagged").to_pylist())),
+        "flagged_prompts": tables.prompts.num_rows, "duplicate_groups_with_captions": len(counts.grp),
+        "increment": {"parts": parts, "rows": int((stats if increment is None else increment).get("rows", 0)),
+                      "changed_rows": int((increment or {}).get("changed_rows", 0))},
+        "previous": previous,
+    }

@@ -1,6 +1,6 @@
 """The mine stage's view of object taggers: build from a spec, calibrate, tag a part.
 
-Wraps :mod:`models.mine.taggers.tagging` for the pipeline:
+Wraps :mod:`models.mine.taggers.spec` for the pipeline:
 
 * ``zero-shot``: the open_clip model that made the embeddings scores the
   vocabulary against the *stored* image embeddings (no image re-read). Its
@@ -30,6 +30,7 @@ class MineTagger:
         self.objects = list(tagger.objects)
         self.vocab = list(tagger.vocab)
         self.needs_images = bool(tagger.needs_images)
+        self.needs_ids = bool(getattr(tagger, "needs_ids", False))  # tags given per sample id (--tags)
 
     def fit_calibration(self, sample: np.ndarray) -> dict:
         if self.needs_images:
@@ -78,18 +79,22 @@ class MineTagger:
         return r[order], o[order], s[order]
 
 
-def build_tagger(spec: str, vocab_path: str | None, model: str | None, z: float = ZERO_SHOT_Z,
-                 top_k: int = ZERO_SHOT_TOP_K) -> MineTagger:
-    """``zero-shot`` (needs ``vocab_path`` and the open_clip ``model`` spec) or ``onnx-classifier:MODEL,LABELS``.
+def build_tagger(spec, vocab_path: str | None, model: str | None, z: float = ZERO_SHOT_Z,
+                 top_k: int = ZERO_SHOT_TOP_K) -> MineTagger | None:
+    """The tagger a spec names (:func:`models.mine.taggers.spec.parse_tagger_spec`), or None for ``none``.
 
-    ``z`` and ``top_k`` are the zero-shot decision rule: robust z-score threshold per object, tags kept per image.
+    ``zero-shot`` needs ``vocab_path`` and the open_clip ``model`` spec; ``z`` and ``top_k`` are its decision
+    rule (robust z-score threshold per object, tags kept per image).
     """
-    from models.mine.taggers.tagging import ZeroShotConfig, load_tagger, parse_tagger_spec
+    from models.mine.taggers.spec import TaggerKind, load_tagger, parse_tagger_spec
+    from models.mine.taggers.zero_shot import ZeroShotConfig
 
     parsed = parse_tagger_spec(spec)
-    if str(parsed) == "zero-shot":
+    if parsed.kind is TaggerKind.NONE:
+        return None
+    if parsed.kind is TaggerKind.ZERO_SHOT:
         from models.embed.embedders import EmbedderConfig, load_embedder
-        from models.mine.keywords import load_vocab
+        from models.mine.vocab import load_vocab
 
         if not vocab_path:
             raise ValueError("zero-shot tagging needs a vocabulary file (--vocab)")

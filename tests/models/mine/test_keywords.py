@@ -1,4 +1,4 @@
-"""Tests for models.mine.keywords: normalisation, lemmatised n-gram keywords, vocabularies."""
+"""Tests for models.mine.captions, keywords, vocab and mentions: normalisation, n-gram keywords, vocabularies."""
 from __future__ import annotations
 
 import pickle
@@ -7,21 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.mine.keywords import (
+from models.mine.captions import (
     REJECT_EMPTY,
     REJECT_EMPTY_AFTER_NORMALISATION,
     REJECT_NO_KEYWORDS,
-    KeywordConfig,
-    KeywordExtractor,
-    VocabEntry,
-    VocabMatcher,
-    load_vocab,
-    mentions,
     normalize_caption,
     normalize_caption_with_reason,
-    normalize_vocab_name,
-    parse_vocab_lines,
 )
+from models.mine.keywords import KeywordConfig, KeywordExtractor
+from models.mine.mentions import VocabMatcher, mentions
+from models.mine.vocab import VocabEntry, load_vocab, normalize_vocab_name, parse_vocab_lines
 
 # ---------------------------------------------------------------------------
 # Normalisation

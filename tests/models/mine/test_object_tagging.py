@@ -1,4 +1,4 @@
-"""Tests for models.mine.taggers.tagging: calibrated zero-shot tagging and the ONNX classifier tagger."""
+"""Tests for models.mine.taggers (base, calibration, zero_shot, classifier, spec): calibrated zero-shot tagging and the ONNX classifier tagger."""
 from __future__ import annotations
 
 import io
@@ -12,23 +12,19 @@ from PIL import Image
 
 from models.embed.embedders import EmbedderConfig, ModelUnavailable, OnnxPreprocess, load_embedder
 from models.storage.imaging import decode_image
-from models.mine.keywords import VocabEntry, VocabMatcher
-from models.mine.taggers.tagging import (
-    DEFAULT_TEMPLATES,
+from models.mine.mentions import VocabMatcher
+from models.mine.vocab import VocabEntry
+from models.mine.taggers.base import select_tags
+from models.mine.taggers.calibration import ScoreSketch, ZeroShotCalibration
+from models.mine.taggers.classifier import (
     MOBILENET_PREPROCESS,
     ClassifierConfig,
     OnnxClassifierTagger,
-    ScoreSketch,
-    TaggerSpec,
-    ZeroShotCalibration,
-    ZeroShotConfig,
-    ZeroShotTagger,
-    load_tagger,
-    parse_tagger_spec,
     read_labels,
-    select_tags,
     vocab_for_labels,
 )
+from models.mine.taggers.spec import TaggerSpec, load_tagger, parse_tagger_spec
+from models.mine.taggers.zero_shot import DEFAULT_TEMPLATES, ZeroShotConfig, ZeroShotTagger
 from tests.helpers import noise_image
 
 TINY = "openclip:dupmine-tiny/random"

@@ -1,4 +1,4 @@
-"""Tests for models.mine.statistics: exact tests vs scipy, BH vs a loop, planted triggers."""
+"""Tests for models.mine.statistics, counting, word_triggers, object_triggers: exact tests vs scipy, BH vs a loop, planted triggers."""
 from __future__ import annotations
 
 from fractions import Fraction
@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from models.mine.statistics import (
-    ObjectTriggerConfig,
-    WordTriggerConfig,
-    benjamini_hochberg,
-    fisher_greater,
-    hypergeom_sf_pvalue,
-    keyword_group_counts,
-    keyword_object_counts,
-    object_trigger_table,
-    word_trigger_table,
-)
+from models.mine.counting import keyword_group_counts, keyword_object_counts
+from models.mine.object_triggers import ObjectTriggerConfig, object_trigger_table
+from models.mine.statistics import benjamini_hochberg, fisher_greater, hypergeom_sf_pvalue
+from models.mine.word_triggers import WordTriggerConfig, word_trigger_table
 
 # ---------------------------------------------------------------------------
 # Exact tests

@@ -1,0 +1,178 @@
+"""Object-level memory triggers: keywords whose images keep showing an object the captions never name.
+
+(w, o) is an object trigger when images whose caption contains w are tagged
+with o far more often than other images (one-sided Fisher exact test on the
+2x2 table of rows by "caption has w" x "image tagged o") while the captions
+do not mention o ("astronaut" -> US flag): the object-level duplication of
+Naseh, Roh & Houmansadr, "Memory Triggers" (arXiv:2312.03692); the
+thresholds are this project's operationalisation (the paper publishes none).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from models.mine.statistics import (
+    TINY,
+    benjamini_hochberg,
+    check_fraction,
+    fisher_greater,
+    int_array,
+    rank_rows,
+    row_names,
+    same_length,
+)
+
+__all__ = ["ObjectTriggerConfig", "object_trigger_table"]
+
+
+@dataclass(frozen=True)
+class ObjectTriggerConfig:
+    """Thresholds of the object-level trigger flag (object-level duplication, arXiv:2312.03692, as operationalised here).
+
+    (w, o) is flagged when all hold:
+
+    * ``P(o | w) = n_{w,o} / n_w >= min_p_object`` (0.3);
+    * ``lift = P(o | w) / P(o) = n_{w,o} N / (n_w n_o) >= min_lift`` (5);
+    * ``absent_fraction = 1 - mentioned_{w,o} / n_w >= min_absent`` (0.9):
+      o is not named in at least 90 % of w's captions;
+    * ``q <= fdr`` (0.05): BH over all listed pairs whose keyword has
+      ``n_w >= min_support`` (or over ``n_tests`` if given to the table);
+    * support ``n_{w,o} >= min_support`` (10).
+    """
+
+    fdr: float = 0.05
+    min_support: int = 10
+    min_p_object: float = 0.3
+    min_lift: float = 5.0
+    min_absent: float = 0.9
+
+    def __post_init__(self) -> None:
+        check_fraction(self.fdr, "fdr")
+        check_fraction(self.min_p_object, "min_p_object")
+        check_fraction(self.min_absent, "min_absent")
+        if not isinstance(self.min_support, (int, np.integer)) or self.min_support < 1:
+            raise ValueError(f"min_support must be an int >= 1, got {self.min_support!r}")
+        if not self.min_lift >= 0:
+            raise ValueError(f"min_lift must be >= 0, got {self.min_lift!r}")
+
+
+def object_trigger_table(
+    keywords: Sequence[str] | np.ndarray | None,
+    objects: Sequence[str] | np.ndarray | None,
+    n_w: object,
+    n_o: object,
+    n_total: int,
+    pair_keyword: object,
+    pair_object: object,
+    pair_count: object,
+    pair_mentioned: object,
+    config: ObjectTriggerConfig | None = None,
+    n_tests: int | None = None,
+) -> pa.Table:
+    """Rank and flag (keyword, object) pairs where w's images carry an unmentioned object.
+
+    Args:
+        keywords: (K,) keyword strings or None (indices as names).
+        objects: (O,) object names or None.
+        n_w: (K,) int rows containing each keyword.
+        n_o: (O,) int rows whose image is tagged with each object.
+        n_total: N total rows.
+        pair_keyword, pair_object: (P,) int unique (keyword, object) pairs.
+        pair_count: (P,) int n_{w,o}: rows with w whose image is tagged with o.
+        pair_mentioned: (P,) int rows with w whose caption mentions o
+            (whether or not the image is tagged with o).
+        config: thresholds; default :class:`ObjectTriggerConfig`.
+        n_tests: BH family size; default = number of listed pairs with
+            ``n_w >= min_support``. Pass K_tested * O to count unlisted
+            (zero-count) pairs as tests too (more conservative).
+
+    Returns:
+        ``pyarrow.Table`` with one row per pair sorted by ``rank``; columns
+        keyword, keyword_index, object, object_index, n_w, n_o, n_wo,
+        n_mentioned, p_o_given_w, p_o_given_not_w (NaN if n_w == N), lift
+        (P(o|w)/P(o)), absent_fraction, p_value (one-sided Fisher), q_value
+        (NaN outside the BH family), flagged, rank (flagged first, then
+        -log10 q descending, then lift descending).
+
+    Raises:
+        ValueError: inconsistent shapes, duplicate pairs or impossible counts.
+    """
+    cfg = config if config is not None else ObjectTriggerConfig()
+    n_w_a = int_array(n_w, "n_w", ndim=1)
+    n_o_a = int_array(n_o, "n_o", ndim=1)
+    K, O = n_w_a.size, n_o_a.size
+    kw_names = row_names(keywords, K, "keywords")
+    obj_names = row_names(objects, O, "objects")
+    pk = int_array(pair_keyword, "pair_keyword", ndim=1)
+    po = int_array(pair_object, "pair_object", ndim=1)
+    pc = int_array(pair_count, "pair_count", ndim=1)
+    pm = int_array(pair_mentioned, "pair_mentioned", ndim=1)
+    P = same_length(pair_keyword=pk, pair_object=po, pair_count=pc, pair_mentioned=pm)
+    N = int(n_total)
+    if N < 1:
+        raise ValueError(f"n_total must be >= 1, got {n_total!r}")
+    if K and n_w_a.max() > N:
+        raise ValueError(f"n_w must be <= n_total={N}")
+    if O and n_o_a.max() > N:
+        raise ValueError(f"n_o must be <= n_total={N}")
+    if P and (pk.max() >= K or po.max() >= O):
+        raise ValueError(f"pair_keyword must be < K={K} and pair_object < O={O}")
+    if P and np.unique(pk * O + po).size != P:
+        raise ValueError("(pair_keyword, pair_object) pairs must be unique")
+    nw, no = n_w_a[pk], n_o_a[po]
+    if np.any(pc > np.minimum(nw, no)):
+        raise ValueError("pair_count must be <= min(n_w, n_o)")
+    if np.any(pm > nw):
+        raise ValueError("pair_mentioned must be <= n_w")
+    if np.any(no - pc > N - nw):
+        raise ValueError("n_o - n_wo exceeds the rows without the keyword (N - n_w)")
+
+    nw_f = nw.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_o_w = np.where(nw > 0, pc / np.maximum(nw_f, 1), 0.0)
+        rest = (N - nw).astype(np.float64)
+        p_o_not_w = np.where(rest > 0, (no - pc) / np.where(rest > 0, rest, 1.0), np.nan)
+        lift = np.where((nw > 0) & (no > 0), pc * float(N) / (nw_f * np.maximum(no, 1)), 0.0)
+        absent = np.where(nw > 0, 1.0 - pm / np.maximum(nw_f, 1), 0.0)
+    pval = fisher_greater(pc, nw - pc, no - pc, N - nw - no + pc) if P else np.zeros(0)
+
+    family = nw >= cfg.min_support
+    q = np.full(P, np.nan)
+    if np.any(family):
+        q[family] = benjamini_hochberg(pval[family], n_tests=n_tests)
+    flagged = (
+        family
+        & (q <= cfg.fdr)
+        & (pc >= cfg.min_support)
+        & (p_o_w >= cfg.min_p_object)
+        & (lift >= cfg.min_lift)
+        & (absent >= cfg.min_absent)
+    )
+    neglogq = np.where(np.isnan(q), -1.0, -np.log10(np.maximum(q, TINY)))
+    rank = rank_rows(flagged, -neglogq, -lift, pk, po)
+    order = np.argsort(rank)
+    return pa.table(
+        {
+            "keyword": pa.array([kw_names[i] for i in pk[order]], type=pa.string()),
+            "keyword_index": pk[order],
+            "object": pa.array([obj_names[i] for i in po[order]], type=pa.string()),
+            "object_index": po[order],
+            "n_w": nw[order],
+            "n_o": no[order],
+            "n_wo": pc[order],
+            "n_mentioned": pm[order],
+            "p_o_given_w": p_o_w[order],
+            "p_o_given_not_w": p_o_not_w[order],
+            "lift": lift[order],
+            "absent_fraction": absent[order],
+            "p_value": pval[order],
+            "q_value": q[order],
+            "flagged": flagged[order],
+            "rank": rank[order],
+        }
+    )
+
