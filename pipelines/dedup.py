@@ -53,6 +53,7 @@ class DedupConfig:
     max_spill: int = _opt(DEFAULT_MAX_SPILL, "extra partitions a row may visit, recall vs work", int)
     niter: int = _opt(20, "k-means iterations", positive_int)
     block_rows: int = _opt(65536, "rows per in-memory block", positive_int)
+    nn_sample: int = _opt(10000, "rows whose nearest-neighbour cosine is recorded in nn_similarity.json", int)
     previous: str | None = _opt(None, "previous dedup output: add the parts of --embeddings it has not seen to its "
                                       "groups (frozen centroids, stable group ids, only new and changed rows written)")
 
@@ -61,8 +62,9 @@ class DedupConfig:
             raise ValueError(f"--embeddings and --output are required; got {self.embeddings!r} and {self.output!r}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"--threshold {self.threshold} must be in (0, 1]")
-        if self.partitions < 0 or self.max_spill < 0 or self.niter <= 0 or self.block_rows <= 0:
-            raise ValueError(f"--partitions, --max-spill must be >= 0 and --niter, --block-rows > 0; got {self}")
+        if self.partitions < 0 or self.max_spill < 0 or self.nn_sample < 0 or self.niter <= 0 or self.block_rows <= 0:
+            raise ValueError(f"--partitions, --max-spill, --nn-sample must be >= 0 and --niter, --block-rows > 0; "
+                             f"got {self}")
         if not 0.0 <= self.sample_fraction <= 1.0:
             raise ValueError(f"--sample-fraction {self.sample_fraction} must be in [0, 1]")
 

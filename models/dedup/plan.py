@@ -42,6 +42,7 @@ class DedupParams:
     n_old: int = 0
     part_runs: tuple[tuple[str, ...], ...] = ()
     centroids_path: str | None = None
+    nn_rate: float = 0.0  # fraction of new rows whose nearest-neighbour cosine goes into nn_similarity.json
 
     def __post_init__(self):
         if self.folders and len(self.folders) != len(self.parts):
@@ -68,6 +69,10 @@ class DedupParams:
     @property
     def new_parts(self) -> tuple[str, ...]:
         return self.parts[self.n_old:]
+
+
+def _rate(sample: int, rows: int) -> float:
+    return min(1.0, sample / rows) if rows else 0.0
 
 
 def _shape(folder: "layout.EmbeddingFolder", part: str) -> tuple[int, ...]:
@@ -98,7 +103,8 @@ def fresh_plan(cfg) -> DedupParams:
     k = cfg.resolve_k(n)
     return DedupParams(embeddings=cfg.embeddings, output=cfg.output, parts=tuple(parts), dim=dim,
                        threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=cfg.sample_size(n, k),
-                       seed=cfg.seed, niter=cfg.niter, k=k, block_rows=cfg.block_rows, n_rows=n)
+                       seed=cfg.seed, niter=cfg.niter, k=k, block_rows=cfg.block_rows, n_rows=n,
+                       nn_rate=_rate(cfg.nn_sample, n))
 
 
 def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
@@ -147,7 +153,8 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=0, seed=cfg.seed, niter=cfg.niter, k=last.k,
         block_rows=cfg.block_rows, n_rows=sum(loc.rows for loc in old) + sum(rows),
         folders=tuple([loc.embeddings for loc in old] + [cfg.embeddings] * len(new)),
-        n_old=len(old), part_runs=tuple(loc.runs for loc in old), centroids_path=centroids)
+        n_old=len(old), part_runs=tuple(loc.runs for loc in old), centroids_path=centroids,
+        nn_rate=_rate(cfg.nn_sample, sum(rows)))
     return params, chain
 
 

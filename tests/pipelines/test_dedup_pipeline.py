@@ -228,3 +228,53 @@ def test_flags_are_built_from_the_config_and_reach_it():
     cfg = dedup.config_from_args(parser.parse_args(argv))
     for name, v in values.items():
         assert getattr(cfg, name) == type(fields[name].default)(v), name
+
+
+def _brute_nn(truth):
+    x, keys = truth["x"], truth["keys"]
+    valid = [i for i in range(len(keys)) if i not in truth["bad"] and i != truth["dup_key"]]
+    v = x[valid] / np.linalg.norm(x[valid], axis=1, keepdims=True)
+    sims = v.astype(np.float64) @ v.T.astype(np.float64)
+    np.fill_diagonal(sims, -np.inf)
+    return sims.max(axis=1)
+
+
+def test_nn_similarity_histogram_matches_brute_force(planted, tmp_path):
+    emb, truth = planted
+    nn = _brute_nn(truth)
+    one = str(tmp_path / "one")  # one partition: every row's nearest neighbour is searched exactly
+    dedup.run(["--embeddings", emb, "--output", one, "--partitions", "1", "--nn-sample", "100000"])
+    rec = layout.read_json(os.path.join(one, "nn_similarity.json"))
+    assert set(rec) == {"bin_edges", "counts", "threshold", "n_sampled", "space"} and rec["space"] == "cosine"
+    assert rec["threshold"] == 0.95 and rec["n_sampled"] == len(nn) == sum(rec["counts"])
+    assert len(rec["bin_edges"]) == len(rec["counts"]) + 1
+    np.testing.assert_array_equal(rec["counts"], np.histogram(nn, bins=rec["bin_edges"])[0])
+    many = str(tmp_path / "many")  # partitions + spill: exact above the threshold, a lower bound below it
+    dedup.run(["--embeddings", emb, "--output", many, "--partitions", "6", "--max-spill", "5", "--nn-sample", "100000"])
+    rec = layout.read_json(os.path.join(many, "nn_similarity.json"))
+    edges = np.asarray(rec["bin_edges"])
+    high = edges[:-1] >= 0.95 - 1e-9
+    assert rec["n_sampled"] == len(nn)
+    assert sum(np.asarray(rec["counts"])[high]) == int((nn >= edges[np.argmax(high)]).sum()) > 0
+    few = str(tmp_path / "few")  # a sample: about nn_sample rows
+    dedup.run(["--embeddings", emb, "--output", few, "--partitions", "2", "--nn-sample", "300"])
+    assert 200 <= layout.read_json(os.path.join(few, "nn_similarity.json"))["n_sampled"] <= 400
+
+
+def test_representative_is_the_largest_original_image(tmp_path):
+    """Resized images all tie on width*height: the representative is chosen by original_width*original_height."""
+    folder = layout.EmbeddingFolder(str(tmp_path / "emb"))
+    eye = np.eye(8)
+    x = np.stack([eye[0], eye[0], eye[0], eye[1], eye[1], eye[2]]).astype(np.float16)
+    layout.write_npy(folder.img_emb("0"), x)
+    os.makedirs(os.path.dirname(folder.metadata("0")), exist_ok=True)
+    pq.write_table(pa.table({
+        "key": ["a", "b", "c", "d", "e", "f"], "width": [256] * 6, "height": [256] * 6,
+        "original_width": pa.array([640, 1920, 800, None, 300, 10], pa.int32()),
+        "original_height": pa.array([480, 1080, 600, None, 300, 10], pa.int32()),
+    }), folder.metadata("0"))
+    out = str(tmp_path / "dd")
+    dedup.run(["--embeddings", folder.root, "--output", out, "--partitions", "1"])
+    rows = {r["key"]: r for r in pq.read_table(os.path.join(out, "groups")).to_pylist()}
+    assert {k: rows[k]["representative_key"] for k in "abcde"} == {"a": "b", "b": "b", "c": "b", "d": "e", "e": "e"}
+    # d has no original size: its resized 256x256 (65536) loses to e's original 300x300 (90000)

@@ -71,12 +71,22 @@ def column(table, name: str, n: int, fill) -> list:
     return table.column(name).to_pylist() if name in table.column_names else [fill] * n
 
 
-def row_areas(meta) -> np.ndarray:
-    """(n,) int64 ``width * height`` per row (0 where unknown)."""
+def _product(meta, a: str, b: str) -> np.ndarray:
     n = meta.num_rows
-    width = np.asarray([w or 0 for w in column(meta, "width", n, 0)], np.int64)
-    height = np.asarray([h or 0 for h in column(meta, "height", n, 0)], np.int64)
-    return width * height
+    x = np.asarray([v or 0 for v in column(meta, a, n, 0)], np.int64)
+    y = np.asarray([v or 0 for v in column(meta, b, n, 0)], np.int64)
+    return x * y
+
+
+def row_areas(meta) -> np.ndarray:
+    """(n,) int64 pixel area per row for the representative rule (0 where unknown).
+
+    ``original_width * original_height`` (img2dataset's size before resizing)
+    where both are present, else the stored ``width * height``: every image
+    resized to the same size ties on the latter.
+    """
+    original = _product(meta, "original_width", "original_height")
+    return np.where(original > 0, original, _product(meta, "width", "height"))
 
 
 class ReadPartFn(beam.DoFn):

@@ -13,7 +13,7 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from models.dedup import components, partition, search
+from models.dedup import components, nn_similarity, partition, search
 from models.dedup.plan import DedupParams
 from models.storage import layout, schemas
 from transforms.dedup.read import part_keys, row_vectors
@@ -75,6 +75,7 @@ class SearchPartitionFn(beam.DoFn):
             h_ids, h_vecs = _concat(homes_new, p)
             v_ids, v_vecs = _concat(homes_old + visits_old + visits_new, p)
             found.append(search.partition_pairs(h_ids, h_vecs, v_ids, v_vecs, p.threshold))
+            yield from self._nn_histogram(h_ids, h_vecs, v_ids, v_vecs)
         if homes_old and visits_new:
             # new visitors x old homes, with the new visitors as "homes" of the kernel; it also pairs new
             # visitors with each other, which their own home partitions cover: keep pairs with an old home.
@@ -104,6 +105,40 @@ class SearchPartitionFn(beam.DoFn):
         first[1:] = both[order][1:] != both[order][:-1]
         for node, c in zip(both[order][first].tolist(), best[order][first].tolist()):
             yield pvalue.TaggedOutput("max_cos", (node, c))
+
+
+    def _nn_histogram(self, h_ids, h_vecs, v_ids, v_vecs):
+        """Nearest-neighbour cosines of the sampled new homes, as one histogram (tag ``nn``)."""
+        pick = nn_similarity.sampled(h_ids, self.params.nn_rate, self.params.seed)
+        if not pick.any():
+            return
+        best = np.maximum(nn_similarity.nearest_similarities(h_ids[pick], h_vecs[pick], h_ids, h_vecs),
+                          nn_similarity.nearest_similarities(h_ids[pick], h_vecs[pick], v_ids, v_vecs))
+        yield pvalue.TaggedOutput("nn", nn_similarity.histogram(best))
+
+
+class SumHistograms(beam.CombineFn):
+    """Sum fixed-bin histograms: the accumulator is one (BINS,) int64 array, whatever the number of inputs."""
+
+    def create_accumulator(self):
+        return np.zeros(nn_similarity.BINS, np.int64)
+
+    def add_input(self, acc, counts):
+        acc += counts
+        return acc
+
+    def merge_accumulators(self, accs):
+        return np.sum(list(accs), axis=0, dtype=np.int64)
+
+    def extract_output(self, acc):
+        return acc
+
+
+def write_nn_histogram(counts: np.ndarray, params: DedupParams) -> int:
+    """``nn_similarity.json`` from the summed histogram; returns the number of sampled rows."""
+    record = nn_similarity.record(counts, params.threshold)
+    layout.write_json(params.out.nn_similarity, record)
+    return record["n_sampled"]
 
 
 def edge_of(element) -> Edge:
@@ -148,11 +183,12 @@ def exact_groups(element, params: DedupParams):
 
 
 class AssignAndSearch(beam.PTransform):
-    """``{"blocks", "centroids"}`` -> ``{"roots", "max_cos", "edges_written"}``.
+    """``{"blocks", "centroids"}`` -> ``{"roots", "max_cos", "edges_written", "nn_sampled"}``.
 
     ``roots``: (gid, local root) from partitions and hash groups; ``max_cos``:
     (gid, cosine) per edge endpoint (not yet maximised over partitions);
-    ``edges_written``: one count per written near-edges file. ``select``
+    ``edges_written``: one count per written near-edges file; ``nn_sampled``:
+    the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`). ``select``
     (from the run strategy) chooses the pieces worth searching.
     """
 
@@ -168,8 +204,10 @@ class AssignAndSearch(beam.PTransform):
         searched = (
             self.select(pieces)
             | "GroupByPartition" >> beam.GroupByKey()
-            | "SearchPartitions" >> beam.ParDo(SearchPartitionFn(p)).with_outputs("roots", "max_cos", "edges")
+            | "SearchPartitions" >> beam.ParDo(SearchPartitionFn(p)).with_outputs("roots", "max_cos", "edges", "nn")
         )
+        nn_sampled = (searched.nn | "SumNNHistograms" >> beam.CombineGlobally(SumHistograms())
+                      | "WriteNNHistogram" >> beam.Map(write_nn_histogram, p))
         edges_written = (
             searched.edges
             | "DistinctEdges" >> beam.CombinePerKey(max)
@@ -187,4 +225,4 @@ class AssignAndSearch(beam.PTransform):
         )
         roots = (searched.roots, exact.roots) | "SearchAndHashRoots" >> beam.Flatten()
         max_cos = (searched.max_cos, exact.max_cos) | "SearchAndHashCosines" >> beam.Flatten()
-        return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written}
+        return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written, "nn_sampled": nn_sampled}
