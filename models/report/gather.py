@@ -22,7 +22,9 @@ from models.report.plots import plot_group_sizes, plot_keywords, plot_nn_similar
 from models.report.reading import read_each, read_json_object, read_table
 from models.report.rows import (DuplicateGroup, Extraction, FlaggedPrompt, NnSimilarity, ObjectTrigger, PromptScore,
                                 RejectCount, ScoreImage, ShownRow, WordTrigger, rows_of)
-from models.report.thumbnails import copy_generations, copy_grids, make_thumbnails
+from models.report.generations import (GroupGenerations, PromptGenerations, by_group, by_prompt, generation_images,
+                                       run_sizes)
+from models.report.thumbnails import copy_grids, make_thumbnails
 from models.storage import layout
 from models.storage.folders.report import ReportFolder
 
@@ -56,6 +58,8 @@ class ReportData:
     side_summary: dict | None = None
     grids: list[ScoreImage] = field(default_factory=list)
     generations: dict[str, str] = field(default_factory=dict)              # generation_id -> relative path
+    prompt_generations: list[PromptGenerations] = field(default_factory=list)   # per shown flagged prompt
+    group_generations: dict[str, GroupGenerations] = field(default_factory=dict)  # per shown group
     rows: dict[str, ShownRow] = field(default_factory=dict)
     thumbs: dict[str, str] = field(default_factory=dict)                   # key -> relative path
     thumb_notes: list[str] = field(default_factory=list)
@@ -120,15 +124,27 @@ def _gather_mine(d: ReportData, mine: str, cfg: ReportConfig) -> None:
     d.prompts = rows_of(_ranked(read_table(layout.join(mine, FLAGGED_PROMPTS)), cfg.max_rows, False), FlaggedPrompt)
 
 
-def _gather_score(d: ReportData, score: str, report: ReportFolder, cfg: ReportConfig) -> None:
+def _gather_score(d: ReportData, score: str, report: ReportFolder, cfg: ReportConfig) -> list[Extraction]:
+    """Scores, the top extractions, the SIDE summary and grids; returns every extraction row, most similar first."""
     d.prompt_scores = read_table(layout.join(score, PROMPT_SCORES))
     ext = read_table(layout.join(score, EXTRACTIONS))
+    every: list[Extraction] = []
     if ext is not None and ext.num_rows:
         ext = ext.sort_by([("similarity", "descending")]) if "similarity" in ext.column_names else ext
-        d.extractions = rows_of(ext.slice(0, cfg.max_rows), Extraction)
+        every = rows_of(ext, Extraction)
+        d.extractions = every[: cfg.max_rows]
     d.side_summary = read_json_object(layout.join(score, SIDE_SUMMARY))
     d.grids = copy_grids(score, report, cfg.max_rows)
-    d.generations = copy_generations(score, [str(r.generation_id) for r in d.extractions], report)
+    return every
+
+
+def _gather_generations(d: ReportData, score: str, every: list[Extraction], report: ReportFolder, cfg: ReportConfig) -> None:
+    """SIDE generations per shown flagged prompt and per shown group, and the images of every generation shown."""
+    d.prompt_generations = by_prompt(every, [str(p.prompt) for p in d.prompts], d.grids, cfg.max_members)
+    d.group_generations = by_group(every, {g.group_id for g in d.groups}, cfg.max_members)
+    shown = list(d.extractions) + [r for pg in d.prompt_generations for r in pg.shown]
+    shown += [r for gg in d.group_generations.values() for r in gg.shown]
+    d.generations = generation_images(score, [str(r.generation_id) for r in shown], run_sizes(every), report)
 
 
 def _gather_nn_similarity(d: ReportData, dedup: str, report: ReportFolder) -> None:
@@ -160,7 +176,8 @@ def _object_queries(d: ReportData, mine: str) -> list[ExampleQuery]:
 def _gather_embeddings(d: ReportData, embeddings: str, mine: str | None, report: ReportFolder, cfg: ReportConfig) -> None:
     if "rows" not in d.stage_json.get("embeddings", {}).get("stats", {}):
         d.rows_embedded = count_rows(embeddings)
-    matched = {str(r.matched_key) for r in d.extractions if r.matched_key is not None}
+    beside = d.extractions + [r for pg in d.prompt_generations for r in pg.shown]
+    matched = {str(r.matched_key) for r in beside if r.matched_key is not None}
     wanted = {k for g in d.groups for k in g.members} | matched
     wanted |= {k for r in d.words for k in (r.example_keys or [])[:EXAMPLE_CAPTIONS]}
     queries = _object_queries(d, mine) if d.objects and mine is not None else []
@@ -177,18 +194,21 @@ def gather(inputs: ReportInputs, report: ReportFolder, cfg: ReportConfig) -> Rep
     """Read every given stage folder, copy and make the images shown into ``report``, draw the plots."""
     d = ReportData(stage_json=stage_jsons(inputs), rejects=reject_counts(inputs))
     referenced: list[str] = []
+    every_extraction: list[Extraction] = []
     if inputs.mine is not None:
         _gather_mine(d, inputs.mine, cfg)
         referenced += [r.top_group_id for r in d.words if r.top_group_id]
         referenced += [g for r in d.prompts for g in (r.group_ids or []) if g]
     if inputs.score is not None:
-        _gather_score(d, inputs.score, report, cfg)
+        every_extraction = _gather_score(d, inputs.score, report, cfg)
         referenced += [r.group_id for r in d.extractions if r.group_id]
     if inputs.dedup is not None:
         summary = d.stage_json.get("dedup", {}).get("summary")
         _gather_nn_similarity(d, inputs.dedup, report)
         shown = shown_groups(inputs.dedup, summary, cfg.max_groups, cfg.max_members, referenced, report)
         d.top_groups, d.extra_groups, d.size_hist, d.groups_total = shown.top, shown.referenced, shown.size_hist, shown.total
+    if inputs.score is not None:
+        _gather_generations(d, inputs.score, every_extraction, report, cfg)
     if inputs.embeddings is not None:
         _gather_embeddings(d, inputs.embeddings, inputs.mine, report, cfg)
     else:

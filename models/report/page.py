@@ -42,6 +42,11 @@ def group_anchor(group_id: str) -> str:
     return "group-" + digest(group_id, 16)
 
 
+def prompt_anchor(prompt: str) -> str:
+    """The HTML id of a flagged prompt's generations block (a hash: prompts are untrusted)."""
+    return "prompt-" + digest(prompt, 16)
+
+
 def cut(text: str | None, n: int = CAPTION_CHARS) -> str:
     """``text`` cut to ``n`` characters with an ellipsis; ``""`` for ``None``."""
     if text is None:
@@ -199,7 +204,7 @@ def _environment() -> jinja2.Environment:
     sources = {t.name: t.read_text(encoding="utf-8") for t in templates.iterdir() if t.name.endswith((".j2", ".css"))}
     env = jinja2.Environment(loader=jinja2.DictLoader(sources), autoescape=True, finalize=_escape_output,
                              trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters.update(fmt=fmt, pct=pct, cut=cut, anchor=group_anchor)
+    env.filters.update(fmt=fmt, pct=pct, cut=cut, anchor=group_anchor, prompt_anchor=prompt_anchor)
     env.globals.update(KvKind=KvKind)
     return env
 

@@ -173,6 +173,7 @@ def nn_similarity_figure(hist: NnSimilarity | None):
     ax.bar(edges[:-1], np.asarray(hist.counts, dtype=float), width=np.diff(edges), align="edge", color=BLUE,
            edgecolor="white", linewidth=0.5)
     ax.set_yscale("log")
+    ax.set_ylim(0.5, 5.0 * max(hist.counts))   # headroom above the tallest bar for the legend
     _plain_log_ticks(ax, "y")
     above = hist.at_or_above_threshold()
     ax.axvline(hist.threshold, color=RED, linestyle="--",

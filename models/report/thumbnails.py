@@ -130,15 +130,3 @@ def copy_grids(score: str, report: ReportFolder, limit: int) -> list[ScoreImage]
         if copy_png(src, report, rel):
             out.append(ScoreImage(name, rel))
     return out
-
-
-def copy_generations(score: str, generation_ids: list[str], report: ReportFolder) -> dict[str, str]:
-    """``{generation_id: relative path}`` for the ids that have a ``generations/<id>.png`` (matched by listing)."""
-    available = files_with_suffix(layout.join(score, "generations"), ".png")
-    out = {}
-    for gid in generation_ids:
-        if gid in available and gid not in out:
-            rel = report.generation(gid)
-            if copy_png(available[gid], report, rel):
-                out[gid] = rel
-    return out

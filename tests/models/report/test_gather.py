@@ -48,7 +48,12 @@ def test_ranked_tables_and_limits(folders, tmp_path):
     assert [g.group_id for g in d.top_groups] == ["k0"] and d.top_groups[0].members == ["k0", "k1"]
     assert [g.group_id for g in d.extra_groups] == ["k4"]            # referenced by a prompt, a word and an extraction
     assert [g.name for g in d.grids] == ["side_00", "side_01"]
-    assert d.generations == {"r01g000000": ReportFolder.generation("r01g000000")}
+    # every generation shown has an image: r01g000000 saved by the score stage, the others cut from their run's grid
+    assert d.generations == {g: ReportFolder.generation(g) for g in ("r00g000000", "r01g000000", "r01g000001")}
+    assert [(pg.prompt, pg.total, pg.in_band, [r.generation_id for r in pg.shown], pg.grid.name)
+            for pg in d.prompt_generations] == [("a red ball", 2, 2, ["r01g000000", "r01g000001"], "side_01")]
+    assert {g: (gg.total, [r.generation_id for r in gg.shown]) for g, gg in d.group_generations.items()} == {
+        "k0": (2, ["r01g000000", "r01g000001"]), "k4": (1, ["r00g000000"])}
     assert set(d.plots) == {"group_sizes", "keyword_lift_support", "score:plaplace", "score:wen"}
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from PIL import Image
 
 from models.report.metadata import scan_metadata
-from models.report.thumbnails import copy_generations, copy_grids, copy_png, make_thumbnails
+from models.report.thumbnails import copy_grids, copy_png, make_thumbnails
 from models.storage.folders.report import ReportFolder
 from tests.models.report import tiny
 
@@ -42,7 +42,4 @@ def test_score_pngs(tmp_path):
     report = ReportFolder(str(tmp_path / "r"))
     assert [g.name for g in copy_grids(str(score), report, 10)] == ["side_00", "side_01"]   # fake.PNG is not a PNG
     assert [g.name for g in copy_grids(str(score), report, 1)] == ["side_00"]
-    gens = copy_generations(str(score), ["../escape", "r01g000000", "r01g000000", "absent"], report)
-    assert gens == {"r01g000000": ReportFolder.generation("r01g000000")}
-    assert (tmp_path / "r" / gens["r01g000000"]).read_bytes() == (score / "generations" / "r01g000000.png").read_bytes()
     assert not copy_png(str(score / "grids" / "fake.PNG"), report, "x.png") and not (tmp_path / "r" / "x.png").exists()
