@@ -95,13 +95,18 @@ class KvKind(enum.Enum):
     TABLE = "table"      # a dict: name / value rows
 
 
+class KvRow(NamedTuple):
+    name: str
+    value: Any           # MATRIX: the formatted cells (tuple of str); TABLE: a KvNode
+
+
 @dataclass(frozen=True)
 class KvNode:
     kind: KvKind
     text: str = ""
     count: int = 0
     columns: tuple = ()
-    rows: tuple = ()     # MATRIX: (name, (cell, ...)); TABLE: (name, KvNode); ITEMS: KvNode
+    rows: tuple = ()     # MATRIX and TABLE: KvRow; ITEMS: KvNode
 
 
 def _is_scalar(v: Any) -> bool:
@@ -122,8 +127,8 @@ def kv_tree(obj: Any, depth: int = 0, max_items: int = KV_MAX_ITEMS) -> KvNode:
                 and len({tuple(v) for v in inner}) == 1 and len(inner[0]) <= 12):
             cols = tuple(inner[0])
             return KvNode(KvKind.MATRIX, columns=tuple(map(str, cols)),
-                          rows=tuple((str(k), tuple(fmt(v[c]) for c in cols)) for k, v in obj.items()))
-        return KvNode(KvKind.TABLE, rows=tuple((str(k), kv_tree(v, depth + 1, max_items)) for k, v in obj.items()))
+                          rows=tuple(KvRow(str(k), tuple(fmt(v[c]) for c in cols)) for k, v in obj.items()))
+        return KvNode(KvKind.TABLE, rows=tuple(KvRow(str(k), kv_tree(v, depth + 1, max_items)) for k, v in obj.items()))
     if isinstance(obj, list):
         if len(obj) > max_items:
             return KvNode(KvKind.LONG, text=json.dumps(obj[:max_items], default=str)[:400], count=len(obj))
@@ -187,7 +192,12 @@ def _summary_items(d: ReportData, inputs: ReportInputs) -> list[SummaryItem]:
     )]
 
 
-def _prompt_lines(d: ReportData, cfg: ReportConfig, scored: bool) -> tuple[list[PromptLine], int]:
+class PromptTable(NamedTuple):
+    lines: list[PromptLine]
+    more_scored: int                   # scored-only prompts left out (beyond max_rows)
+
+
+def _prompt_table(d: ReportData, cfg: ReportConfig, scored: bool) -> PromptTable:
     """The flagged prompts, then up to ``max_rows`` scored-only prompts; and how many scored-only ones are left out."""
     by_prompt: dict[str, list[PromptScore]] = defaultdict(list)
     for r in d.score_rows():
@@ -196,7 +206,7 @@ def _prompt_lines(d: ReportData, cfg: ReportConfig, scored: bool) -> tuple[list[
     shown = {line.text for line in lines}
     extra = [p for p in by_prompt if p not in shown]
     lines += [PromptLine(p, None, by_prompt[p]) for p in extra[: cfg.max_rows]]
-    return lines, max(0, len(extra) - cfg.max_rows)
+    return PromptTable(lines, max(0, len(extra) - cfg.max_rows))
 
 
 def _environment() -> jinja2.Environment:
@@ -217,7 +227,7 @@ def render_page(d: ReportData, inputs: ReportInputs, cfg: ReportConfig) -> str:
     global _ENV
     if _ENV is None:
         _ENV = _environment()
-    lines, more_scored = _prompt_lines(d, cfg, inputs.score is not None)
+    prompts = _prompt_table(d, cfg, inputs.score is not None)
     tagger = d.stage_json.get("mine", {}).get("config", {}).get("config", {}).get("tagger")
     context = dict(
         d=d, inputs=inputs, cfg=cfg, size=cfg.thumb_size, csp=CSP,
@@ -225,7 +235,7 @@ def render_page(d: ReportData, inputs: ReportInputs, cfg: ReportConfig) -> str:
         rendered={g.group_id for g in d.groups}, example_captions=EXAMPLE_CAPTIONS,
         summary_items=_summary_items(d, inputs), plot_titles=PLOT_TITLES,
         words_flagged=sum(1 for v in column(d.words_all, "flagged") if v),
-        tagger_none=tagger == "none", prompt_lines=lines, more_scored=more_scored,
+        tagger_none=tagger == "none", prompt_lines=prompts.lines, more_scored=prompts.more_scored,
         evidence_lines=evidence_lines, kv_tree=kv_tree,
         side_tree=kv_tree(d.side_summary) if d.side_summary is not None else None,
     )

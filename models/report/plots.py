@@ -81,7 +81,7 @@ def group_sizes_figure(hist: dict[int, int]):
 
 def plot_group_sizes(hist: dict[int, int], report: ReportFolder) -> str | None:
     fig = group_sizes_figure(hist)
-    return None if fig is None else _save(fig, report, report.group_sizes_plot())
+    return None if fig is None else _save(fig, report, report.GROUP_SIZES_PLOT)
 
 
 def keywords_figure(table: pa.Table | None):
@@ -114,7 +114,7 @@ def keywords_figure(table: pa.Table | None):
 
 def plot_keywords(table: pa.Table | None, report: ReportFolder) -> str | None:
     fig = keywords_figure(table)
-    return None if fig is None else _save(fig, report, report.keyword_plot())
+    return None if fig is None else _save(fig, report, report.KEYWORD_PLOT)
 
 
 class _CheckValue(NamedTuple):
@@ -188,4 +188,4 @@ def nn_similarity_figure(hist: NnSimilarity | None):
 
 def plot_nn_similarity(hist: NnSimilarity | None, report: ReportFolder) -> str | None:
     fig = nn_similarity_figure(hist)
-    return None if fig is None else _save(fig, report, report.nn_similarity_plot())
+    return None if fig is None else _save(fig, report, report.NN_SIMILARITY_PLOT)

@@ -42,6 +42,10 @@ class ReportFolder:
 
     root: str
 
+    GROUP_SIZES_PLOT = f"{PLOTS}/group_sizes.png"
+    KEYWORD_PLOT = f"{PLOTS}/keyword_lift_support.png"
+    NN_SIMILARITY_PLOT = f"{PLOTS}/nn_similarity.png"
+
     def path(self, rel: str) -> str:
         """The absolute path of a report-relative path (one of the static methods' results)."""
         return layout.join(self.root, rel)
@@ -65,26 +69,9 @@ class ReportFolder:
         return f"{THUMBS}/{digest(key)}.jpg"
 
     @staticmethod
-    def plot(name: str) -> str:
-        """Relative path of a plot whose ``name`` is one of the report's own (never untrusted text)."""
-        return f"{PLOTS}/{name}.png"
-
-    @staticmethod
-    def group_sizes_plot() -> str:
-        return ReportFolder.plot("group_sizes")
-
-    @staticmethod
-    def keyword_plot() -> str:
-        return ReportFolder.plot("keyword_lift_support")
-
-    @staticmethod
-    def nn_similarity_plot() -> str:
-        return ReportFolder.plot("nn_similarity")
-
-    @staticmethod
     def score_plot(check: str) -> str:
         """Relative path of a score check's histogram: a readable prefix of the check name plus its hash."""
-        return ReportFolder.plot(f"score_{re.sub(r'[^A-Za-z0-9_-]', '_', check)[:40]}_{digest(check, 8)}")
+        return f"{PLOTS}/score_{re.sub(r'[^A-Za-z0-9_-]', '_', check)[:40]}_{digest(check, 8)}.png"
 
     @staticmethod
     def score_grid(name: str) -> str:

@@ -78,7 +78,8 @@ def test_kv_tree_shapes():
     assert long.kind == KvKind.LONG and long.count == 25 and long.text == str(list(range(20)))
     nested = kv_tree({"a": [{"b": 1}, {"c": None}], "d": 0.5, "e": True})
     assert nested.kind == KvKind.TABLE
-    (a, items), (d, half), (e, yes) = nested.rows
+    assert [row.name for row in nested.rows] == ["a", "d", "e"]
+    items, half, yes = (row.value for row in nested.rows)
     assert items.kind == KvKind.ITEMS and [n.rows for n in items.rows] == [(("b", kv_tree(1)),), (("c", kv_tree(None)),)]
     assert half.text == "0.5" and yes.text == "True" and kv_tree(None).text == "null"
 

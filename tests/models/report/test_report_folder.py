@@ -16,5 +16,5 @@ def test_names():
     assert ReportFolder.score_plot("wen") == f"plots/score_wen_{digest('wen', 8)}.png"
     assert re.fullmatch(r"plots/score_[A-Za-z0-9_-]{40}_[0-9a-f]{8}\.png", ReportFolder.score_plot("../<b>" * 20))
     assert ReportFolder.score_plot("a/b") != ReportFolder.score_plot("a_b")   # the hash keeps sanitised names apart
-    assert {ReportFolder.group_sizes_plot(), ReportFolder.keyword_plot(), ReportFolder.nn_similarity_plot()} == {
+    assert {ReportFolder.GROUP_SIZES_PLOT, ReportFolder.KEYWORD_PLOT, ReportFolder.NN_SIMILARITY_PLOT} == {
         "plots/group_sizes.png", "plots/keyword_lift_support.png", "plots/nn_similarity.png"}
