@@ -60,11 +60,16 @@ def _reject_row(r: Reject, stage: str = "embed") -> dict:
     return {"key": r.key, "sample_id": r.sample_id, "shard": r.shard, "url": r.url, "reason": r.reason, "stage": stage}
 
 
+INT32_MAX = 2**31 - 1
+
+
 def _as_int(v) -> int | None:
+    """A non-negative int32 from metadata of any type (img2dataset's JSON is untrusted), else None."""
     try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
+        n = None if v is None or isinstance(v, bool) else int(v)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return n if n is not None and 0 <= n <= INT32_MAX else None
 
 
 def _metadata_row(s: Sample, width: int, height: int) -> dict:

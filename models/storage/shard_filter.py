@@ -18,7 +18,7 @@ is again a valid img2dataset output whose stats add up.
 already resolved sample ids (``SHARD_URL::KEY``) to the shard they name
 (:mod:`transforms.apply`), so keys that repeat in other shards are never
 touched. Keys are read exactly as :mod:`models.storage.shards` reads them
-(the ``.json`` ``key``, else the file name; parquet: ``ids.row_keys``).
+(the members' file-name stem; parquet: ``ids.row_keys``).
 
 Outputs are named by the shard id (the input's name, qualified by its parent
 folder where two inputs share a name: ``a_00000.tar``), each written to a
@@ -27,7 +27,6 @@ temporary name and renamed, so a rerun after a crash rewrites whole shards.
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 import tarfile
 from dataclasses import asdict, dataclass
@@ -57,15 +56,6 @@ class ApplyCounts:
 
 def _key_of(name: str) -> str:
     return posixpath.basename(name).split(".", 1)[0]
-
-
-def _json_key(data: bytes) -> str | None:
-    """The ``key`` field of a sample's ``.json`` member, if it has one."""
-    try:
-        key = json.loads(data).get("key")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    return None if key is None else key if isinstance(key, str) else json.dumps(key)
 
 
 def _is_in(column: pa.ChunkedArray, drop: frozenset) -> pa.ChunkedArray:
@@ -107,8 +97,7 @@ def _filter_stats(src: str, dst: str, dropped: int) -> None:
 def filter_tar(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
     """Copy ``shard`` without the samples whose key is in ``drop``; members are grouped by file-name key.
 
-    The key used is the ``key`` field of the sample's ``.json`` when present
-    (img2dataset writes it equal to the file name), else the file name.
+    The key is the members' file-name stem, as :mod:`models.storage.shards` reads it.
     Memory: the filtered tar is built in memory (one shard, ~ its size).
     """
     counts = ApplyCounts(shard.shard_id, output=layout.join(out_dir, f"{shard.shard_id}.tar"))
@@ -120,9 +109,7 @@ def filter_tar(shard: ShardRef, out_dir: str, drop: frozenset) -> ApplyCounts:
     def flush(out: tarfile.TarFile) -> None:
         if not pending:
             return
-        json_keys = (_json_key(d) for m, d in pending if m.name.rsplit(".", 1)[-1].lower() == "json")
-        key = next((k for k in json_keys if k), _key_of(pending[0][0].name))
-        if key in drop:
+        if _key_of(pending[0][0].name) in drop:
             counts.dropped += 1
         else:
             counts.kept += 1

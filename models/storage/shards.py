@@ -259,9 +259,13 @@ def _text(value) -> str | None:
 
 def _make_sample(shard: ShardRef, key: str, files: dict[str, bytes], meta: dict | None = None,
                  key_source: str = "key") -> Sample | Reject:
-    """One sample from its members (``ext -> bytes``); ``meta`` overrides the ``.json`` member."""
+    """One sample from its members (``ext -> bytes``); ``meta`` overrides the ``.json`` member.
+
+    ``key`` is the members' file-name stem (webdataset's grouping; img2dataset
+    writes the ``.json`` ``key`` equal to it), never a ``key`` inside the
+    JSON, so a damaged ``.json`` cannot rename a sample.
+    """
     meta = _meta_from_json(files.get("json")) if meta is None else meta
-    key = _text(meta.get("key")) or key
     sid = ids.sample_id(shard.url, key)
     url = _text(meta.get("url"))
     image_ext = next((e for e in IMAGE_EXTS if files.get(e)), None)
@@ -438,8 +442,9 @@ def parquet_row_keys(pf: pq.ParquetFile, shard: ShardRef) -> ids.RowKeys:
 
 
 def _read_parquet(shard: ShardRef, fs, root: str, size: int, batch_rows: int = 256) -> Iterator[Sample | Reject]:
+    """Rows of a parquet shard; rows its pages cannot give back are rejects by key (pyarrow can stop silently)."""
     guard = _IOGuard(_open(fs, root, size))
-    done = 0
+    done, keys, problem = 0, None, None
     try:
         with guard.f:
             pf = pq.ParquetFile(guard)
@@ -452,17 +457,25 @@ def _read_parquet(shard: ShardRef, fs, root: str, size: int, batch_rows: int = 2
             meta_cols = [c for c in META_FIELDS if c in names]
             for batch in pf.iter_batches(batch_size=batch_rows):
                 for row in batch.to_pylist():
+                    if done >= len(keys.keys):
+                        raise pa.ArrowInvalid(f"pages hold more rows than the {len(keys.keys)} the footer declares")
                     files = {image_col: row.get(image_col)}
                     if row.get("caption") is not None:
                         files["txt"] = _text(row["caption"]).encode("utf-8", errors="replace")
-                    meta = {k: row.get(k) for k in meta_cols} | {"key": keys.keys[done]}
+                    meta = {k: row.get(k) for k in meta_cols}
                     done += 1
                     yield _make_sample(shard, keys.keys[done - 1], files, meta, keys.source)
     except (pa.ArrowException, OSError) as exc:
         if guard.error is not None:
             raise guard.error
+        problem = f"{type(exc).__name__}: {exc}"
+    if keys is not None and done < len(keys.keys):  # the footer and key column are readable: name the lost rows
+        reason = f"corrupt-shard: row unreadable ({problem or f'pages ended after {done} of {len(keys.keys)} rows'})"
+        for key in keys.keys[done:]:
+            yield Reject(key, shard.shard_id, reason, None, ids.sample_id(shard.url, key))
+    elif problem is not None:
         where = f"after {done} rows" if done else "before the first row"
-        yield Reject("", shard.shard_id, f"corrupt-shard {where}: {type(exc).__name__}: {exc}")
+        yield Reject("", shard.shard_id, f"corrupt-shard {where}: {problem}")
 
 
 def read_shard(shard: ShardRef) -> Iterator[Sample | Reject]:

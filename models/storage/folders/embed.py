@@ -98,7 +98,7 @@ class EmbeddingFolder:
 
         Shards of a dupmine-made folder count only when their marker exists,
         so a half-written shard from a crashed run is never read. Cost: one
-        listing each of ``img_emb/``, ``metadata/`` and ``_done/``.
+        listing each of the root, ``img_emb/``, ``metadata/`` and ``_done/``.
 
         Raises:
           FileNotFoundError: no ``img_emb/`` folder. ValueError: an img_emb part without metadata.
@@ -108,10 +108,12 @@ class EmbeddingFolder:
             raise FileNotFoundError(f"{self.root!r} is not an embedding folder: no img_emb/ inside")
         suffixes = [m.group(1) for n in emb_names if (m := re.fullmatch(r"img_emb_(.+)\.npy", n))]
         markers = layout.list_names(layout.join(self.root, "_done"))
+        # dupmine-made: it has a _done/ folder or its config.json (an object store drops an emptied _done/)
+        dupmine_made = bool(markers) or bool({"_done", "config.json"} & layout.list_names(self.root))
         meta_names = layout.list_names(layout.join(self.root, "metadata"))
         out = []
         for i in suffixes:
-            if markers and f"{i}.json" not in markers:
+            if dupmine_made and f"{i}.json" not in markers:
                 continue
             if f"metadata_{i}.parquet" not in meta_names:
                 raise ValueError(f"{self.img_emb(i)} has no row-aligned {self.metadata(i)}")

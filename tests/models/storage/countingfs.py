@@ -13,7 +13,8 @@ class CountingFileSystem(MemoryFileSystem):
     protocol = ("countmem",)
     calls: Counter = Counter()
     ranges: list = []
-    fail: dict = {}  # method name -> number of calls that raise ConnectionError before succeeding
+    fail: dict = {}  # method name -> number of calls that raise ConnectionResetError before succeeding;
+    # "read_after": N makes the next opened file raise once N bytes have been read from it
 
     def _maybe_fail(self, name):
         if self.fail.get(name, 0) > 0:
@@ -35,7 +36,10 @@ class CountingFileSystem(MemoryFileSystem):
     def _open(self, path, mode="rb", **kwargs):
         self.calls["open"] += 1
         self._maybe_fail("open")
-        return super()._open(path, mode, **kwargs)
+        f = super()._open(path, mode, **kwargs)
+        if "r" in mode and "read_after" in self.fail:
+            return _FailingReader(f, self.fail.pop("read_after"))
+        return f
 
     def ls(self, path, detail=True, **kwargs):
         self.calls["ls"] += 1
@@ -49,3 +53,26 @@ class CountingFileSystem(MemoryFileSystem):
 
 
 fsspec.register_implementation("countmem", CountingFileSystem, clobber=True)
+
+
+class _FailingReader:
+    """A file that raises ConnectionResetError once more than ``limit`` bytes were asked of it."""
+
+    def __init__(self, f, limit: int):
+        self.f, self.limit, self.done = f, limit, 0
+
+    def read(self, n=-1):
+        if n is None or n < 0 or self.done + n > self.limit:
+            raise ConnectionResetError(f"injected connection reset after {self.done} bytes")
+        data = self.f.read(n)
+        self.done += len(data)
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)

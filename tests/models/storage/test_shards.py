@@ -129,3 +129,93 @@ def test_parquet_and_files_formats(tmp_path):
     assert [(s.format, s.shard_id) for s in shards] == [(ShardFormat.FILES, "00000")]
     (item,) = _items(shards[0])
     assert item.key == "000000005" and item.caption == "from files"
+
+
+# --- transient errors are raised, verified damage is a reject (issue 14.3) ------------------------
+
+
+def _remote_tar(name: str, n: int = 3, sidecar: bool = True, stem: str = "00000"):
+    """A tar shard (+ sidecar) on the counting in-memory filesystem; returns its ShardRef."""
+    import io as _io
+
+    from models.storage import layout
+    from tests.models.storage.countingfs import CountingFileSystem  # noqa: F401 - registers countmem://
+
+    members = []
+    for i in range(n):
+        members += sample_members(f"00000000{i}", jpeg(noise_image(i, (96, 96))))
+    buf = _io.BytesIO()
+    import tarfile as _tarfile
+
+    with _tarfile.open(fileobj=buf, mode="w") as tar:
+        for member_name, data in members:
+            info = _tarfile.TarInfo(member_name)
+            info.size = len(data)
+            tar.addfile(info, _io.BytesIO(data))
+    layout.atomic_write_bytes(f"countmem://{name}/{stem}.tar", buf.getvalue())
+    if sidecar:
+        layout.write_parquet(f"countmem://{name}/{stem}.parquet",
+                             pa.table({"key": [f"00000000{i}" for i in range(n)], "status": ["success"] * n}))
+    return list_shards(f"countmem://{name}/{stem}.tar")[0], len(buf.getvalue())
+
+
+@pytest.fixture
+def counting():
+    from tests.models.storage.countingfs import CountingFileSystem
+
+    CountingFileSystem.reset()
+    yield CountingFileSystem
+    CountingFileSystem.reset()
+
+
+def test_a_failed_info_raises_instead_of_shard_missing(counting):
+    shard, _ = _remote_tar("tr1")
+    counting.fail["info"] = 1
+    with pytest.raises(ConnectionResetError):
+        _items(shard)
+    assert [type(i) for i in _items(shard)] == [Sample] * 3  # the retry reads it whole
+
+
+def test_a_connection_reset_mid_tar_raises_instead_of_truncated_shard(counting):
+    shard, size = _remote_tar("tr2")
+    counting.fail["read_after"] = size // 2
+    with pytest.raises(ConnectionResetError):
+        _items(shard)
+
+
+def test_a_failed_sidecar_read_raises(counting):
+    shard, _ = _remote_tar("tr3")
+    counting.fail["cat_file"] = 1  # the sidecar is the first whole-file read
+    with pytest.raises(ConnectionResetError):
+        _items(shard)
+
+
+def test_verified_truncation_and_corruption_are_rejects(tmp_path):
+    members = []
+    for i in range(4):
+        members += sample_members(f"00000000{i}", jpeg(noise_image(i, (96, 96))))
+    write_tar(tmp_path / "00000.tar", members)
+    data = (tmp_path / "00000.tar").read_bytes()
+    # cut exactly at a member boundary: tarfile stops silently there; the missing end block proves truncation
+    import tarfile as _tarfile
+
+    with _tarfile.open(tmp_path / "00000.tar") as tar:
+        offsets = [m.offset for m in tar.getmembers()]
+    (tmp_path / "00000.tar").write_bytes(data[: offsets[6]])
+    items = _items(list_shards(str(tmp_path / "00000.tar"))[0])
+    assert [i.key for i in items if isinstance(i, Sample)] == ["000000000", "000000001"]  # members 0-5
+    assert [i.reason.split(" ")[0] for i in items if isinstance(i, Reject)] == ["truncated-shard"]
+    # a garbage header mid-archive: tarfile also stops silently; the block it stopped at is not zeros
+    damaged = bytearray(data)
+    damaged[offsets[6]: offsets[6] + 512] = b"\xff" * 512
+    (tmp_path / "00000.tar").write_bytes(bytes(damaged))
+    items = _items(list_shards(str(tmp_path / "00000.tar"))[0])
+    assert [i.reason.split(" ")[0] for i in items if isinstance(i, Reject)] == ["corrupt-shard"]
+
+
+def test_listing_a_remote_folder_opens_no_sidecar_footer(counting):
+    for stem in ("00000", "00001"):
+        _remote_tar("ls1", stem=stem)
+    counting.reset()
+    shards = list_shards("countmem://ls1")
+    assert [s.shard_id for s in shards] == ["00000", "00001"] and counting.calls["open"] == 0
