@@ -115,5 +115,17 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     log.info("embedding %d shard(s) with %s into %s", len(shards), cfg.model, cfg.output)
     p.run().wait_until_finish()
     stats = layout.read_json(folder.stats)
-    log.info("embed done: %s", {k: v for k, v in stats.items() if not k.startswith("count.rejected.")})
+    log.info("embed done: %s", {k: v for k, v in stats.items() if not k.startswith(("count.rejected.", "count.key_source."))})
+    log.info("embed: %s", key_source_note(stats))
     return stats
+
+
+def key_source_note(stats: dict) -> str:
+    """Where the plain keys came from, e.g. ``ids from key (78 rows), image_path (5 rows); exact matching on sha256``.
+
+    Every embedded row has a sha256 (computed from the image bytes where the shard had none).
+    """
+    prefix = "count.key_source."
+    sources = {k[len(prefix):]: v for k, v in sorted(stats.items()) if k.startswith(prefix)}
+    listed = ", ".join(f"{name} ({n} rows)" for name, n in sources.items()) or "no rows"
+    return f"ids from {listed}; exact matching on sha256"

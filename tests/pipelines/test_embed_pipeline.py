@@ -157,3 +157,18 @@ def test_metadata_and_rejects_carry_sample_ids_that_tell_colliding_keys_apart(tm
     assert [m["key"] for m in meta["a_00000"]] == ["000000000"]  # the plain key is kept
     assert [r["sample_id"] for r in rejects["b_00000"]] == [ids.sample_id(b, "000000001")]
     assert folder.part_ids("a_00000") == (["000000000"], [ids.sample_id(a, "000000000")], "sample_id")
+
+
+def test_parquet_shards_without_key_take_ids_from_image_path_and_the_summary_says_so(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.helpers import jpeg, noise_image
+
+    pq.write_table(pa.table({"image_path": ["x/0.jpg", "x/1.jpg"], "caption": ["a", "b"], "md5": ["m0", "m1"],
+                             "jpg": [jpeg(noise_image(0)), jpeg(noise_image(1))]}), tmp_path / "00000.parquet")
+    stats = embed.run(["--input", str(tmp_path / "00000.parquet"), "--output", str(tmp_path / "emb"), "--model", "pixel"])
+    assert embed.key_source_note(stats) == "ids from image_path (2 rows); exact matching on sha256"
+    meta = layout.read_parquet(layout.EmbeddingFolder(str(tmp_path / "emb")).metadata("00000")).to_pylist()
+    assert [(m["key"], m["md5"]) for m in meta] == [("x/0.jpg", "m0"), ("x/1.jpg", "m1")]
+    assert all(len(m["sha256"]) == 64 for m in meta)

@@ -64,6 +64,7 @@ def test_img2dataset_shards_embed_with_every_url_accounted_for(http_root, tmp_pa
     meta = layout.read_parquet(folder.metadata("00000")).to_pylist()
     rejects = layout.read_parquet(folder.rejects("00000")).to_pylist()
     assert stats["rows"] == 13 and stats["rejects"] == 2
+    assert embed.key_source_note(stats) == "ids from key (13 rows); exact matching on sha256"
     assert Counter([m["url"] for m in meta] + [r["url"] for r in rejects]) == Counter(urls)
     reasons = {r["url"].rsplit("/", 1)[-1]: r["reason"] for r in rejects}
     assert reasons["missing.jpg"].startswith("failed_to_download") and "404" in reasons["missing.jpg"]
