@@ -61,7 +61,7 @@ MERGES = pa.schema([
 ])
 
 # load_group_state(): one row per row of every part of the chain.
-STATE_COLUMNS = ["key", "group_id", "group_size", "is_representative", "representative_key", "max_cosine", "part"]
+STATE_COLUMNS = ["key", "sample_id", "group_id", "group_size", "is_representative", "representative_key", "max_cosine", "part"]
 
 
 def normalize_path(path: str) -> str:
@@ -175,10 +175,10 @@ def part_runs(chain: list[ChainEntry]) -> dict[str, tuple[str, ...]]:
 
 
 def _overlay(state: pa.Table, changed: pa.Table) -> pa.Table:
-    """Replace the rows of ``state`` whose key is in ``changed`` by ``changed``'s rows (same columns)."""
+    """Replace the rows of ``state`` whose sample id is in ``changed`` by ``changed``'s rows (same columns)."""
     if changed.num_rows == 0:
         return state
-    keep = pc.invert(pc.is_in(state.column("key"), value_set=changed.column("key")))
+    keep = pc.invert(pc.is_in(state.column("sample_id"), value_set=changed.column("sample_id")))
     return pa.concat_tables([state.filter(keep), changed.select(state.column_names).cast(state.schema)])
 
 
@@ -189,12 +189,12 @@ def _read(path: str, schema: pa.Schema, columns: list[str]) -> pa.Table:
 
 
 def load_part_state(runs: tuple[str, ...] | list[str], part: str, columns: list[str] | None = None) -> pa.Table:
-    """The current group rows of one part: ``runs[0]``'s ``groups/groups_{part}.parquet`` overlaid by key
+    """The current group rows of one part: ``runs[0]``'s ``groups/groups_{part}.parquet`` overlaid by sample id
     with each later run's ``changed/changed_{part}.parquet``, in order.
 
     Args:
       runs: from :func:`part_runs` (introducing run first).
-      columns: subset of :data:`STATE_COLUMNS` (``key`` is always read).
+      columns: subset of :data:`STATE_COLUMNS` (``key`` and ``sample_id`` are always read).
 
     Returns:
       Table with ``columns`` (default all of :data:`STATE_COLUMNS`), one row
@@ -207,8 +207,7 @@ def load_part_state(runs: tuple[str, ...] | list[str], part: str, columns: list[
     Cost: reads one groups file and ``len(runs) - 1`` changed files.
     """
     columns = list(columns or STATE_COLUMNS)
-    if "key" not in columns:
-        columns = ["key"] + columns
+    columns = [c for c in ("key", "sample_id") if c not in columns] + columns
     state = _read(DedupFolder(runs[0]).groups(part), schemas.DEDUP_GROUPS, columns)
     for run in runs[1:]:
         state = _overlay(state, _read(DedupFolder(run).changed(part), CHANGED_GROUPS, columns))
@@ -219,7 +218,7 @@ def load_group_state(dedup_dir: str) -> pa.Table:
     """Every row's current group over the whole chain of ``dedup_dir``.
 
     Reads the chain oldest first: each run's ``groups/`` rows (its new parts),
-    then its ``changed/`` rows overlaid by key.
+    then its ``changed/`` rows overlaid by sample id.
 
     Returns:
       Table with :data:`STATE_COLUMNS` plus ``embeddings`` (the part's
@@ -260,9 +259,9 @@ def load_drop_keys(dedup_dir: str) -> pa.Table:
     """The union of the drop lists of ``dedup_dir``'s chain (see the module docstring for why a union is right).
 
     Returns:
-      :data:`models.storage.schemas.DROP_KEYS` table, one row per key; where a key
-      was listed by several runs the latest record wins. ``group_id`` and
-      ``representative_key`` are as of the run that listed the key; a later
+      :data:`models.storage.schemas.DROP_KEYS` table, one row per sample id; where a
+      sample was listed by several runs the latest record wins. ``group_id`` and
+      ``representative_key`` are as of the run that listed it; a later
       merge can change them (:func:`load_group_state` has the current values).
     """
     tables = []

@@ -45,7 +45,8 @@ REJECTS = pa.schema([
 # groups/groups_{part}.parquet: one row per input row of embedding part {part}, same order.
 DEDUP_GROUPS = pa.schema([
     ("key", pa.string()),
-    ("group_id", pa.string()),          # key of the group's first member (smallest part/row id); own key for singletons
+    ("sample_id", pa.string()),         # the row's identity (models.storage.ids); keys may repeat across folders
+    ("group_id", pa.string()),          # sample_id of the group's first member (smallest part/row id); own for singletons
     ("group_size", pa.int64()),
     ("is_representative", pa.bool_()),
     ("representative_key", pa.string()),
@@ -64,6 +65,7 @@ DEDUP_EDGES = pa.schema([
 # drop_keys.parquet/part-{part}.parquet: the rows an upstream filter removes
 DROP_KEYS = pa.schema([
     ("key", pa.string()),
+    ("sample_id", pa.string()),         # what to drop: keys may repeat across folders, sample ids do not
     ("group_id", pa.string()),
     ("representative_key", pa.string()),
     ("reason", pa.string()),

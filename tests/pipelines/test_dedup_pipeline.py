@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models.storage import layout
+from models.storage import ids, layout
 from pipelines import dedup
 
 T = 0.95
@@ -57,10 +57,13 @@ def planted_folder(root, n_parts=3, rows_per_part=400, d=32, seed=0, laion_layou
     x[bad_nan, 0] = np.nan
     x[bad_zero] = 0.0
     dup_key = take(1)[0]
-    keys[dup_key] = keys[perm[0]]            # a key that appears twice: the later row is rejected
+    while n_parts > 1 and dup_key // rows_per_part == perm[0] // rows_per_part:  # another part: another sample
+        dup_key = take(1)[0]
+    keys[dup_key] = keys[perm[0]]            # a key that appears twice: two samples (identity is the sample id)
     dup_key = max(dup_key, perm[0])
     x16 = x.astype(np.float16)
     folder = layout.EmbeddingFolder(str(root))
+    sids = []
     for p in range(n_parts):
         rows = slice(p * rows_per_part, (p + 1) * rows_per_part)
         i = str(p) if laion_layout else f"{p:05d}"
@@ -72,13 +75,14 @@ def planted_folder(root, n_parts=3, rows_per_part=400, d=32, seed=0, laion_layou
         pq.write_table(pa.table(meta), folder.metadata(i))
         if not laion_layout:
             layout.write_json(folder.marker(i), {"rows": rows_per_part})
-    return dict(x=x16.astype(np.float32), keys=keys, sha=sha, width=width, height=height,
+        sids += [ids.sample_id(ids.absolute_url(folder.metadata(i)), k) for k in keys[rows]]
+    return dict(x=x16.astype(np.float32), keys=keys, sids=sids, sha=sha, width=width, height=height,
                 bad={bad_nan, bad_zero}, dup_key=dup_key, exact=(ea, eb), laion=laion_layout)
 
 
 def expected_components(truth):
     x, keys = truth["x"], truth["keys"]
-    valid = [i for i in range(len(keys)) if i not in truth["bad"] and i != truth["dup_key"]]
+    valid = [i for i in range(len(keys)) if i not in truth["bad"]]
     v = x[valid]
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     sims = v.astype(np.float64) @ v.T.astype(np.float64)
@@ -100,14 +104,13 @@ def read_groups(out, truth):
 
 def components_from_output(out, truth):
     rows = read_groups(out, truth)
-    # keys are unique except the planted duplicate key, which is rejected: map key -> index
-    index = {}
-    for i, k in enumerate(truth["keys"]):
-        if i != truth["dup_key"]:
-            index.setdefault(k, i)
+    # keys are unique except the planted duplicate key; sample ids are unique: map sample id -> index
+    index = {sid: i for i, sid in enumerate(truth["sids"])}
+    assert len(index) == len(truth["sids"])
     comps = {}
     for r in rows:
-        comps.setdefault(r["group_id"], set()).add(r["key"] + f"@{index[r['key']]}")
+        assert truth["keys"][index[r["sample_id"]]] == r["key"]
+        comps.setdefault(r["group_id"], set()).add(r["key"] + f"@{index[r['sample_id']]}")
     return {frozenset(c) for c in comps.values()}, rows
 
 
@@ -128,7 +131,7 @@ def test_groups_match_brute_force_components_with_exact_spill(planted, tmp_path)
         rejects += pq.read_table(os.path.join(out, "rejects", name)).to_pylist()
     assert len(rows) + len(rejects) == len(truth["keys"]) == summary["rows"]
     reasons = sorted(r["reason"].split(":")[0] for r in rejects)
-    assert reasons == ["duplicate-key", "non-finite-embedding", "zero-embedding"]
+    assert reasons == ["non-finite-embedding", "zero-embedding"]  # a repeated key is a second sample, not a reject
     # one representative per group, chosen by the documented rule
     by_group = {}
     for r in rows:
@@ -136,14 +139,17 @@ def test_groups_match_brute_force_components_with_exact_spill(planted, tmp_path)
     for members in by_group.values():
         reps = [m for m in members if m["is_representative"]]
         assert len(reps) == 1 and all(m["group_size"] == len(members) for m in members)
-        idx = {m["key"]: truth["keys"].index(m["key"]) for m in members}
-        area = {k: int(truth["width"][i] * truth["height"][i]) for k, i in idx.items()}
-        best = min(members, key=lambda m: (-area[m["key"]], m["key"]))
+        idx = {m["sample_id"]: truth["sids"].index(m["sample_id"]) for m in members}
+        area = {s: int(truth["width"][i] * truth["height"][i]) for s, i in idx.items()}
+        best = min(members, key=lambda m: (-area[m["sample_id"]], m["key"]))
         assert reps[0]["key"] == best["key"] and all(m["representative_key"] == best["key"] for m in members)
+        assert members[0]["group_id"] in idx  # a group is named by a member's sample id
         if len(members) > 1:
             assert all(m["max_cosine"] is not None for m in members)
     drops = pq.read_table(os.path.join(out, "drop_keys.parquet")).to_pylist()
     assert len(drops) == sum(len(m) - 1 for m in by_group.values()) == summary["rows_dropped"]
+    dropped = {r["sample_id"] for r in rows if not r["is_representative"]}
+    assert {d["sample_id"] for d in drops} == dropped and len(dropped) == len(drops)
     assert all(d["reason"].startswith(("near-duplicate of", "duplicate of")) for d in drops)
     edges = pq.read_table(os.path.join(out, "edges")).to_pylist()
     assert {e["kind"] for e in edges} == {"near", "exact"}
@@ -232,7 +238,7 @@ def test_flags_are_built_from_the_config_and_reach_it():
 
 def _brute_nn(truth):
     x, keys = truth["x"], truth["keys"]
-    valid = [i for i in range(len(keys)) if i not in truth["bad"] and i != truth["dup_key"]]
+    valid = [i for i in range(len(keys)) if i not in truth["bad"]]
     v = x[valid] / np.linalg.norm(x[valid], axis=1, keepdims=True)
     sims = v.astype(np.float64) @ v.T.astype(np.float64)
     np.fill_diagonal(sims, -np.inf)

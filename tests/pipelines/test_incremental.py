@@ -42,7 +42,11 @@ def planted(root, seed=0):
     * G1: 6 A rows + 4 B rows captioned "starry night" (a word trigger spanning A and B); one B row has the
       largest image, so it becomes the representative and demotes G1's old one;
     * G2, G3: two A groups whose centres are 30 degrees apart; a B row between them merges them;
-    * G4: 3 B rows only; an A singleton and a B row with equal sha256; a B row reusing an A key; a NaN B row.
+    * G4: 3 B rows only; an A singleton and a B row with equal sha256; a B row reusing an A key (another
+      sample: its own sample id); a NaN B row.
+
+    Metadata carries ``sample_id`` as dupmine's embed writes it (shard URL::key): A, B and AB were embedded
+    from the same shards, so their rows have the same identities.
     """
     rng = np.random.default_rng(seed)
     n = sum(ROWS.values())
@@ -67,7 +71,7 @@ def planted(root, seed=0):
             x[j] = _perturb(rng, x[base], 0.995)
     groups["G2"], groups["G3"] = [u, 60, 200], [v, 210, 220]
     sha[350] = sha[90]                          # new row, same bytes as an old singleton
-    keys[360] = keys[100]                       # new row reusing an old key: rejected
+    keys[360] = keys[100]                       # new row reusing an old key: a sample of its own
     x[370] = np.nan
     for i in groups["G1"] + [120]:
         captions[i] = f"the starry night {captions[i]}"
@@ -77,6 +81,10 @@ def planted(root, seed=0):
         captions[i] = f"{captions[i]} poster"
     x16 = x.astype(np.float16)
     folders = {name: layout.EmbeddingFolder(str(root / name)) for name in ("A", "B", "AB")}
+    sids, first = [], 0
+    for part, rows in ROWS.items():
+        sids += [f"file:///shards/{part}.tar::{keys[i]}" for i in range(first, first + rows)]
+        first += rows
     start = 0
     for part, rows in ROWS.items():
         sl = slice(start, start + rows)
@@ -85,16 +93,16 @@ def planted(root, seed=0):
             folder = folders[name]
             layout.write_npy(folder.img_emb(part), x16[sl])
             os.makedirs(os.path.dirname(folder.metadata(part)), exist_ok=True)
-            pq.write_table(pa.table({"key": keys[sl], "caption": captions[sl], "sha256": sha[sl],
+            pq.write_table(pa.table({"key": keys[sl], "sample_id": sids[sl], "caption": captions[sl], "sha256": sha[sl],
                                      "width": width[sl].tolist(), "height": height[sl].tolist()}), folder.metadata(part))
             layout.write_json(folder.marker(part), {"rows": rows})
-    return {name: f.root for name, f in folders.items()}, {"keys": keys, "groups": groups, "bridge": bridge}
+    return {name: f.root for name, f in folders.items()}, {"keys": keys, "sids": sids, "groups": groups, "bridge": bridge}
 
 
 def _state(dedup_dir):
     rows = run_chain.load_group_state(dedup_dir).to_pylist()
-    assert len({r["key"] for r in rows}) == len(rows)
-    return {r["key"]: r for r in rows}
+    assert len({r["sample_id"] for r in rows}) == len(rows)
+    return {r["sample_id"]: r for r in rows}
 
 
 def _files(folder):
@@ -126,7 +134,7 @@ def runs(tmp_path_factory):
 
 def test_chain_gives_the_groups_of_one_run_over_a_and_b(runs):
     _, _, truth, out, summaries = runs
-    keys, groups = truth["keys"], truth["groups"]
+    keys, sids, groups = truth["keys"], truth["sids"], truth["groups"]
     chain, once = _state(out["ddB"]), _state(out["ddAB"])
     fields = ("group_id", "group_size", "is_representative", "representative_key")
     assert {k: tuple(r[f] for f in fields) for k, r in chain.items()} == {k: tuple(r[f] for f in fields) for k, r in once.items()}
@@ -134,20 +142,21 @@ def test_chain_gives_the_groups_of_one_run_over_a_and_b(runs):
         assert (chain[k]["max_cosine"] is None) == (r["max_cosine"] is None)
         assert r["max_cosine"] is None or chain[k]["max_cosine"] == pytest.approx(r["max_cosine"], abs=1e-5)
     # the planted structure: an old group that gains members keeps its id, a bridge merges two old groups
-    assert {chain[keys[i]]["group_id"] for i in groups["G1"]} == {keys[10]} and chain[keys[10]]["group_size"] == 10
-    old_rep = _state(out["ddA"])[keys[10]]["representative_key"]
-    assert chain[keys[10]]["representative_key"] == keys[310] and chain[keys[310]]["is_representative"]
+    assert {chain[sids[i]]["group_id"] for i in groups["G1"]} == {sids[10]} and chain[sids[10]]["group_size"] == 10
+    old_rep = _state(out["ddA"])[sids[10]]["representative_key"]
+    assert chain[sids[10]]["representative_key"] == keys[310] and chain[sids[310]]["is_representative"]
     merged = groups["G2"] + groups["G3"] + [truth["bridge"]]
-    assert {chain[keys[i]]["group_id"] for i in merged} == {keys[50]} and chain[keys[50]]["group_size"] == 7
-    assert chain[keys[350]]["group_id"] == keys[90] and chain[keys[90]]["group_size"] == 2   # sha256 joins new x old
-    assert keys[360] == keys[100] and chain[keys[100]]["part"] == "00000"                  # the reused key stays A's
-    assert {chain[keys[i]]["group_id"] for i in groups["G4"]} == {keys[340]}
+    assert {chain[sids[i]]["group_id"] for i in merged} == {sids[50]} and chain[sids[50]]["group_size"] == 7
+    assert chain[sids[350]]["group_id"] == sids[90] and chain[sids[90]]["group_size"] == 2   # sha256 joins new x old
+    assert keys[360] == keys[100] and chain[sids[100]]["part"] == "00000"                  # the reused key stays A's
+    assert chain[sids[360]]["part"] == "00002" and chain[sids[360]]["key"] == keys[100]     # and B's is its own sample
+    assert {chain[sids[i]]["group_id"] for i in groups["G4"]} == {sids[340]}
     merges = pq.read_table(os.path.join(out["ddB"], "merges.parquet")).to_pylist()
-    assert merges == [{"old_group_id": keys[70], "new_group_id": keys[50], "old_group_size": 3, "new_group_size": 7}]
+    assert merges == [{"old_group_id": sids[70], "new_group_id": sids[50], "old_group_size": 3, "new_group_size": 7}]
     assert run_chain.load_merges(out["ddB"]).num_rows == 1
     # drop sets only grow: the union over the chain is the one-shot drop list
-    drops_chain = run_chain.load_drop_keys(out["ddB"]).column("key").to_pylist()
-    drops_once = pq.read_table(os.path.join(out["ddAB"], "drop_keys.parquet")).column("key").to_pylist()
+    drops_chain = run_chain.load_drop_keys(out["ddB"]).column("sample_id").to_pylist()
+    drops_once = pq.read_table(os.path.join(out["ddAB"], "drop_keys.parquet")).column("sample_id").to_pylist()
     assert sorted(drops_chain) == sorted(drops_once) and len(drops_chain) == len(set(drops_chain))
     demoted = pq.read_table(os.path.join(out["ddB"], "drop_keys.parquet")).column("key").to_pylist()
     assert old_rep in demoted and old_rep not in pq.read_table(os.path.join(out["ddA"], "drop_keys.parquet")).column("key").to_pylist()
@@ -166,7 +175,7 @@ def test_increment_writes_only_new_and_changed_rows(runs):
     new_rows = pq.read_table(os.path.join(inc, "groups")).num_rows
     rejects = pq.read_table(os.path.join(inc, "rejects")).to_pylist()
     assert new_rows + len(rejects) == sum(ROWS[p] for p in B_PARTS)
-    assert sorted(r["reason"].split(":")[0] for r in rejects) == ["duplicate-key", "non-finite-embedding"]
+    assert sorted(r["reason"].split(":")[0] for r in rejects) == ["non-finite-embedding"]  # a reused key is kept
     # changed: every old row of the groups B reached (G1's 6, G2+G3's 6, the sha256 singleton), nothing else
     changed = pq.read_table(os.path.join(inc, "changed")).to_pylist()
     touched = groups["G1"][:6] + groups["G2"] + groups["G3"] + [90]
@@ -187,8 +196,8 @@ def test_chain_gives_the_triggers_of_one_run_over_a_and_b(runs):
     _, _, truth, out, summaries = runs
     chain, once = _tables(out["mB"]), _tables(out["mAB"])
     words = {r["keyword"]: r for r in chain["keyword_triggers.parquet"]}
-    assert words["starry night"]["flagged"] and words["starry night"]["top_group_id"] == truth["keys"][10]
-    assert words["blue whale"]["top_group_id"] == truth["keys"][50]  # counted in the merged group
+    assert words["starry night"]["flagged"] and words["starry night"]["top_group_id"] == truth["sids"][10]
+    assert words["blue whale"]["top_group_id"] == truth["sids"][50]  # counted in the merged group
     for name in chain:
         assert len(chain[name]) == len(once[name]), name
         for a, b in zip(chain[name], once[name]):

@@ -4,6 +4,8 @@ Folder: two parts of 6 rows, d = 8. Rows 0-1 of part 0 and row 0 of part 1 are
 copies of one vector (cosine >= 0.999); row 2 of part 0 and row 1 of part 1
 share a sha256 with unrelated vectors; row 5 of part 1 is NaN, row 4 is zero;
 every other row is an orthogonal basis vector (no edges at t = 0.95).
+Keys: row 3 of part 1 reuses part 0's key ``k03`` (another sample: kept);
+row 5 of part 0 repeats row 4's key in the same part (the same sample id: rejected).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from models.dedup.plan import DedupParams
-from models.storage import layout
+from models.storage import ids, layout
 from transforms.dedup.centroids import TrainCentroids
 from transforms.dedup.components import ConnectComponents
 from transforms.dedup.label import LabelGroups
@@ -33,6 +35,19 @@ T = 0.95
 
 def _gid(part: int, row: int) -> int:
     return int(gid_of(part, np.asarray([row]))[0])
+
+
+def _sid(params, part: str, key: str) -> str:
+    return ids.sample_id(ids.absolute_url(params.folder(0).metadata(part)), key)
+
+
+def _keys(p: int) -> list[str]:
+    keys = [f"k{p}{r}" for r in range(6)]
+    if p == 0:
+        keys[5] = "k04"
+    else:
+        keys[3] = "k03"
+    return keys
 
 
 @pytest.fixture
@@ -53,7 +68,7 @@ def params(tmp_path):
         else:
             sha[1] = "same"
         os.makedirs(os.path.dirname(folder.metadata(name)), exist_ok=True)
-        pq.write_table(pa.table({"key": [f"k{p}{r}" for r in range(6)], "sha256": sha,
+        pq.write_table(pa.table({"key": _keys(p), "sha256": sha,
                                  "width": [100 + r for r in range(6)], "height": [10] * 6}), folder.metadata(name))
     return DedupParams(embeddings=folder.root, output=str(tmp_path / "out"), parts=tuple(parts), dim=D, threshold=T,
                        max_spill=1, sample_size=12, seed=0, niter=5, k=2, block_rows=4, n_rows=12)
@@ -63,10 +78,14 @@ def test_read_parts_blocks_and_rejects(beam_pipeline, params):
     with beam_pipeline as p:
         read = p | beam.Create([0, 1]) | ReadParts(params)
         rows = read["blocks"] | beam.FlatMap(lambda b: zip(b.gids.tolist(), b.keys.tolist(), b.area.tolist()))
-        expected = [(_gid(0, r), f"k0{r}", (100 + r) * 10) for r in range(6)]
-        expected += [(_gid(1, r), f"k1{r}", (100 + r) * 10) for r in range(4)]
+        expected = [(_gid(0, r), _keys(0)[r], (100 + r) * 10) for r in range(5)]
+        expected += [(_gid(1, r), _keys(1)[r], (100 + r) * 10) for r in range(4)]
         assert_that(rows, equal_to(expected), label="Rows")
-        assert_that(read["rejects"], equal_to([(1, Reject(4, "k14", "zero-embedding")),
+        sids = read["blocks"] | beam.FlatMap(lambda b: b.sample_ids.tolist())
+        assert_that(sids, equal_to([_sid(params, part, k) for part, p in (("00000", 0), ("00001", 1))
+                                    for k in _keys(p)[:5 if p == 0 else 4]]), label="SampleIds")
+        assert_that(read["rejects"], equal_to([(0, Reject(5, "k04", "duplicate-sample-id: same sample id as row 4")),
+                                               (1, Reject(4, "k14", "zero-embedding")),
                                                (1, Reject(5, "k15", "non-finite-embedding"))]), label="Rejects")
         assert_that(read["old_state"], equal_to([]), label="NoOldState")
 
@@ -111,11 +130,12 @@ def test_label_groups_picks_largest_image_and_names_group_by_first_member(beam_p
         max_cos = p | "M" >> beam.Create([(g00, 0.99), (g01, 0.99), (g10, 0.98), (g00, 0.97)])
         groups = ({"labels": labels, "max_cos": max_cos, "previous": p | "P" >> beam.Create([])}
                   | LabelGroups(params, lambda labelled: labelled))
-        # areas: k00 1000, k01 1010, k10 1000 -> k01 is the representative
+        # areas: k00 1000, k01 1010, k10 1000 -> k01 is the representative; k00's sample id names the group
+        s00, s01, s10 = _sid(params, "00000", "k00"), _sid(params, "00000", "k01"), _sid(params, "00001", "k10")
         assert_that(groups["rows"], equal_to([
-            (0, GroupRow(0, "k00", "k00", 3, False, "k01", 0.99, None)),
-            (0, GroupRow(1, "k01", "k00", 3, True, "k01", 0.99, None)),
-            (1, GroupRow(0, "k10", "k00", 3, False, "k01", 0.98, None)),
+            (0, GroupRow(0, "k00", s00, s00, 3, False, "k01", 0.99, None)),
+            (0, GroupRow(1, "k01", s01, s00, 3, True, "k01", 0.99, None)),
+            (1, GroupRow(0, "k10", s10, s00, 3, False, "k01", 0.98, None)),
         ]), label="Rows")
         assert_that(groups["sizes"], equal_to([3]), label="Sizes")
         assert_that(groups["merges"], equal_to([]), label="Merges")
@@ -123,13 +143,16 @@ def test_label_groups_picks_largest_image_and_names_group_by_first_member(beam_p
 
 def test_write_parts_every_row_once(beam_pipeline, params):
     with beam_pipeline as p:
-        rows = p | "R" >> beam.Create([(1, GroupRow(0, "k10", "k00", 2, False, "k00", 0.99, None))])
+        s10, s00 = _sid(params, "00001", "k10"), _sid(params, "00000", "k00")
+        rows = p | "R" >> beam.Create([(1, GroupRow(0, "k10", s10, s00, 2, False, "k00", 0.99, None))])
         rejects = p | "J" >> beam.Create([(1, Reject(4, "k14", "zero-embedding"))])
         stats = {"rows": rows, "rejects": rejects, "parts": p | "I" >> beam.Create([1])} | WriteParts(params)
         assert_that(stats, equal_to([Counter({"rows": 6, "grouped_rows": 5, "dropped": 1, "rejects": 1})]))
     groups = layout.read_parquet(params.out.groups("00001")).to_pylist()
-    assert [g["key"] for g in groups] == ["k10", "k11", "k12", "k13", "k15"]
-    assert groups[0]["group_id"] == "k00" and groups[1]["group_size"] == 1
+    assert [g["key"] for g in groups] == ["k10", "k11", "k12", "k03", "k15"]
+    assert [g["sample_id"] for g in groups] == [_sid(params, "00001", k) for k in ("k10", "k11", "k12", "k03", "k15")]
+    assert groups[0]["group_id"] == s00 and groups[1]["group_size"] == 1 and groups[1]["group_id"] == groups[1]["sample_id"]
     drops = layout.read_parquet(params.out.drop_keys_part("00001")).to_pylist()
     assert [d["key"] for d in drops] == ["k10"] and drops[0]["reason"].startswith("near-duplicate of k00")
+    assert drops[0]["sample_id"] == s10
     assert [r["key"] for r in layout.read_parquet(params.out.rejects("00001")).to_pylist()] == ["k14"]

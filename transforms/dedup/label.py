@@ -8,7 +8,7 @@ from apache_beam import pvalue
 from models.dedup import representatives
 from models.dedup.plan import DedupParams
 from models.storage import layout
-from transforms.dedup.read import _keys_of, row_areas
+from transforms.dedup.read import row_areas
 from transforms.dedup.rows import GroupRow, Labelled, Member, PartRow, gid_of, is_new_gid, row_id
 
 
@@ -55,11 +55,11 @@ class AttachMetadataFn(beam.DoFn):
         part_index, members = element
         part = self.params.parts[part_index]
         meta = layout.read_parquet(self.params.folder(part_index).metadata(part))
-        keys = _keys_of(meta, part)
+        ids = self.params.folder(part_index).part_ids(part, meta)
         area = row_areas(meta)
         for m in members:
             gid = int(gid_of(part_index, np.asarray([m.row]))[0])
-            yield m.label, Member(gid, str(keys[m.row]), int(area[m.row]), m.max_cos, m.previous)
+            yield m.label, Member(gid, ids.keys[m.row], ids.sample_ids[m.row], int(area[m.row]), m.max_cos, m.previous)
 
 
 def label_group(element):
@@ -76,7 +76,7 @@ def label_group(element):
     area = np.asarray([m.area for m in members], np.int64)
     is_rep = representatives.choose_representatives(np.zeros(len(members), np.int64), area, np.ones_like(area), keys)
     rep_key = str(keys[is_rep][0])
-    group_id = str(keys[0])  # members sorted by gid: the first member names the group
+    group_id = members[0].sample_id  # members sorted by gid: the first member names the group
     size = len(members)
     yield pvalue.TaggedOutput("sizes", size)
     previous: dict = {}
@@ -90,7 +90,7 @@ def label_group(element):
                                                  "old_group_size": old_size, "new_group_size": size})
     for m, rep in zip(members, is_rep.tolist()):
         rid = row_id(m.gid)
-        yield rid.part, GroupRow(rid.row, m.key, group_id, size, rep, rep_key, m.max_cos, m.previous)
+        yield rid.part, GroupRow(rid.row, m.key, m.sample_id, group_id, size, rep, rep_key, m.max_cos, m.previous)
 
 
 class LabelGroups(beam.PTransform):

@@ -9,6 +9,7 @@ from apache_beam.metrics import Metrics
 
 from models.dedup.plan import DedupParams
 from models.storage import layout, run_chain
+from models.storage.folders.embed import PartIds, exact_hashes
 from transforms.dedup.rows import NAMESPACE, Block, PreviousGroup, Reject, gid_of, split_gid
 
 _ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys
@@ -52,18 +53,12 @@ def row_vectors(params: DedupParams, gids: np.ndarray) -> np.ndarray:
     return out / np.where(norms > 0, norms, 1.0)
 
 
-def _keys_of(meta, part: str) -> np.ndarray:
-    """The part's plain keys by row (clip-retrieval parts without keys: ``PART:ROW``)."""
-    if "key" in meta.column_names:
-        return np.asarray([str(k) for k in meta.column("key").to_pylist()], dtype=object)
-    return np.asarray([f"{part}:{i}" for i in range(meta.num_rows)], dtype=object)
-
-
-def part_keys(params: DedupParams, part_index: int) -> np.ndarray:
-    """The part's keys by row, cached per process."""
+def part_ids(params: DedupParams, part_index: int) -> PartIds:
+    """The part's keys and sample ids by row, cached per process (one metadata read per part and process)."""
+    folder = params.folder(part_index)
     part = params.parts[part_index]
-    path = params.folder(part_index).metadata(part)
-    return _cached(_KEYS, _identity(path), lambda: _keys_of(layout.read_parquet(path, None), part))
+    path = folder.metadata(part)
+    return _cached(_KEYS, _identity(path), lambda: folder.part_ids(part, layout.read_parquet(path)))
 
 
 def column(table, name: str, n: int, fill) -> list:
@@ -92,7 +87,7 @@ def row_areas(meta) -> np.ndarray:
 class ReadPartFn(beam.DoFn):
     """Part index -> Blocks of valid rows (main) and ``(part, Reject)`` rows (tag ``rejects``).
 
-    Rejects: ``non-finite-embedding``, ``zero-embedding``. Memory: one block of
+    Rejects: ``non-finite-embedding``, ``zero-embedding``, ``duplicate-sample-id``. Memory: one block of
     the part at a time (the ``.npy`` is memory-mapped when local). For an old
     part of an incremental run also ``(gid, PreviousGroup)`` (tag
     ``old_state``) for each of its rows in a previous duplicate group, from
@@ -113,70 +108,72 @@ class ReadPartFn(beam.DoFn):
         n = meta.num_rows
         if emb.shape[0] != n:
             raise ValueError(f"{folder.img_emb(part)} has {emb.shape[0]} rows but {folder.metadata(part)} has {n}")
-        keys = _keys_of(meta, part)
-        sha = np.asarray([s or "" for s in column(meta, "sha256", n, "")], dtype=object)
+        ids = p.folder(part_index).part_ids(part, meta)
+        keys = np.asarray(ids.keys, dtype=object)
+        sample_ids = np.asarray(ids.sample_ids, dtype=object)
+        hashes = np.asarray(exact_hashes(meta).values, dtype=object)
         area = row_areas(meta)
+        repeated = _repeated_ids(sample_ids)
         if not p.is_new(part_index):
-            yield from self._old_state(part_index, keys)
+            yield from self._old_state(part_index, sample_ids)
         for start in range(0, n, p.block_rows):
             stop = min(n, start + p.block_rows)
             x = np.asarray(emb[start:stop], dtype=np.float32)
             finite = np.isfinite(x).all(axis=1)
             norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
-            ok = finite & (norms > 1e-6)
+            first = np.asarray([start + r not in repeated for r in range(stop - start)], bool)
+            ok = finite & (norms > 1e-6) & first
             for r in np.flatnonzero(~ok):
-                reason = "non-finite-embedding" if not finite[r] else "zero-embedding"
+                if not first[r]:
+                    reason = f"duplicate-sample-id: same sample id as row {repeated[start + r]}"
+                else:
+                    reason = "non-finite-embedding" if not finite[r] else "zero-embedding"
                 self.rejected.inc()
                 yield pvalue.TaggedOutput("rejects", (part_index, Reject(int(start + r), str(keys[start + r]), reason)))
             rows = np.flatnonzero(ok) + start
             self.read.inc(stop - start)
             if len(rows):
-                yield Block(part_index, gid_of(part_index, rows), keys[rows], sha[rows], area[rows])
+                yield Block(part_index, gid_of(part_index, rows), keys[rows], sample_ids[rows], hashes[rows], area[rows])
 
-    def _old_state(self, part_index: int, keys: np.ndarray):
+    def _old_state(self, part_index: int, sample_ids: np.ndarray):
         p = self.params
         part = p.parts[part_index]
         state = run_chain.load_part_state(p.part_runs[part_index], part).to_pylist()
         row_of: dict = {}
-        for row, key in enumerate(keys.tolist()):
-            row_of.setdefault(key, row)
+        for row, sid in enumerate(sample_ids.tolist()):
+            row_of.setdefault(sid, row)
         for r in state:
             if r["group_size"] <= 1:
                 continue
-            if r["key"] not in row_of:
-                raise ValueError(f"key {r['key']!r} of the previous groups of part {part} is not in "
+            if r["sample_id"] not in row_of:
+                raise ValueError(f"sample {r['sample_id']!r} of the previous groups of part {part} is not in "
                                  f"{p.folder(part_index).metadata(part)}; the part changed since the previous run")
-            gid = int(gid_of(part_index, np.asarray([row_of[r["key"]]]))[0])
+            gid = int(gid_of(part_index, np.asarray([row_of[r["sample_id"]]]))[0])
             yield pvalue.TaggedOutput("old_state", (gid, PreviousGroup(
                 r["group_id"], int(r["group_size"]), bool(r["is_representative"]), r["representative_key"],
                 r["max_cosine"])))
 
 
-def duplicate_keys(element):
-    """(key, [gids]) -> (part, Reject) for every copy but the first."""
-    key, gids = element
-    gids = sorted(gids)
-    parts, rows = split_gid(np.asarray(gids[1:], np.int64))
-    first_part, first_row = split_gid(np.asarray(gids[:1], np.int64))
-    for part, row in zip(parts.tolist(), rows.tolist()):
-        yield part, Reject(row, key, f"duplicate-key: same key as part #{int(first_part[0])} row {int(first_row[0])}")
-
-
-def drop_rejected(block: Block, rejected: list) -> Block | None:
-    """Remove rows rejected elsewhere (duplicate keys) from a block; None when nothing is left."""
-    if not rejected:
-        return block
-    bad = np.asarray([int(gid_of(part, np.asarray([rej.row]))[0]) for part, rej in rejected], np.int64)
-    keep = ~np.isin(block.gids, bad)
-    return block.take(np.flatnonzero(keep)) if keep.any() else None
+def _repeated_ids(sample_ids: np.ndarray) -> dict:
+    """{row: first row with the same sample id} for every repeat inside one part (a part is one shard)."""
+    first: dict = {}
+    repeated = {}
+    for row, sid in enumerate(sample_ids.tolist()):
+        if sid in first:
+            repeated[row] = first[sid]
+        else:
+            first[sid] = row
+    return repeated
 
 
 class ReadParts(beam.PTransform):
     """Part indices -> ``{"blocks", "rejects", "old_state"}``.
 
-    ``blocks``: Blocks of valid rows whose key is the first of its copies;
-    ``rejects``: ``(part, Reject)`` for unusable embeddings and repeated keys;
+    ``blocks``: Blocks of valid rows; ``rejects``: ``(part, Reject)`` for
+    unusable embeddings and sample ids repeated inside a part (decided per
+    part: a sample id names its shard, so it cannot repeat across parts);
     ``old_state``: ``(gid, PreviousGroup)`` of old rows in previous groups.
+    Plain keys may repeat (img2dataset restarts them in every download).
     """
 
     def __init__(self, params: DedupParams):
@@ -186,16 +183,4 @@ class ReadParts(beam.PTransform):
     def expand(self, part_indices):
         read = part_indices | "ReadPartFiles" >> beam.ParDo(ReadPartFn(self.params)).with_outputs(
             "rejects", "old_state", main="blocks")
-        key_rejects = (
-            read.blocks
-            | "KeyIds" >> beam.FlatMap(lambda b: zip(b.keys.tolist(), b.gids.tolist()))
-            | "GroupByKeyName" >> beam.GroupByKey()
-            | "DuplicateKeys" >> beam.FlatMap(duplicate_keys)
-        )
-        blocks = (
-            read.blocks
-            | "DropDuplicateKeys" >> beam.Map(drop_rejected, pvalue.AsList(key_rejects))
-            | "NonEmpty" >> beam.Filter(lambda b: b is not None)
-        )
-        rejects = (read.rejects, key_rejects) | "AllRejects" >> beam.Flatten()
-        return {"blocks": blocks, "rejects": rejects, "old_state": read.old_state}
+        return {"blocks": read.blocks, "rejects": read.rejects, "old_state": read.old_state}

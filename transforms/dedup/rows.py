@@ -47,8 +47,9 @@ def is_new_gid(gid: int, n_old: int) -> bool:
 class Block:
     """Up to ``block_rows`` valid rows of one embedding part.
 
-    gids (n,) int64; keys (n,) str; sha256 (n,) str ('' when unknown); area
-    (n,) int64 width*height. The vectors are not carried: they never enter a
+    gids (n,) int64; keys (n,) str plain keys; sample_ids (n,) str
+    (:mod:`models.storage.ids`, the row's identity); hashes (n,) str exact
+    hashes ``ALGO:HEX`` ('' when unknown); area (n,) int64 pixel area. The vectors are not carried: they never enter a
     Beam shuffle (at 1M x 512 they would be 2 GB per copy); workers read the
     rows they need from the part's ``.npy`` (:func:`transforms.dedup.read.row_vectors`).
     """
@@ -56,11 +57,9 @@ class Block:
     part: int
     gids: np.ndarray
     keys: np.ndarray
-    sha256: np.ndarray
+    sample_ids: np.ndarray
+    hashes: np.ndarray
     area: np.ndarray
-
-    def take(self, idx: np.ndarray) -> "Block":
-        return Block(self.part, self.gids[idx], self.keys[idx], self.sha256[idx], self.area[idx])
 
 
 class Role(str, enum.Enum):
@@ -88,7 +87,7 @@ class Reject(NamedTuple):
 
 
 class PreviousGroup(NamedTuple):
-    """An old row's group fields as the previous run chain left them."""
+    """An old row's group fields as the previous run chain left them (group ids are sample ids)."""
 
     group_id: str
     group_size: int
@@ -97,8 +96,8 @@ class PreviousGroup(NamedTuple):
     max_cosine: float | None
 
     @classmethod
-    def singleton(cls, key: str) -> "PreviousGroup":
-        return cls(key, 1, True, key, None)
+    def singleton(cls, sample_id: str, key: str) -> "PreviousGroup":
+        return cls(sample_id, 1, True, key, None)
 
 
 class Labelled(NamedTuple):
@@ -123,6 +122,7 @@ class Member(NamedTuple):
 
     gid: int
     key: str
+    sample_id: str
     area: int
     max_cos: float
     previous: PreviousGroup | None
@@ -133,6 +133,7 @@ class GroupRow(NamedTuple):
 
     row: int
     key: str
+    sample_id: str
     group_id: str
     group_size: int
     is_representative: bool

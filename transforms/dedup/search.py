@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 from models.dedup import components, nn_similarity, partition, search
 from models.dedup.plan import DedupParams
 from models.storage import layout, schemas
-from transforms.dedup.read import part_keys, row_vectors
+from transforms.dedup.read import part_ids, row_vectors
 from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, is_new_gid, row_id
 
 
@@ -153,14 +153,14 @@ def write_edges(element, params: DedupParams) -> int:
     rows = []
     for e in sorted(edges):
         ra, rb = row_id(e.a), row_id(e.b)
-        rows.append({"key_a": part_keys(params, ra.part)[ra.row], "key_b": part_keys(params, rb.part)[rb.row],
+        rows.append({"key_a": part_ids(params, ra.part).keys[ra.row], "key_b": part_ids(params, rb.part).keys[rb.row],
                      "cosine": e.cosine, "kind": "near"})
     layout.write_parquet(params.out.edges(params.parts[part_index]), schemas.table(rows, schemas.DEDUP_EDGES))
     return len(rows)
 
 
 def exact_groups(element, params: DedupParams):
-    """(sha256, [(gid, key)]) -> (gid, root) for hash groups of 2+, plus their edges file.
+    """(``ALGO:HEX`` hash, [(gid, key)]) -> (gid, root) for hash groups of 2+, plus their edges file.
 
     The edges of a hash group are a star from its first member (cosine 1.0 by
     definition: identical bytes give identical embeddings), so every member
@@ -168,14 +168,15 @@ def exact_groups(element, params: DedupParams):
     groups with a new row count, and only the edges to new rows are written
     (the old ones are in a previous run's files).
     """
-    sha, members = element
+    digest, members = element
     members = sorted(members)
     if len(members) < 2 or not is_new_gid(members[-1][0], params.n_old):
         return
     root, root_key = members[0]
     rows = [{"key_a": root_key, "key_b": key, "cosine": 1.0, "kind": "exact"}
             for gid, key in members[1:] if is_new_gid(gid, params.n_old)]
-    layout.write_parquet(params.out.exact_edges(f"{sha[:16]}_{zlib.crc32(sha.encode()):08x}"),
+    algorithm, _, hexdigest = digest.partition(":")
+    layout.write_parquet(params.out.exact_edges(f"{algorithm}_{hexdigest[:16]}_{zlib.crc32(digest.encode()):08x}"),
                          schemas.table(rows, schemas.DEDUP_EDGES))
     for gid, _ in members:
         yield gid, root
@@ -219,7 +220,7 @@ class AssignAndSearch(beam.PTransform):
         exact = (
             blocks
             | "HashKeys" >> beam.FlatMap(lambda b: [(s, (g, k)) for s, g, k in
-                                                    zip(b.sha256.tolist(), b.gids.tolist(), b.keys.tolist()) if s])
+                                                    zip(b.hashes.tolist(), b.gids.tolist(), b.keys.tolist()) if s])
             | "GroupByHash" >> beam.GroupByKey()
             | "ExactGroups" >> beam.FlatMap(exact_groups, p).with_outputs("max_cos", main="roots")
         )

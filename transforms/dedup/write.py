@@ -9,20 +9,21 @@ from apache_beam.metrics import Metrics
 
 from models.dedup.plan import DedupParams
 from models.storage import layout, run_chain, schemas
-from transforms.dedup.read import part_keys
+from transforms.dedup.read import part_ids
 from transforms.dedup.rows import NAMESPACE, GroupRow, PreviousGroup
 
 
-def drop_row(key: str, group_id: str, rep_key: str, max_cos: float) -> dict:
+def drop_row(row: GroupRow) -> dict:
     """The DROP_KEYS row of a non-representative."""
-    kind = "duplicate" if max_cos >= 1.0 - 1e-6 else "near-duplicate"
-    return {"key": key, "group_id": group_id, "representative_key": rep_key,
-            "reason": f"{kind} of {rep_key} (cosine {max_cos:.4f})"}
+    kind = "duplicate" if row.max_cos >= 1.0 - 1e-6 else "near-duplicate"
+    return {"key": row.key, "sample_id": row.sample_id, "group_id": row.group_id,
+            "representative_key": row.representative_key,
+            "reason": f"{kind} of {row.representative_key} (cosine {row.max_cos:.4f})"}
 
 
 def group_record(row: GroupRow, part: str) -> dict:
     """The DEDUP_GROUPS row of a member of a duplicate group."""
-    return {"key": row.key, "group_id": row.group_id, "group_size": row.group_size,
+    return {"key": row.key, "sample_id": row.sample_id, "group_id": row.group_id, "group_size": row.group_size,
             "is_representative": row.is_representative, "representative_key": row.representative_key,
             "max_cosine": row.max_cos, "part": part}
 
@@ -42,25 +43,26 @@ class WritePartFn(beam.DoFn):
         part_index, inputs = element
         p = self.params
         part = p.parts[part_index]
-        keys = part_keys(p, part_index)
-        n = len(keys)
+        ids = part_ids(p, part_index)
+        n = len(ids.keys)
         dups = {r.row: r for r in inputs["rows"]}
         rejected = {r.row: r for r in inputs["rejects"]}
         groups, drops = [], []
         for row in range(n):
-            key = str(keys[row])
             if row in rejected:
                 continue
             if row in dups:
                 dup = dups[row]
                 groups.append(group_record(dup, part))
                 if not dup.is_representative:
-                    drops.append(drop_row(key, dup.group_id, dup.representative_key, dup.max_cos))
+                    drops.append(drop_row(dup))
             else:
-                groups.append({"key": key, "group_id": key, "group_size": 1, "is_representative": True,
-                               "representative_key": key, "max_cosine": None, "part": part})
-        rejects = [{"key": r.key, "shard": part, "url": None, "reason": r.reason, "stage": "dedup"}
-                   for r in sorted(rejected.values())]
+                key, sid = ids.keys[row], ids.sample_ids[row]
+                groups.append({"key": key, "sample_id": sid, "group_id": sid, "group_size": 1,
+                               "is_representative": True, "representative_key": key, "max_cosine": None,
+                               "part": part})
+        rejects = [{"key": r.key, "sample_id": ids.sample_ids[r.row], "shard": part, "url": None, "reason": r.reason,
+                    "stage": "dedup"} for r in sorted(rejected.values())]
         layout.write_parquet(p.out.groups(part), schemas.table(groups, schemas.DEDUP_GROUPS))
         layout.write_parquet(p.out.drop_keys_part(part), schemas.table(drops, schemas.DROP_KEYS))
         layout.write_parquet(p.out.rejects(part), schemas.table(rejects, schemas.REJECTS))
@@ -73,7 +75,7 @@ class WriteChangedFn(beam.DoFn):
 
     A row is written when any of group_id, group_size, is_representative,
     representative_key or max_cosine (as float32) differs from its previous
-    value (a previous singleton: its own key, 1, True, its own key, null),
+    value (a previous singleton: its own sample id, 1, True, its own key, null),
     with the previous values alongside (:data:`models.storage.run_chain.CHANGED_GROUPS`).
     Old representatives that lost their place are written to
     ``drop_keys.parquet/demoted-{part}.parquet``. Yields a stats Counter
@@ -91,8 +93,8 @@ class WriteChangedFn(beam.DoFn):
         part = p.parts[part_index]
         changed, drops = [], []
         for row in sorted(rows, key=lambda r: r.row):
-            prev = row.previous if row.previous is not None else PreviousGroup.singleton(row.key)
-            before = GroupRow(row.row, row.key, prev.group_id, prev.group_size, prev.is_representative,
+            prev = row.previous if row.previous is not None else PreviousGroup.singleton(row.sample_id, row.key)
+            before = GroupRow(row.row, row.key, row.sample_id, prev.group_id, prev.group_size, prev.is_representative,
                               prev.representative_key, prev.max_cosine, None)
             if row.fields() == before.fields():
                 continue
@@ -101,7 +103,7 @@ class WriteChangedFn(beam.DoFn):
                 "previous_is_representative": prev.is_representative,
                 "previous_representative_key": prev.representative_key, "previous_max_cosine": prev.max_cosine})
             if prev.is_representative and not row.is_representative:
-                drops.append(drop_row(row.key, row.group_id, row.representative_key, row.max_cos))
+                drops.append(drop_row(row))
         if changed:
             layout.write_parquet(p.out.changed(part), schemas.table(changed, run_chain.CHANGED_GROUPS))
             yield pvalue.TaggedOutput("parts", part)
