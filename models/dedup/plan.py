@@ -21,7 +21,9 @@ class DedupParams:
 
     ``parts[i]`` is read from ``folders[i]`` (``embeddings`` when ``folders``
     is empty). Incremental runs: parts ``[0, n_old)`` come from the previous
-    chain, ``part_runs[i]`` lists the runs holding old part i's group state
+    chain, ``slots[i]`` names old part i in the chain (its ``changed/`` file;
+    the part name unless names collide, :mod:`models.storage.run_chain`),
+    ``part_runs[i]`` lists the runs holding its group state
     (:func:`models.storage.run_chain.part_runs`), and ``centroids_path`` holds
     the frozen (K, D) centroids.
     """
@@ -43,12 +45,15 @@ class DedupParams:
     part_runs: tuple[tuple[str, ...], ...] = ()
     centroids_path: str | None = None
     nn_rate: float = 0.0  # fraction of new rows whose nearest-neighbour cosine goes into nn_similarity.json
+    slots: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.folders and len(self.folders) != len(self.parts):
             raise ValueError(f"{len(self.folders)} folders for {len(self.parts)} parts")
         if not 0 <= self.n_old <= len(self.parts) or len(self.part_runs) != self.n_old:
             raise ValueError(f"n_old {self.n_old} and {len(self.part_runs)} part_runs for {len(self.parts)} parts")
+        if self.slots and len(self.slots) != self.n_old:
+            raise ValueError(f"{len(self.slots)} slots for {self.n_old} old parts")
         if self.n_old and self.centroids_path is None:
             raise ValueError("an incremental run (n_old > 0) needs the previous run's centroids_path")
 
@@ -65,6 +70,10 @@ class DedupParams:
 
     def is_new(self, part_index: int) -> bool:
         return part_index >= self.n_old
+
+    def slot(self, part_index: int) -> str:
+        """The chain slot of an old part (its name when no other part of the chain shares it)."""
+        return self.slots[part_index] if self.slots else self.parts[part_index]
 
     @property
     def new_parts(self) -> tuple[str, ...]:
@@ -111,13 +120,15 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
     """(params, previous chain) of an increment of ``cfg.previous``.
 
     Part order: the chain's parts (oldest run first, each run's parts in its
-    order), then the new parts of ``--embeddings`` in folder order.
+    order), then the new parts of ``--embeddings`` in folder order. A part of
+    ``--embeddings`` is old when the chain introduced the same part of the same
+    folder (:func:`models.storage.run_chain.part_locations`); a part of another
+    folder is new whatever its name.
 
     Raises:
       ValueError: ``--output`` is a run of the chain; PREV lacks ``centroids.npy``;
-        an old part is missing or changed its row count; a part of
-        ``--embeddings`` with an id already in the chain has other rows than
-        the chain's part; a new part's dimension differs from the chain's.
+        an old part is missing or changed (rows, or content where the chain
+        recorded it); a new part's dimension differs from the chain's.
     """
     chain = run_chain.read_chain(cfg.previous)
     last = chain[-1]
@@ -133,20 +144,21 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         if shape[0] != loc.rows or shape[1:] != (last.dim,):
             raise ValueError(f"part {loc.part} of {loc.embeddings} has shape {shape}, but the chain of "
                              f"{cfg.previous} recorded ({loc.rows}, {last.dim}); old parts must not change")
+        if loc.content is not None and loc.content != run_chain.part_identity(loc.embeddings, loc.part):
+            raise ValueError(f"part {loc.part} of {loc.embeddings} changed since {loc.run} deduplicated it (content "
+                             f"{loc.content} -> {run_chain.part_identity(loc.embeddings, loc.part)}); old parts must "
+                             f"not change (run dedup from scratch)")
     folder = layout.EmbeddingFolder(cfg.embeddings)
     emb = run_chain.normalize_path(cfg.embeddings)
+    seen = {(run_chain.normalize_path(loc.embeddings), loc.part) for loc in locations.values()}
     new, rows = [], []
     for part in folder.parts():
         shape = _shape(folder, part)
         if len(shape) != 2 or shape[1] != last.dim:
             raise ValueError(f"{folder.img_emb(part)} has shape {shape}; the chain of {cfg.previous} has dim {last.dim}")
-        loc = locations.get(part)
-        if loc is None:
+        if (emb, part) not in seen:
             new.append(part)
             rows.append(shape[0])
-        elif run_chain.normalize_path(loc.embeddings) != emb and shape[0] != loc.rows:
-            raise ValueError(f"part {part} of {cfg.embeddings} has {shape[0]} rows but the chain's part {part} "
-                             f"(from {loc.embeddings}) has {loc.rows}; part ids must be unique across a run chain")
     old = sorted(locations.values(), key=lambda loc: loc.index)
     params = DedupParams(
         embeddings=cfg.embeddings, output=cfg.output, parts=tuple([loc.part for loc in old] + new), dim=last.dim,
@@ -154,6 +166,7 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         block_rows=cfg.block_rows, n_rows=sum(loc.rows for loc in old) + sum(rows),
         folders=tuple([loc.embeddings for loc in old] + [cfg.embeddings] * len(new)),
         n_old=len(old), part_runs=tuple(loc.runs for loc in old), centroids_path=centroids,
+        slots=tuple(loc.slot for loc in old),
         nn_rate=_rate(cfg.nn_sample, sum(rows)))
     return params, chain
 

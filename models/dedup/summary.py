@@ -83,16 +83,18 @@ def summarize(stats: dict, sizes: list, params: DedupParams, cfg, seconds: float
 
 
 def chain_entry(params: DedupParams, cfg, k: int, changed_parts: list) -> run_chain.ChainEntry:
-    """This run's entry of the run chain: the parts it introduced (with row counts) and the old parts it changed."""
+    """This run's entry of the run chain: the parts it introduced (row counts, content identities) and the
+    slots of the old parts it changed."""
     folder = layout.EmbeddingFolder(cfg.embeddings)
     rows = [int(layout.read_npy(folder.img_emb(part)).shape[0]) for part in params.new_parts]
-    order = {part: i for i, part in enumerate(params.parts)}
+    order = {params.slot(i): i for i in range(params.n_old)}
     return run_chain.ChainEntry(
         run=run_chain.normalize_path(cfg.output), embeddings=run_chain.normalize_path(cfg.embeddings),
         parts=tuple(params.new_parts), rows=tuple(rows), threshold=cfg.threshold, seed=cfg.seed,
         max_spill=cfg.max_spill, k=int(k), dim=params.dim,
         changed_parts=tuple(sorted(changed_parts, key=order.__getitem__)),
-        previous=run_chain.normalize_path(cfg.previous) if cfg.previous else None)
+        previous=run_chain.normalize_path(cfg.previous) if cfg.previous else None,
+        contents=tuple(run_chain.part_identity(cfg.embeddings, part) for part in params.new_parts))
 
 
 def commit_run(results: RunResults, params: DedupParams, cfg, previous_summary: dict | None,

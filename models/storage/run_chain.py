@@ -26,10 +26,20 @@ and the old representatives it demoted).
 
 Paths recorded in manifests are absolute for local folders (URLs stay as
 given), so a chain can be read from any working directory.
+
+A part of a chain is identified by its source (embedding folder URL + part
+name) and its content (:func:`part_identity`), never by its name alone:
+img2dataset numbers shards from 00000 in every download, so a second folder
+whose parts are named like the first one's is new data. Inside a chain each
+part has a *slot*, the name its ``changed/`` files and ``changed_parts``
+use: the part name the first time a name is introduced, ``NAME@runE`` (E =
+the introducing run's position in the chain) when an earlier run already
+introduced that name from another folder.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
@@ -89,21 +99,26 @@ class ChainEntry:
     dim: int
     changed_parts: tuple[str, ...] = ()
     previous: str | None = None
+    contents: tuple[str, ...] = ()  # per part, :func:`part_identity` (empty in manifests made before it existed)
 
     def __post_init__(self):
         if len(self.parts) != len(self.rows):
             raise ValueError(f"chain entry {self.run}: {len(self.parts)} parts but {len(self.rows)} row counts")
+        if self.contents and len(self.contents) != len(self.parts):
+            raise ValueError(f"chain entry {self.run}: {len(self.parts)} parts but {len(self.contents)} contents")
 
     def to_json(self) -> dict:
         return {"run": self.run, "embeddings": self.embeddings, "parts": list(self.parts), "rows": list(self.rows),
                 "threshold": self.threshold, "seed": self.seed, "max_spill": self.max_spill, "k": self.k,
-                "dim": self.dim, "changed_parts": list(self.changed_parts), "previous": self.previous}
+                "dim": self.dim, "changed_parts": list(self.changed_parts), "previous": self.previous,
+                "contents": list(self.contents)}
 
     @classmethod
     def from_json(cls, d: dict) -> "ChainEntry":
         return cls(run=d["run"], embeddings=d["embeddings"], parts=tuple(d["parts"]), rows=tuple(int(r) for r in d["rows"]),
                    threshold=float(d["threshold"]), seed=int(d["seed"]), max_spill=int(d["max_spill"]), k=int(d["k"]),
-                   dim=int(d["dim"]), changed_parts=tuple(d.get("changed_parts", ())), previous=d.get("previous"))
+                   dim=int(d["dim"]), changed_parts=tuple(d.get("changed_parts", ())), previous=d.get("previous"),
+                   contents=tuple(d.get("contents") or ()))
 
 
 def read_chain(run_dir: str) -> list[ChainEntry]:
@@ -136,9 +151,41 @@ def write_manifest(run_dir: str, chain: list[ChainEntry], **extra) -> None:
     layout.write_json(DedupFolder(run_dir).manifest, {"chain": [e.to_json() for e in chain], **extra})
 
 
+def part_identity(embeddings: str, part: str) -> str:
+    """Content identity of one embedding part: the byte sizes of its metadata and image-embedding files.
+
+    Two ``info`` calls, no read. A part rewritten with other rows changes at least one size (parquet and
+    ``.npy`` sizes follow the row count and the data).
+    """
+    folder = layout.EmbeddingFolder(embeddings)
+    sizes = []
+    for path in (folder.metadata(part), folder.img_emb(part)):
+        fs, stripped = layout._fs(path)
+        sizes.append(str(fs.size(stripped)))
+    return ":".join(sizes)
+
+
+_SLOT = re.compile(r"(.+)@run(\d+)")
+
+
+def slot_part(slot: str) -> str:
+    """The part name of a slot (``NAME`` or ``NAME@runE`` -> ``NAME``)."""
+    m = _SLOT.fullmatch(slot)
+    return m.group(1) if m else slot
+
+
+def new_slot(part: str, taken, entry_index: int) -> str:
+    """The slot of ``part`` introduced by run ``entry_index`` of a chain whose slots are ``taken``."""
+    return part if part not in taken else f"{part}@run{entry_index}"
+
+
 @dataclass(frozen=True)
 class PartLocation:
-    """Where one part of a chain lives: its embedding folder, rows, position in gid order, introducing run."""
+    """Where one part of a chain lives: its embedding folder, rows, position in gid order, introducing run.
+
+    ``slot`` names the part inside the chain (``changed/changed_{slot}.parquet``); ``content`` is its
+    :func:`part_identity` when the manifest recorded one.
+    """
 
     part: str
     embeddings: str
@@ -146,32 +193,39 @@ class PartLocation:
     index: int
     run: str
     runs: tuple[str, ...] = field(default=())  # introducing run, then runs that changed some of its rows
+    slot: str = ""
+    content: str | None = None
 
 
 def part_locations(chain: list[ChainEntry]) -> dict[str, PartLocation]:
-    """Part id -> :class:`PartLocation`, in chain (gid) order.
+    """Slot -> :class:`PartLocation`, in chain (gid) order (the slot is the part name unless names collide).
 
     Raises:
-      ValueError: a part id introduced twice (output files are named by part id).
+      ValueError: a run introduces the same part of the same folder as an earlier run, or changes a slot no
+        earlier run introduced.
     """
     out: dict[str, PartLocation] = {}
-    for entry in chain:
-        for part, rows in zip(entry.parts, entry.rows):
-            if part in out:
-                raise ValueError(f"part {part!r} is introduced by both {out[part].run} and {entry.run}; part ids "
-                                 f"must be unique across a run chain")
-            out[part] = PartLocation(part, entry.embeddings, rows, len(out), entry.run, (entry.run,))
-        for part in entry.changed_parts:
-            if part not in out:
-                raise ValueError(f"{entry.run} changed rows of part {part!r}, which no earlier run introduced")
-            loc = out[part]
-            out[part] = PartLocation(loc.part, loc.embeddings, loc.rows, loc.index, loc.run, loc.runs + (entry.run,))
+    sources: dict[tuple[str, str], str] = {}
+    for e_index, entry in enumerate(chain):
+        contents = entry.contents or (None,) * len(entry.parts)
+        for part, rows, content in zip(entry.parts, entry.rows, contents):
+            source = (normalize_path(entry.embeddings), part)
+            if source in sources:
+                raise ValueError(f"part {part!r} of {entry.embeddings} is introduced by both "
+                                 f"{out[sources[source]].run} and {entry.run}")
+            slot = new_slot(part, out, e_index)
+            sources[source] = slot
+            out[slot] = PartLocation(part, entry.embeddings, rows, len(out), entry.run, (entry.run,), slot, content)
+        for slot in entry.changed_parts:
+            if slot not in out:
+                raise ValueError(f"{entry.run} changed rows of part {slot!r}, which no earlier run introduced")
+            out[slot] = replace(out[slot], runs=out[slot].runs + (entry.run,))
     return out
 
 
 def part_runs(chain: list[ChainEntry]) -> dict[str, tuple[str, ...]]:
-    """Part id -> the runs holding its rows: the introducing run, then every run that changed some of them."""
-    return {part: loc.runs for part, loc in part_locations(chain).items()}
+    """Slot -> the runs holding its rows: the introducing run, then every run that changed some of them."""
+    return {slot: loc.runs for slot, loc in part_locations(chain).items()}
 
 
 def _overlay(state: pa.Table, changed: pa.Table) -> pa.Table:
@@ -188,12 +242,13 @@ def _read(path: str, schema: pa.Schema, columns: list[str]) -> pa.Table:
     return layout.read_parquet(path, columns).select(columns).cast(pa.schema([schema.field(c) for c in columns]))
 
 
-def load_part_state(runs: tuple[str, ...] | list[str], part: str, columns: list[str] | None = None) -> pa.Table:
+def load_part_state(runs: tuple[str, ...] | list[str], slot: str, columns: list[str] | None = None) -> pa.Table:
     """The current group rows of one part: ``runs[0]``'s ``groups/groups_{part}.parquet`` overlaid by sample id
     with each later run's ``changed/changed_{part}.parquet``, in order.
 
     Args:
       runs: from :func:`part_runs` (introducing run first).
+      slot: the part's slot in the chain (its name unless names collide, see the module docstring).
       columns: subset of :data:`STATE_COLUMNS` (``key`` and ``sample_id`` are always read).
 
     Returns:
@@ -208,9 +263,9 @@ def load_part_state(runs: tuple[str, ...] | list[str], part: str, columns: list[
     """
     columns = list(columns or STATE_COLUMNS)
     columns = [c for c in ("key", "sample_id") if c not in columns] + columns
-    state = _read(DedupFolder(runs[0]).groups(part), schemas.DEDUP_GROUPS, columns)
+    state = _read(DedupFolder(runs[0]).groups(slot_part(slot)), schemas.DEDUP_GROUPS, columns)
     for run in runs[1:]:
-        state = _overlay(state, _read(DedupFolder(run).changed(part), CHANGED_GROUPS, columns))
+        state = _overlay(state, _read(DedupFolder(run).changed(slot), CHANGED_GROUPS, columns))
     return state
 
 
@@ -228,13 +283,10 @@ def load_group_state(dedup_dir: str) -> pa.Table:
     Cost: O(rows of the chain) read and memory (a tool for tests, reports and
     audits; the pipelines read one part at a time with :func:`load_part_state`).
     """
-    chain = read_chain(dedup_dir)
-    locations = part_locations(chain)
     tables = []
-    for entry in chain:
-        for part in entry.parts:
-            t = load_part_state(locations[part].runs, part)
-            tables.append(t.append_column("embeddings", pa.array([entry.embeddings] * t.num_rows, pa.string())))
+    for slot, loc in part_locations(read_chain(dedup_dir)).items():  # chain (gid) order
+        t = load_part_state(loc.runs, slot)
+        tables.append(t.append_column("embeddings", pa.array([loc.embeddings] * t.num_rows, pa.string())))
     if not tables:
         schema = pa.schema([schemas.DEDUP_GROUPS.field(c) for c in STATE_COLUMNS] + [("embeddings", pa.string())])
         return schemas.table([], schema)

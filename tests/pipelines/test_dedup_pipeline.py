@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from models.storage import ids, layout
+from models.storage import ids, layout, run_chain
 from pipelines import dedup
 
 T = 0.95
@@ -284,3 +284,41 @@ def test_representative_is_the_largest_original_image(tmp_path):
     rows = {r["key"]: r for r in pq.read_table(os.path.join(out, "groups")).to_pylist()}
     assert {k: rows[k]["representative_key"] for k in "abcde"} == {"a": "b", "b": "b", "c": "b", "d": "e", "e": "e"}
     # d has no original size: its resized 256x256 (65536) loses to e's original 300x300 (90000)
+
+
+def test_increment_with_a_new_folder_whose_parts_are_named_like_the_chains(tmp_path):
+    """img2dataset numbers shards from 00000 in every download: B's parts share A's names and row counts, yet are
+    new data (a part is its folder + name + content, never its name alone)."""
+    a = planted_folder(tmp_path / "A", n_parts=2, rows_per_part=200, seed=0)
+    planted_folder(tmp_path / "B", n_parts=2, rows_per_part=200, seed=1)
+    folder_b = layout.EmbeddingFolder(str(tmp_path / "B"))
+    for part in ("00000", "00001"):  # other bytes than A's rows (the fixture numbers hashes by row)
+        meta = pq.read_table(folder_b.metadata(part))
+        sha = pa.array([f"b{h}" for h in meta.column("sha256").to_pylist()])
+        pq.write_table(meta.set_column(meta.schema.get_field_index("sha256"), "sha256", sha), folder_b.metadata(part))
+    x = np.asarray(layout.read_npy(folder_b.img_emb("00001"), mmap=False))
+    x[7] = a["x"][5].astype(np.float16)  # a copy across the chain: B 00001 row 7 == A 00000 row 5
+    layout.write_npy(folder_b.img_emb("00001"), x)
+    dd_a, dd_b = str(tmp_path / "ddA"), str(tmp_path / "ddB")
+    first = dedup.run(["--embeddings", str(tmp_path / "A"), "--output", dd_a, "--partitions", "3", "--max-spill", "2"])
+    inc = dedup.run(["--embeddings", folder_b.root, "--output", dd_b, "--previous", dd_a])
+    assert inc["increment"]["new_parts"] == 2 and inc["increment"]["rows"] == 400
+    assert inc["rows"] == first["rows"] + 400
+    chain = run_chain.read_chain(dd_b)
+    assert [e.parts for e in chain] == [("00000", "00001"), ("00000", "00001")]
+    slots = run_chain.part_locations(chain)
+    assert list(slots) == ["00000", "00001", "00000@run1", "00001@run1"]
+    state = {r["sample_id"]: r for r in run_chain.load_group_state(dd_b).to_pylist()}
+    assert len(state) == inc["rows_grouped"]
+    copy = ids.sample_id(ids.absolute_url(folder_b.metadata("00001")), a["keys"][200 + 7])
+    assert state[copy]["group_id"] == a["sids"][5] and state[a["sids"][5]]["group_size"] == 2
+    assert sum(r["group_size"] > 1 for r in state.values()) == inc["rows_in_duplicate_groups"]
+    # the same folder again: nothing new
+    again = dedup.run(["--embeddings", folder_b.root, "--output", str(tmp_path / "ddB2"), "--previous", dd_b])
+    assert again["increment"]["new_parts"] == 0 and again["rows"] == inc["rows"]
+    # a part of the chain rewritten in place is an error, not a silent skip
+    meta = pq.read_table(folder_b.metadata("00000"))
+    pq.write_table(meta.set_column(0, "key", pa.array([f"x{k}" for k in meta.column("key").to_pylist()])),
+                   folder_b.metadata("00000"))
+    with pytest.raises(ValueError, match="changed since"):
+        dedup.run(["--embeddings", folder_b.root, "--output", str(tmp_path / "ddB3"), "--previous", dd_b])

@@ -138,7 +138,7 @@ class ReadPartFn(beam.DoFn):
     def _old_state(self, part_index: int, sample_ids: np.ndarray):
         p = self.params
         part = p.parts[part_index]
-        state = run_chain.load_part_state(p.part_runs[part_index], part).to_pylist()
+        state = run_chain.load_part_state(p.part_runs[part_index], p.slot(part_index)).to_pylist()
         row_of: dict = {}
         for row, sid in enumerate(sample_ids.tolist()):
             row_of.setdefault(sid, row)

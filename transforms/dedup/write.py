@@ -71,16 +71,17 @@ class WritePartFn(beam.DoFn):
 
 
 class WriteChangedFn(beam.DoFn):
-    """Incremental runs: (old part, [GroupRow]) -> ``changed/changed_{part}.parquet`` and the part's new drops.
+    """Incremental runs: (old part, [GroupRow]) -> ``changed/changed_{slot}.parquet`` and the part's new drops.
 
     A row is written when any of group_id, group_size, is_representative,
     representative_key or max_cosine (as float32) differs from its previous
     value (a previous singleton: its own sample id, 1, True, its own key, null),
     with the previous values alongside (:data:`models.storage.run_chain.CHANGED_GROUPS`).
     Old representatives that lost their place are written to
-    ``drop_keys.parquet/demoted-{part}.parquet``. Yields a stats Counter
-    (``changed_rows``, ``demoted``, ``dropped``), and the part id when it
-    wrote a changed file (tag ``parts``).
+    ``drop_keys.parquet/demoted-{slot}.parquet``. Yields a stats Counter
+    (``changed_rows``, ``demoted``, ``dropped``), and the part's chain slot
+    when it wrote a changed file (tag ``parts``). ``slot``: the part's name
+    unless another part of the chain shares it (:mod:`models.storage.run_chain`).
     """
 
     def __init__(self, params: DedupParams):
@@ -90,7 +91,7 @@ class WriteChangedFn(beam.DoFn):
     def process(self, element):
         part_index, rows = element
         p = self.params
-        part = p.parts[part_index]
+        part, slot = p.parts[part_index], p.slot(part_index)
         changed, drops = [], []
         for row in sorted(rows, key=lambda r: r.row):
             prev = row.previous if row.previous is not None else PreviousGroup.singleton(row.sample_id, row.key)
@@ -105,10 +106,10 @@ class WriteChangedFn(beam.DoFn):
             if prev.is_representative and not row.is_representative:
                 drops.append(drop_row(row))
         if changed:
-            layout.write_parquet(p.out.changed(part), schemas.table(changed, run_chain.CHANGED_GROUPS))
-            yield pvalue.TaggedOutput("parts", part)
+            layout.write_parquet(p.out.changed(slot), schemas.table(changed, run_chain.CHANGED_GROUPS))
+            yield pvalue.TaggedOutput("parts", slot)
         if drops:
-            layout.write_parquet(p.out.demoted(part), schemas.table(drops, schemas.DROP_KEYS))
+            layout.write_parquet(p.out.demoted(slot), schemas.table(drops, schemas.DROP_KEYS))
         self.changed.inc(len(changed))
         yield Counter({"changed_rows": len(changed), "demoted": len(drops), "dropped": len(drops)})
 
