@@ -51,6 +51,9 @@ class ScoreStageConfig:
     t_small: int = _opt(_SCORE.t_small, "timestep of the p-Laplace statistic")
     n_dirs: int = _opt(_SCORE.n_dirs, "noise directions per sample")
     wen_n: int = _opt(_SCORE.wen_n, "generations per prompt (Wen)")
+    jeon_n: int = _opt(_SCORE.jeon_n, "draws of x_T per prompt (Jeon)")
+    guidance_scale: float = _opt(_SCORE.guidance_scale, "classifier-free guidance scale of the p-Laplace generations "
+                                                        "(conditional targets)")
     fpr: float = _opt(_SCORE.fpr, "decision threshold = this upper quantile of reference items")
     seed: int = _opt(_SCORE.seed, "root seed of every random draw")
     side_k: int = _opt(20, "SIDE k-means clusters K")
@@ -61,6 +64,9 @@ class ScoreStageConfig:
     side_prompts: int = _opt(0, "conditional targets: also run SIDE conditioned on each of the top N flagged prompts")
 
     def __post_init__(self):
+        from models.score.conditioning import parse_target_spec
+
+        parse_target_spec(self.target)  # an unknown form is an error listing every accepted one
         object.__setattr__(self, "checks", tuple(c.value for c in Check.parse(self.checks)))
         for name in ("n_reference", "max_prompts", "side_k", "side_n_syn", "side_n_g"):
             if getattr(self, name) < 1:
@@ -74,7 +80,8 @@ class ScoreStageConfig:
     @property
     def score(self) -> ScoreConfig:
         return ScoreConfig(n_samples=self.n_samples, steps=self.steps, t_small=self.t_small, n_dirs=self.n_dirs,
-                           wen_n=self.wen_n, fpr=self.fpr, seed=self.seed)
+                           wen_n=self.wen_n, jeon_n=self.jeon_n, guidance_scale=self.guidance_scale, fpr=self.fpr,
+                           seed=self.seed)
 
     @property
     def side(self):
@@ -101,32 +108,87 @@ def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
     return ScoreStageConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreStageConfig)})
 
 
-def score_items(cfg: ScoreStageConfig, train) -> tuple[list[ScoreItem], int]:
-    """The items to score (flagged prompts, then reference prompts) and the number of flagged ones."""
-    from models.score.inputs import default_reference, load_flagged, read_reference_file
+def score_items(cfg: ScoreStageConfig, ctx) -> tuple[list[ScoreItem], int]:
+    """The items to score (flagged first) and the number of flagged ones.
+
+    Conditional targets: one item per flagged prompt (checked at its groups'
+    training images too); reference prompts from ``--reference``, else captions
+    of ordinary training rows (each checked at its own image); with a
+    ``--reference`` file, ordinary training images are added as image-only
+    reference items. Targets no prompt conditions: one item per flagged
+    duplicate group and ordinary training images as the reference.
+
+    Raises:
+        ValueError: no flagged prompt; no reference items (with how to give them); an unconditional target
+        without ``--train``/``--groups`` or flagged prompts that name no group.
+    """
+    from models.score.inputs import load_flagged, read_reference_file
 
     flagged = load_flagged(cfg.flagged, cfg.max_prompts)
-    if cfg.reference:
-        reference = read_reference_file(cfg.reference)
+    if not flagged:
+        raise ValueError(f"--flagged {cfg.flagged} holds no prompt: nothing to score (mine flagged nothing, "
+                         "or the file has no non-empty 'prompt' column)")
+    train = ctx.train
+    ordinary = train.sample_singletons(cfg.n_reference, cfg.seed, {f.prompt for f in flagged}) if train else []
+    if ctx.conditioner.conditional:
+        def keys(groups):
+            return tuple(k for g in groups for k in train.group_keys(g)) if train else ()
+
+        items = [ScoreItem(Role.FLAGGED.value, f.prompt, f.group_ids, keys(f.group_ids)) for f in flagged]
+        if cfg.reference:
+            items += [ScoreItem(Role.REFERENCE.value, q) for q in read_reference_file(cfg.reference)[: cfg.n_reference]]
+            items += [ScoreItem(Role.REFERENCE.value, c, (), (k,), image_only=True) for k, c in ordinary]
+        else:
+            items += [ScoreItem(Role.REFERENCE.value, c, (), (k,)) for k, c in ordinary if c]
     else:
-        reference = default_reference(train, {f.prompt for f in flagged}, cfg.n_reference, cfg.seed)
-    items = [ScoreItem(Role.FLAGGED.value, f.prompt, f.group_ids) for f in flagged]
-    items += [ScoreItem(Role.REFERENCE.value, q) for q in reference[: cfg.n_reference]]
-    return items, len(flagged)
+        if train is None or not train.grouped:
+            raise ValueError(f"{cfg.target} takes no prompt: its memorization is scored per duplicate group, at the "
+                             "group's training images and by SIDE extractions; pass --train EMB and --groups DEDUP")
+        groups = list(dict.fromkeys(g for f in flagged for g in f.group_ids if train.group_keys(g)))
+        if not groups:
+            raise ValueError(f"{cfg.target} takes no prompt and no flagged prompt names a duplicate group of --groups "
+                             f"{cfg.groups}: nothing to score per group")
+        first = {}
+        for f in flagged:
+            for g in f.group_ids:
+                first.setdefault(g, f.prompt)
+        items = [ScoreItem(Role.FLAGGED.value, first[g], (g,), train.group_keys(g)) for g in groups]
+        items += [ScoreItem(Role.REFERENCE.value, c, (), (k,)) for k, c in ordinary]
+    n_flagged = sum(1 for i in items if i.role == Role.FLAGGED.value)
+    if n_flagged == len(items):
+        raise ValueError("no reference items to calibrate the thresholds on: pass --reference FILE (ordinary "
+                         "prompts) or --train EMB (ordinary training rows are the reference)")
+    return items, n_flagged
 
 
 def build(p, cfg: ScoreStageConfig, items: list[ScoreItem], side_prompts: list[str], handle) -> None:
-    """Wire the stage: items -> ScorePrompts; one request -> ExtractWithSide (both on ``handle``'s context)."""
+    """Wire the stage: items -> ScoreItems, one request -> ExtractWithSide, all rows -> CalibrateAndWrite
+    (the item and SIDE steps on ``handle``'s context)."""
     import apache_beam as beam
 
-    from transforms.score import ExtractWithSide, ScorePrompts
+    from models.storage.folders.score import ScoreFolder
+    from transforms.score import CalibrateAndWrite, ExtractWithSide, ScoreItems, SideRequest
 
-    p | "ListItems" >> beam.Create(items) | "ScorePrompts" >> ScorePrompts(cfg, handle)
+    rows = p | "ListItems" >> beam.Create(items) | "ScoreItems" >> ScoreItems(cfg, handle)
     if Check.SIDE in cfg.checks:
-        p | "SideRequest" >> beam.Create([tuple(side_prompts)]) | "ExtractWithSide" >> ExtractWithSide(cfg, handle)
+        request = SideRequest(tuple(side_prompts), tuple(i for i in items if i.keys))
+        side = p | "SideRequest" >> beam.Create([request]) | "ExtractWithSide" >> ExtractWithSide(cfg, handle)
+        rows = (rows, side) | "AllRows" >> beam.Flatten()
+    rows | "CalibrateAndWrite" >> CalibrateAndWrite(cfg.fpr, ScoreFolder(cfg.output).prompt_scores)
 
 
-def summarize(cfg: ScoreStageConfig, n_flagged: int, n_reference: int, seconds: float) -> dict:
+def skipped_checks(cfg: ScoreStageConfig, conditional: bool) -> dict:
+    """{check: reason} for requested checks the target cannot take."""
+    if conditional:
+        return {}
+    reason = "the target takes no prompt: the check compares conditional and null predictions"
+    out = {c: reason for c in (Check.WEN.value, Check.JEON.value) if c in cfg.checks}
+    if Check.PLAPLACE in cfg.checks:
+        out["plaplace (generated samples)"] = "the target takes no prompt: scored per group at its training images"
+    return out
+
+
+def summarize(cfg: ScoreStageConfig, items: list[ScoreItem], seconds: float, skipped: dict) -> dict:
     """The stage summary from the files it wrote."""
     from models.storage import layout
     from models.storage.folders.score import ScoreFolder
@@ -134,15 +196,21 @@ def summarize(cfg: ScoreStageConfig, n_flagged: int, n_reference: int, seconds: 
     folder = ScoreFolder(cfg.output)
     scores = layout.read_parquet(folder.prompt_scores).to_pylist()
     summary = {
-        "prompts_scored": n_flagged, "reference_prompts": n_reference,
+        "prompts_scored": sum(1 for i in items if i.role == Role.FLAGGED.value),
+        "reference_prompts": sum(1 for i in items if i.role == Role.REFERENCE.value and not i.image_only),
+        "reference_images": sum(1 for i in items if i.role == Role.REFERENCE.value and i.keys),
         "memorized": {c: sum(1 for s in scores if s["check"] == c and s["role"] == Role.FLAGGED.value and s["decision"])
                       for c in sorted({s["check"] for s in scores})},
         "thresholds": {s["check"]: s["threshold"] for s in scores},
         "cost_evals": int(sum(s["cost_evals"] for s in scores)),
         "seconds": round(seconds, 3),
+        "skipped_checks": skipped,
+        "no_reference_rows": sorted({s["check"] for s in scores if s["threshold"] != s["threshold"]}),
     }
     if Check.SIDE in cfg.checks:
-        summary["side"] = layout.read_json(folder.side_summary)["metrics"]
+        side = layout.read_json(folder.side_summary)
+        summary["side"] = side["metrics"]
+        summary["side_baseline"] = side["baseline"]["metrics"]
     return summary
 
 
@@ -165,15 +233,16 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     # (in-process runners load the target once), held here until the run ends.
     handle = ContextHandle(cfg)
     loaded = handle.acquire()
-    items, n_flagged = score_items(cfg, loaded.value.train)
-    side_prompts = [i.prompt for i in items[: min(cfg.side_prompts, n_flagged)]]
+    items, n_flagged = score_items(cfg, loaded.value)
+    side_prompts = [i.prompt for i in items[: min(cfg.side_prompts, n_flagged)]] if loaded.value.conditioner.conditional else []
     build(p, cfg, items, side_prompts, handle)
     layout.write_json(folder.config, {"stage": "score", "config": asdict(cfg), "beam_args": beam_args,
                                       "n_flagged": n_flagged, "n_reference": len(items) - n_flagged})
     log.info("score: %d flagged and %d reference item(s) against %s, checks %s", n_flagged, len(items) - n_flagged,
              cfg.target, ",".join(cfg.checks))
     p.run().wait_until_finish()
-    summary = summarize(cfg, n_flagged, len(items) - n_flagged, time.monotonic() - started)
+    skipped = skipped_checks(cfg, loaded.value.conditioner.conditional)
+    summary = summarize(cfg, items, time.monotonic() - started, skipped)
     layout.write_json(folder.summary, summary)
     log.info("score done: memorized per check %s", summary["memorized"])
     del loaded

@@ -1,21 +1,33 @@
 """Beam transforms of the score stage.
 
-``ScorePrompts``: :class:`~models.score.checks.ScoreItem` records ->
-``ScoreItems`` (per-check :class:`~models.score.checks.ScoreRow`, the target
-loaded once per worker with ``Shared``) -> ``CalibrateAndWrite`` (thresholds
-from the reference items, decisions, ``prompt_scores.parquet``).
-``ExtractWithSide``: one request -> SIDE runs -> ``extractions.parquet``,
-``side_summary.json`` and grids. Both share one loaded
-:class:`~models.score.inputs.ScoreContext` per worker process.
+``ScoreItems``: :class:`~models.score.checks.ScoreItem` records -> per-check
+:class:`~models.score.checks.ScoreRow` (the target loaded once per worker
+with ``Shared``). ``ExtractWithSide``: one :class:`SideRequest` -> SIDE runs
+(each with its lambda = 0 baseline) -> ``extractions*.parquet``,
+``side_summary.json``, grids, and per-item ``side`` rows.
+``CalibrateAndWrite``: all rows -> thresholds from the reference items ->
+decisions -> ``prompt_scores.parquet``. The item and SIDE steps share one
+loaded :class:`~models.score.inputs.ScoreContext` per worker process.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from models.score.checks import Check, ScoreItem, ScoreRow, decide, plaplace_at_points, plaplace_check, wen_check
-from models.score.inputs import in_target_space, load_context
+from models.score.checks import (
+    Check,
+    ScoreItem,
+    ScoreRow,
+    decide,
+    jeon_check,
+    plaplace_at_points,
+    plaplace_check,
+    wen_check,
+)
+from models.score.inputs import load_context
 from models.storage import layout, schemas
 from models.storage.folders.score import ScoreFolder
 from transforms.common import Held
@@ -41,12 +53,18 @@ class ContextHandle:
 
 
 class ScoreItemFn(beam.DoFn):
-    """ScoreItem -> one :class:`ScoreRow` per check that applies to it."""
+    """ScoreItem -> one :class:`ScoreRow` per check that applies to it.
+
+    Conditional targets: ``plaplace`` (CFG generations), ``wen`` and ``jeon`` per
+    prompt. Every target: ``plaplace-train`` at the item's training images
+    (at most ``n_samples`` of them) where the target can place them in its space.
+    """
 
     def __init__(self, cfg, handle: ContextHandle):
         self.cfg, self.handle = cfg, handle
         self.scored = Metrics.counter(NAMESPACE, "items_scored")
         self.evals = Metrics.counter(NAMESPACE, "model_evaluations")
+        self.no_images = Metrics.counter(NAMESPACE, "items_without_training_images_in_target_space")
 
     def setup(self):
         self._ctx = self.handle.acquire()
@@ -54,16 +72,23 @@ class ScoreItemFn(beam.DoFn):
     def process(self, item: ScoreItem):
         cfg, ctx = self.cfg, self._ctx.value
         score = cfg.score
-        cond = ctx.conditioner(item.prompt)
+        conditional = ctx.conditioner.conditional
+        cond = ctx.conditioner(item.prompt) if conditional else None
+        null = ctx.conditioner.null
         results = []
-        if Check.PLAPLACE in cfg.checks:
-            results.append(plaplace_check(ctx.target, cond, item.prompt, score))
-            train = ctx.train if in_target_space(ctx.target, ctx.train) else None
-            rows = [j for g in item.group_ids for j in (train.by_group.get(g, []) if train else [])]
-            if rows:
-                results.append(plaplace_at_points(ctx.target, cond, item.prompt, train.x[rows], score))
-        if Check.WEN in cfg.checks:
-            results.append(wen_check(ctx.target, cond, ctx.conditioner.null, item.prompt, score))
+        if conditional and not item.image_only:
+            if Check.PLAPLACE in cfg.checks:
+                results.append(plaplace_check(ctx.target, cond, item.prompt, score, null))
+            if Check.WEN in cfg.checks:
+                results.append(wen_check(ctx.target, cond, null, item.prompt, score))
+            if Check.JEON in cfg.checks:
+                results.append(jeon_check(ctx.target, cond, null, item.prompt, score))
+        if Check.PLAPLACE in cfg.checks and item.keys:
+            x0 = ctx.points(item.keys[: score.n_samples])
+            if x0 is None:
+                self.no_images.inc()
+            else:
+                results.append(plaplace_at_points(ctx.target, cond, item.prompt, x0, score))
         self.scored.inc()
         for r in results:
             self.evals.inc(r.cost_evals)
@@ -105,23 +130,15 @@ class CalibrateAndWrite(beam.PTransform):
         )
 
 
-class ScorePrompts(beam.PTransform):
-    """ScoreItems -> ``prompt_scores.parquet`` in ``cfg.output``; yields the number of rows written."""
+class SideRequest(NamedTuple):
+    """What SIDE runs on: the prompts to condition extra runs on, and the items to score its matches onto."""
 
-    def __init__(self, cfg, handle: ContextHandle):
-        super().__init__()
-        self.cfg, self.handle = cfg, handle
-
-    def expand(self, items):
-        return (
-            items
-            | "ScoreItems" >> ScoreItems(self.cfg, self.handle)
-            | "CalibrateAndWrite" >> CalibrateAndWrite(self.cfg.score.fpr, ScoreFolder(self.cfg.output).prompt_scores)
-        )
+    prompts: tuple
+    items: tuple
 
 
 class RunSideFn(beam.DoFn):
-    """A list of conditioning prompts -> SIDE runs -> the stage's SIDE files; yields the summary."""
+    """A :class:`SideRequest` -> SIDE runs -> the stage's SIDE files; yields per-item ``side`` ScoreRows."""
 
     def __init__(self, cfg, handle: ContextHandle):
         self.cfg, self.handle = cfg, handle
@@ -129,21 +146,23 @@ class RunSideFn(beam.DoFn):
     def setup(self):
         self._ctx = self.handle.acquire()
 
-    def process(self, prompts):
+    def process(self, request: SideRequest):
         from models.score.images import grid_png
-        from models.score.side_runs import run_side_stage
+        from models.score.side_runs import run_side_stage, side_rows
 
+        ctx, side = self._ctx.value, self.cfg.side
         folder = ScoreFolder(self.cfg.output)
-        outcome = run_side_stage(self._ctx.value, self.cfg.side, list(prompts))
+        outcome = run_side_stage(ctx, side, list(request.prompts))
         for r, images in outcome.grids.items():
             layout.atomic_write_bytes(folder.grid(r), grid_png(images))
         layout.write_parquet(folder.extractions, schemas.table(outcome.extractions, schemas.EXTRACTIONS))
+        layout.write_parquet(folder.baseline_extractions, schemas.table(outcome.baseline, schemas.EXTRACTIONS))
         layout.write_json(folder.side_summary, outcome.summary)
-        yield outcome.summary
+        yield from side_rows(outcome, list(request.items), ctx.train, side.n_g, side.seed)
 
 
 class ExtractWithSide(beam.PTransform):
-    """One request (the conditioning prompts) -> SIDE on the target -> its files; yields the summary."""
+    """One :class:`SideRequest` -> SIDE on the target -> its files; yields per-item ``side`` ScoreRows."""
 
     def __init__(self, cfg, handle: ContextHandle):
         super().__init__()

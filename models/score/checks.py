@@ -15,6 +15,17 @@ Checks (each returns a :class:`CheckResult`):
   (:func:`plaplace_at_points`).
 * ``wen``: Wen et al.'s text-conditional noise-difference magnitude at the
   first DDIM step (arXiv:2407.21720, Sec. 3.1), a cheap first pass.
+* ``jeon``: Jeon et al.'s sharpness ||H^Delta s^Delta||^2 at x_T (arXiv:2412.04140,
+  Sec. 4), one forward-mode JVP per generation.
+
+Generations of a conditional target are sampled with classifier-free
+guidance at ``guidance_scale`` (:class:`~models.score.conditioning.GuidedTarget`),
+as text-to-image models are sampled; the p-Laplace statistic then uses the
+plain conditional prediction at small t, as the paper's hippo experiment does.
+Wen, Jeon and the generated-sample p-Laplace compare or need a condition, so
+they apply only to prompts a target can be conditioned on; for
+unconditional targets the stage scores groups at their training images
+(``plaplace-train``) and by SIDE extractions.
 
 Decisions are calibrated, not magic constants: :func:`calibrate` sets each
 check's threshold at the ``1 - fpr`` quantile of the same statistic on
@@ -38,6 +49,7 @@ class Check(str, enum.Enum):
     PLAPLACE = "plaplace"
     SIDE = "side"
     WEN = "wen"
+    JEON = "jeon"
 
     @classmethod
     def parse(cls, text: str | tuple | list) -> tuple["Check", ...]:
@@ -70,11 +82,15 @@ class ScoreConfig:
     n_dirs: int = 64
     wen_n: int = 4
     wen_steps: int = 1
+    jeon_n: int = 4
+    guidance_scale: float = 7.5
     fpr: float = 0.05
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n_samples", "steps", "n_dirs", "wen_n", "wen_steps"):
+        if not np.isfinite(self.guidance_scale) or self.guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
+        for name in ("n_samples", "steps", "n_dirs", "wen_n", "wen_steps", "jeon_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_dirs < 2:
@@ -84,11 +100,17 @@ class ScoreConfig:
 
 
 class ScoreItem(NamedTuple):
-    """One thing to score: a prompt (with the duplicate groups it names), a group or a training image."""
+    """One thing to score: a prompt (with the duplicate groups it names), a group or a training image.
+
+    ``keys`` are the training images the item is checked at (its groups' members, or one ordinary
+    image for a reference item); ``image_only`` items get only the checks at those images.
+    """
 
     role: str                       # Role value
     prompt: str | None              # the condition's text (None: unconditional)
-    group_ids: tuple = ()           # duplicate groups whose training images the item is checked at
+    group_ids: tuple = ()           # duplicate groups the item stands for
+    keys: tuple = ()                # training keys to check the item at
+    image_only: bool = False
 
 
 @dataclass
@@ -116,11 +138,12 @@ class ScoreRow(NamedTuple):
     seed: int
     cost_evals: int
     seconds: float
+    group_ids: tuple = ()
 
     @classmethod
     def of(cls, item: ScoreItem, result: CheckResult, seed: int) -> "ScoreRow":
         return cls(item.role, item.prompt, result.check, result.statistic, result.spread, result.n_samples, seed,
-                   result.cost_evals, result.seconds)
+                   result.cost_evals, result.seconds, tuple(item.group_ids))
 
 
 def item_rng(cfg: ScoreConfig, prompt: str | None, check: str) -> np.random.Generator:
@@ -129,19 +152,22 @@ def item_rng(cfg: ScoreConfig, prompt: str | None, check: str) -> np.random.Gene
     return np.random.default_rng([cfg.seed, zlib.crc32(text.encode("utf-8")), zlib.crc32(check.encode())])
 
 
-def plaplace_check(target, cond, prompt: str | None, cfg: ScoreConfig) -> CheckResult:
-    """p-Laplace (p = 1 flux, noise form) around ``n_samples`` generations of the prompt.
+def plaplace_check(target, cond, prompt: str | None, cfg: ScoreConfig, null=None) -> CheckResult:
+    """p-Laplace (p = 1 flux, noise form) around ``n_samples`` CFG generations of the prompt.
 
-    Cost: n_samples * (steps + 1) sampling evaluations + n_samples * n_dirs for the statistic.
+    Cost: the guided sampler's evaluations (2 per row and step, 1 without a condition)
+    + n_samples * n_dirs for the statistic.
     """
+    from models.score.conditioning import GuidedTarget
     from models.score.plaplace import noise_cosine_statistic
     from models.score.targets.closed_form import ddim_sample
 
     started = time.monotonic()
     rng = item_rng(cfg, prompt, "plaplace")
-    x0 = ddim_sample(target, cfg.n_samples, target.dim, cfg.steps, rng, cond=cond)
+    guided = GuidedTarget(target, cfg.guidance_scale, null)
+    x0 = ddim_sample(guided, cfg.n_samples, target.dim, cfg.steps, rng, cond=cond)
     mean, _ = noise_cosine_statistic(target, x0, cfg.t_small, cfg.n_dirs, rng, cond=cond)
-    evals = cfg.n_samples * (cfg.steps + 1) + cfg.n_samples * cfg.n_dirs
+    evals = guided.evals + cfg.n_samples * cfg.n_dirs
     return CheckResult(prompt, "plaplace", float(np.mean(mean)), float(np.std(mean)), cfg.n_samples, evals,
                        time.monotonic() - started)
 
@@ -170,6 +196,19 @@ def wen_check(target, cond, null, prompt: str | None, cfg: ScoreConfig) -> Check
                        int(result.evals), time.monotonic() - started)
 
 
+def jeon_check(target, cond, null, prompt: str | None, cfg: ScoreConfig) -> CheckResult:
+    """Jeon et al.'s sharpness at the first DDIM timestep over ``jeon_n`` draws of x_T (arXiv:2412.04140)."""
+    from models.score.jeon import jeon_metric
+
+    started = time.monotonic()
+    if cond is None:  # s(x, c) - s(x, null) = 0 exactly
+        return CheckResult(prompt, "jeon", 0.0, 0.0, cfg.jeon_n, 0, time.monotonic() - started)
+    result = jeon_metric(target, [cond], null, n=cfg.jeon_n, rng=item_rng(cfg, prompt, "jeon"),
+                         num_inference_steps=cfg.steps)
+    return CheckResult(prompt, "jeon", float(result.values[0]), float(np.std(result.per_sample[0])), cfg.jeon_n,
+                       int(result.evals + result.jvp_evals), time.monotonic() - started)
+
+
 def calibrate(reference: dict[str, list[float]], fpr: float) -> dict[str, float]:
     """Per check: the ``1 - fpr`` quantile of the reference items' statistics (NaN without references).
 
@@ -195,5 +234,6 @@ def decide(rows: list[ScoreRow], fpr: float) -> list[dict]:
     out = []
     for r in sorted(rows, key=lambda r: (r.role != Role.FLAGGED.value, r.check, -r.statistic, r.prompt or "")):
         t = thresholds[r.check]
-        out.append(r._asdict() | {"threshold": t, "decision": bool(np.isfinite(t) and r.statistic > t)})
+        out.append(r._asdict() | {"group_ids": list(r.group_ids), "threshold": t,
+                                  "decision": bool(np.isfinite(t) and r.statistic > t)})
     return out

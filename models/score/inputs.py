@@ -53,6 +53,8 @@ class TrainingSet:
         by_group: {group_id: [row indices]} for groups of size > 1 (empty without ``--groups``).
         singletons: row indices of rows in no duplicate group (all rows without ``--groups``).
         model: the embed model spec from the folder's config.json (None for foreign folders).
+        grouped: True when ``--groups`` was read (``singletons`` then excludes group members).
+        root: the embedding folder; shards: N shard ids (the metadata's ``shard`` column; None where absent).
     """
 
     x: np.ndarray
@@ -62,6 +64,27 @@ class TrainingSet:
     singletons: list = field(default_factory=list)
     model: str | None = None
     grouped: bool = False
+    root: str | None = None
+    shards: list = field(default_factory=list)
+
+    def group_keys(self, group_id: str) -> tuple:
+        """The keys of a duplicate group's training rows (empty for an unknown group)."""
+        return tuple(self.keys[j] for j in self.by_group.get(group_id, []))
+
+    def rows_of(self, keys) -> list:
+        """Row indices of ``keys`` (every key must be a training key)."""
+        index = getattr(self, "_index", None)
+        if index is None:
+            index = self._index = {k: j for j, k in enumerate(self.keys)}
+        return [index[k] for k in keys]
+
+    def sample_singletons(self, n: int, seed: int, exclude_captions: set = frozenset()) -> list:
+        """A seeded sample of ``n`` rows in no duplicate group (all rows without ``--groups``), as
+        (key, caption) pairs; rows whose caption is in ``exclude_captions`` are left out."""
+        rows = [j for j in (self.singletons if self.grouped else range(len(self.keys)))
+                if self.captions[j] not in exclude_captions]
+        rng = np.random.default_rng(seed)
+        return [(self.keys[rows[i]], self.captions[rows[i]]) for i in rng.permutation(len(rows))[:n]]
 
 
 def load_training_set(train: str | None, groups: str | None) -> TrainingSet | None:
@@ -75,11 +98,13 @@ def load_training_set(train: str | None, groups: str | None) -> TrainingSet | No
     if not parts:
         return None
     x = np.concatenate([np.asarray(layout.read_npy(folder.img_emb(i)), np.float64) for i in parts])
-    keys, captions = [], []
+    keys, captions, shards = [], [], []
     for i in parts:
         meta = layout.read_parquet(folder.metadata(i))
         keys += folder.part_ids(i, meta).keys
         captions += meta.column("caption").to_pylist() if "caption" in meta.column_names else [None] * meta.num_rows
+        shards += [None if s is None else str(s) for s in meta.column("shard").to_pylist()] if "shard" in meta.column_names \
+            else [None] * meta.num_rows
     by_group: dict = {}
     in_group: set = set()
     if groups:
@@ -90,17 +115,7 @@ def load_training_set(train: str | None, groups: str | None) -> TrainingSet | No
                 in_group.add(row[r["key"]])
     model = layout.read_json(folder.config).get("config", {}).get("model") if layout.exists(folder.config) else None
     return TrainingSet(x, keys, captions, by_group, [j for j in range(len(keys)) if j not in in_group], model,
-                       grouped=bool(groups))
-
-
-def default_reference(train: TrainingSet | None, exclude: set, n: int, seed: int) -> list[str]:
-    """Captions of training rows in no duplicate group (seeded sample of ``n``), none in ``exclude``."""
-    if train is None:
-        return []
-    rows = train.singletons if train.grouped else range(len(train.keys))
-    captions = sorted({train.captions[j] for j in rows if train.captions[j] and train.captions[j] not in exclude})
-    rng = np.random.default_rng(seed)
-    return [captions[i] for i in rng.permutation(len(captions))[:n]]
+                       grouped=bool(groups), root=train, shards=shards)
 
 
 def in_target_space(target, train: TrainingSet | None) -> bool:
@@ -132,6 +147,17 @@ def image_embed_fn(target, model: str | None):
     return embed
 
 
+def is_pixel_space(target) -> bool:
+    """True for image targets without a VAE (their samples are the images, in [-1, 1])."""
+    return hasattr(target, "decode_latents") and getattr(target, "vae", None) is None
+
+
+def image_format(target) -> tuple[tuple[int, int], int]:
+    """((H, W), channels) of the images a target encodes: its sample shape in pixel space, RGB behind a VAE."""
+    channels = int(target.sample_shape[0]) if is_pixel_space(target) else 3
+    return tuple(target.image_size), channels
+
+
 @dataclass
 class ScoreContext:
     """Everything a worker scores with: loaded once per process (``Shared``) and used by every check."""
@@ -139,6 +165,31 @@ class ScoreContext:
     target: object
     conditioner: object
     train: TrainingSet | None
+    images: object = None  # TrainingImages, made on first use
+
+    def training_images(self):
+        """The training images in the target's pixel format (:class:`~models.score.training_images.TrainingImages`)."""
+        from models.score.training_images import TrainingImages
+
+        if self.images is None:
+            size, channels = image_format(self.target)
+            self.images = TrainingImages(self.train.root, dict(zip(self.train.keys, self.train.shards)), size, channels)
+        return self.images
+
+    def points(self, keys) -> np.ndarray | None:
+        """Training rows ``keys`` as points x0 (k, d) of the target's space, or None where the target has none.
+
+        Closed-form targets over embeddings: the embeddings. Image targets: the
+        images re-read from the shards and encoded with ``target.encode_images``
+        (pixels in [-1, 1], or VAE latents).
+        """
+        if self.train is None or not keys:
+            return None
+        if in_target_space(self.target, self.train):
+            return self.train.x[self.train.rows_of(keys)]
+        if hasattr(self.target, "encode_images"):
+            return np.asarray(self.target.encode_images(self.training_images().get(list(keys))), np.float64)
+        return None
 
 
 def load_context(target_spec: str, device: str, train: str | None, groups: str | None) -> ScoreContext:

@@ -76,8 +76,10 @@ def test_score_separates_memorized_prompts_and_side_extracts(tmp_path):
         thr = {r["threshold"] for r in rows if r["check"] == check}
         assert len(thr) == 1 and thr.pop() == pytest.approx(np.quantile(neg, 0.8, method="higher"))
     # around the duplicated training images of each flagged prompt's group, the learned score points inward
-    train_rows = [r for r in rows if r["check"] == "plaplace-train"]
+    train_rows = [r for r in rows if r["check"] == "plaplace-train" and r["role"] == "flagged"]
     assert len(train_rows) == 6 and all(r["statistic"] > 0.9 for r in train_rows)
+    # ordinary training images calibrate that check: its threshold is a number, never NaN
+    assert all(np.isfinite(r["threshold"]) for r in rows if r["check"] == "plaplace-train")
     assert all(r["cost_evals"] > 0 for r in rows if r["check"] != "wen" or r["role"] == "flagged")
     ext = pq.read_table(os.path.join(out, "extractions.parquet")).to_pylist()
     side = json.load(open(os.path.join(out, "side_summary.json")))
@@ -125,13 +127,19 @@ def test_score_against_a_tiny_diffusers_text_to_image_folder(synthetic_shards, t
                          "--n-samples", "2", "--steps", "3", "--n-dirs", "4", "--wen-n", "2", "--t-small", "10",
                          "--train", emb, "--side-k", "3", "--side-n-syn", "12", "--side-n-g", "6", "--side-prompts", "1"])
     rows = pq.read_table(os.path.join(out, "prompt_scores.parquet")).to_pylist()
-    assert {(r["check"], r["role"]) for r in rows} == {(c, role) for c in ("plaplace", "wen") for role in ("flagged", "reference")}
+    # the flagged prompts name no group; ordinary training images (re-read from the shards, VAE-encoded) are the
+    # reference of the checks at training images
+    assert {(r["check"], r["role"]) for r in rows} == (
+        {(c, role) for c in ("plaplace", "wen") for role in ("flagged", "reference")}
+        | {(c, "reference") for c in ("plaplace-train", "side", "side-baseline")})
     for r in rows:
         assert np.isfinite(r["statistic"]) and r["cost_evals"] > 0
-        if r["check"] == "plaplace":
+        if r["check"] in ("plaplace", "plaplace-train"):
             assert -1.0 <= r["statistic"] <= 1.0
-        else:
+        elif r["check"] == "wen":
             assert r["statistic"] > 0  # a real prompt differs from the empty prompt
+        else:
+            assert 0.0 <= r["statistic"] <= 1.0
     assert summary["prompts_scored"] == 2 and summary["reference_prompts"] == 3
     ext = pq.read_table(os.path.join(out, "extractions.parquet")).to_pylist()
     assert len(ext) == 12 and {e["prompt"] for e in ext} == {None, "the starry night by van gogh"}
@@ -160,3 +168,148 @@ def test_score_loads_the_target_once(tmp_path, monkeypatch):
                "--train", str(tmp_path / "emb"), "--groups", str(tmp_path / "dd"), "--reference", str(tmp_path / "reference.txt"),
                "--checks", "wen,side", "--wen-n", "2", "--steps", "10", "--side-k", "4", "--side-n-syn", "32", "--side-n-g", "16"])
     assert len(calls) == 1
+
+
+def base_args(tmp_path, spec, out="o"):
+    return ["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", str(tmp_path / out),
+            "--train", str(tmp_path / "emb"), "--groups", str(tmp_path / "dd")]
+
+
+def test_unconditional_target_scores_each_flagged_group(tmp_path):
+    """A target no prompt conditions (the memorizer without its prompt map): one answer per flagged group.
+
+    Before: every prompt got the same generated-sample statistic. Now each group is checked at its own training
+    images (plaplace-train) and by the SIDE generations matched back to it, against ordinary training images.
+    """
+    spec = build(tmp_path)
+    os.remove(spec.split(":", 1)[1] + ".prompts.json")
+    out = tmp_path / "o"
+    summary = score.run(base_args(tmp_path, spec) + ["--steps", "20", "--n-dirs", "16", "--side-k", "8",
+                                                      "--side-n-syn", "64", "--side-n-g", "128", "--fpr", "0.2",
+                                                      "--n-reference", "30"])
+    rows = pq.read_table(out / "prompt_scores.parquet").to_pylist()
+    assert {r["check"] for r in rows} == {"plaplace-train", "side", "side-baseline"}
+    for check in ("plaplace-train", "side", "side-baseline"):
+        flagged = [r for r in rows if r["check"] == check and r["role"] == "flagged"]
+        assert sorted(g for r in flagged for g in r["group_ids"]) == [f"G{g}" for g in range(6)]
+        assert all(np.isfinite(r["threshold"]) for r in rows if r["check"] == check)
+    # the perfect memorizer samples training points by multiplicity: x8 groups are extracted far more than
+    # ordinary images
+    pos = [r["statistic"] for r in rows if r["check"] == "side" and r["role"] == "flagged"]
+    neg = [r["statistic"] for r in rows if r["check"] == "side" and r["role"] == "reference"]
+    assert len(neg) == 30 and roc_auc(np.asarray(pos), np.asarray(neg)) >= 0.9
+    assert summary["memorized"]["side"] >= 4
+    assert set(summary["skipped_checks"]) == {"wen", "jeon", "plaplace (generated samples)"}
+    assert summary["no_reference_rows"] == []
+
+
+def test_side_runs_a_lambda_zero_baseline_at_equal_n_g(tmp_path):
+    spec = build(tmp_path)
+    out = tmp_path / "o"
+    score.run(base_args(tmp_path, spec) + ["--checks", "side", "--steps", "20", "--side-k", "8", "--side-n-syn", "64",
+                                           "--side-n-g", "48", "--side-prompts", "1", "--side-lambda", "5",
+                                           "--reference", str(tmp_path / "reference.txt")])
+    side = json.load(open(out / "side_summary.json"))
+    assert side["lambda"] == 5.0 and side["baseline"]["lambda"] == 0.0
+    assert set(side["baseline"]["metrics"]) == set(side["metrics"])
+    assert side["conditional_runs"][0]["baseline"]["lambda"] == 0.0
+    base = pq.read_table(out / "extractions_baseline.parquet").to_pylist()
+    lam = pq.read_table(out / "extractions.parquet").to_pylist()
+    assert len(base) == len(lam) == 2 * 48  # equal N_G, one baseline per run
+    # the baseline reuses the run's Part 1 and x_T: its cost is the extraction alone
+    assert side["baseline"]["cost"]["eps_evals_extraction"] == side["cost"]["eps_evals_extraction"] == 48 * 20
+    assert side["baseline"]["cost"]["classifier_grad_evals"] == 0 < side["cost"]["classifier_grad_evals"]
+
+
+def test_side_bands_are_calibrated_in_the_embedding_space_not_sscd(tmp_path):
+    from models.score.extraction_metrics import DEFAULT_BANDS
+
+    spec = build(tmp_path)
+    out = tmp_path / "o"
+    score.run(base_args(tmp_path, spec) + ["--checks", "side", "--steps", "10", "--side-k", "8", "--side-n-syn", "32",
+                                           "--side-n-g", "16", "--reference", str(tmp_path / "reference.txt")])
+    side = json.load(open(out / "side_summary.json"))
+    cal = side["calibration"]
+    assert side["match_space"] == "target" and side["bands"]["measure"] == "cosine"
+    assert [(b["lo"], b["hi"]) for b in side["bands"]["bands"]] != [(b.lo, b.hi) for b in DEFAULT_BANDS]
+    high = next(b for b in side["bands"]["bands"] if b["name"] == "high")
+    # planted copies (cosine ~1) sit above every ordinary nearest neighbour: high starts above q99 of the ordinary
+    assert cal["copies_separable"] and high["lo"] >= cal["ordinary_nn_cosine_q50_q95_q99"][2] and cal["copy_pairs"] == 42
+
+
+def test_empty_prompt_list_is_an_error(tmp_path):
+    spec = build(tmp_path)
+    layout.write_parquet(str(tmp_path / "flagged.parquet"), schemas.table([], schemas.FLAGGED_PROMPTS))
+    with pytest.raises(ValueError, match="holds no prompt"):
+        score.run(base_args(tmp_path, spec) + ["--checks", "wen"])
+
+
+def test_missing_reference_set_is_an_error_not_nan_thresholds(tmp_path):
+    spec = build(tmp_path)
+    with pytest.raises(ValueError, match="no reference items.*--reference FILE.*--train"):
+        score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", str(tmp_path / "o"),
+                   "--checks", "wen"])
+
+
+@pytest.mark.parametrize("spec", ["none", "sd15", "gmm:"])
+def test_target_spec_errors_name_every_accepted_form(tmp_path, spec):
+    build(tmp_path)
+    with pytest.raises(ValueError) as err:
+        score.run(["--flagged", str(tmp_path / "flagged.parquet"), "--target", spec, "--output", str(tmp_path / "o"),
+                   "--checks", "wen"])
+    for form in ("diffusers:PATH", "diffusers-uncond:PATH", "gmm:FILE", "memorizer:FILE"):
+        assert form in str(err.value)
+
+
+def make_gray_uncond(root, seed=0):
+    """A tiny random-init 1-channel UNet2DModel (1x8x8 pixels) + DDPM scheduler in diffusers layout."""
+    import torch
+
+    from models.tv_compat import ensure_torchvision
+
+    ensure_torchvision()
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4)
+    unet.save_pretrained(str(root / "unet"))
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(str(root / "scheduler"))
+    return root
+
+
+def test_grayscale_pixel_target_scores_groups_and_writes_grids(synthetic_shards, tmp_path):
+    """A 1-channel pixel-space target: images decode to (H, W, 1) (Image.fromarray crashed on them), group
+    images are re-read from the shards as grayscale, and SIDE matches in pixel space with L2 bands."""
+    from PIL import Image
+
+    from pipelines import dedup, embed
+
+    root, _ = synthetic_shards
+    emb, dd = str(tmp_path / "emb"), str(tmp_path / "dd")
+    embed.run(["--input", str(root), "--output", emb, "--model", "pixel"])
+    dedup.run(["--embeddings", emb, "--output", dd])
+    from models.storage import run_chain
+
+    groups = sorted({r["group_id"] for r in run_chain.load_groups(dd, ["group_id", "group_size"]).to_pylist()
+                     if r["group_size"] > 1})
+    assert groups
+    flagged = [{"prompt": f"caption of {g}", "kind": "duplicate-caption", "keyword": None, "object": None,
+                "group_ids": [g], "support": 3, "evidence": "{}", "rank": i + 1} for i, g in enumerate(groups)]
+    layout.write_parquet(str(tmp_path / "flagged.parquet"), schemas.table(flagged, schemas.FLAGGED_PROMPTS))
+    folder = make_gray_uncond(tmp_path / "gray")
+    out = tmp_path / "o"
+    summary = score.run(base_args(tmp_path, f"diffusers-uncond:{folder}") + [
+        "--device", "cpu", "--steps", "3", "--n-dirs", "4", "--n-samples", "2", "--side-k", "3", "--side-n-syn", "12",
+        "--side-n-g", "8", "--n-reference", "5"])
+    rows = pq.read_table(out / "prompt_scores.parquet").to_pylist()
+    for check in ("plaplace-train", "side", "side-baseline"):
+        got = sorted(g for r in rows if r["check"] == check and r["role"] == "flagged" for g in r["group_ids"])
+        assert got == groups and sum(r["role"] == "reference" for r in rows if r["check"] == check) == 5
+    assert all(np.isfinite(r["statistic"]) and np.isfinite(r["threshold"]) for r in rows)
+    side = json.load(open(out / "side_summary.json"))
+    assert side["match_space"] == "pixels" and side["bands"]["measure"] == "normalized_l2"
+    with Image.open(out / "grids" / "side_00.png") as grid:
+        assert grid.mode == "RGB" and grid.size == (4 * 8, 2 * 8)
+    assert summary["prompts_scored"] == len(groups)

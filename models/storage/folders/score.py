@@ -6,6 +6,7 @@
       prompt_scores.parquet     one row per (item, check): flagged prompts / groups and reference items
                                 (schemas.PROMPT_SCORES)
       extractions.parquet       SIDE generations matched to the training set (schemas.EXTRACTIONS)
+      extractions_baseline.parquet  the same for the lambda = 0 baseline runs (equal N_G, same x_T)
       side_summary.json         SIDE run(s): K, K', tau, lambda, N_G, bands, AMS/UMS, cost, lambda = 0 baseline
       grids/side_{r:02d}.png    generations of SIDE run r (image targets)
       _stage/                   scratch of the Beam run (removed with the rest on a rerun)
@@ -20,6 +21,7 @@ from models.storage import layout
 
 PROMPT_SCORES = "prompt_scores.parquet"
 EXTRACTIONS = "extractions.parquet"
+BASELINE_EXTRACTIONS = "extractions_baseline.parquet"
 SIDE_SUMMARY = "side_summary.json"
 GRIDS = "grids"
 STAGE = "_stage"
@@ -33,7 +35,7 @@ class ScoreFolder:
 
     root: str
 
-    OUTPUTS = (PROMPT_SCORES, EXTRACTIONS, SIDE_SUMMARY, GRIDS, STAGE, SUMMARY)
+    OUTPUTS = (PROMPT_SCORES, EXTRACTIONS, BASELINE_EXTRACTIONS, SIDE_SUMMARY, GRIDS, STAGE, SUMMARY)
     """What a rerun clears before it writes (``config.json`` is rewritten in place)."""
 
     @property
@@ -43,6 +45,10 @@ class ScoreFolder:
     @property
     def extractions(self) -> str:
         return layout.join(self.root, EXTRACTIONS)
+
+    @property
+    def baseline_extractions(self) -> str:
+        return layout.join(self.root, BASELINE_EXTRACTIONS)
 
     @property
     def side_summary(self) -> str:

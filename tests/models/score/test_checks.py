@@ -80,7 +80,7 @@ def test_plaplace_and_wen_separate_the_duplicated_condition():
     assert mem.statistic > 0.95 and gen.statistic < 0.5
     assert mem.cost_evals == 3 * 32 and mem.check == "plaplace-train"
     p = plaplace_check(target, 0, "m", cfg)
-    assert p.statistic > 0.95 and p.cost_evals == 4 * 21 + 4 * 32
+    assert p.statistic > 0.95 and p.cost_evals == 2 * 4 * 20 + 4 * 32  # CFG: 2 evaluations per row and step
     w_mem, w_gen = wen_check(target, 0, None, "m", cfg), wen_check(target, 1, None, "g", cfg)
     assert w_mem.statistic > w_gen.statistic > 0
     assert wen_check(target, None, None, "u", cfg).statistic == 0.0  # condition == null: exactly zero
@@ -115,5 +115,63 @@ def test_target_kinds_cover_the_loader_prefixes():
 
 
 def test_score_item_and_roles():
-    item = ScoreItem(Role.FLAGGED.value, "p", ("G1",))
-    assert item._asdict() == {"role": "flagged", "prompt": "p", "group_ids": ("G1",)}
+    item = ScoreItem(Role.FLAGGED.value, "p", ("G1",), ("k1", "k2"))
+    assert item._asdict() == {"role": "flagged", "prompt": "p", "group_ids": ("G1",), "keys": ("k1", "k2"),
+                              "image_only": False}
+
+
+def test_jeon_check_separates_the_duplicated_condition_and_counts_cost():
+    from models.score.checks import jeon_check
+
+    target, _ = memorizer()
+    cfg = ScoreConfig(steps=20, jeon_n=3)
+    mem, gen = jeon_check(target, 0, None, "m", cfg), jeon_check(target, 1, None, "g", cfg)
+    assert mem.check == "jeon" and mem.statistic > gen.statistic > 0
+    assert mem.cost_evals == 2 * 3 + 2 * 3  # 2 forward + 2 JVP'd evaluations per draw
+    assert jeon_check(target, None, None, "u", cfg).statistic == 0.0
+
+
+def test_plaplace_check_samples_with_cfg():
+    """At w = 1 the guided sampler is plain conditional sampling; at w > 1 it pays the null prediction too."""
+    target, _ = memorizer()
+    plain = plaplace_check(target, 0, "m", ScoreConfig(n_samples=2, steps=10, n_dirs=4, guidance_scale=1.0))
+    cfg_run = plaplace_check(target, 0, "m", ScoreConfig(n_samples=2, steps=10, n_dirs=4, guidance_scale=3.0))
+    assert plain.cost_evals == 2 * 10 + 2 * 4 and cfg_run.cost_evals == 2 * 2 * 10 + 2 * 4  # steps evaluations per row
+    with pytest.raises(ValueError, match="guidance_scale"):
+        ScoreConfig(guidance_scale=-1.0)
+
+
+def test_grid_png_takes_grayscale_images():
+    from PIL import Image
+    import io
+
+    from models.score.images import grid_png, to_pil
+
+    gray = np.random.default_rng(0).integers(0, 255, (5, 6, 7, 1), dtype=np.uint8)
+    with Image.open(io.BytesIO(grid_png(gray))) as im:
+        assert im.mode == "RGB" and im.size == (4 * 7, 2 * 6)
+        assert np.array_equal(np.asarray(im)[:6, :7, 0], gray[0, :, :, 0])
+    assert to_pil(gray[0, :, :, 0]).size == (7, 6)
+    with pytest.raises(ValueError, match="uint8"):
+        to_pil(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_calibrated_bands_put_planted_copies_high_and_ordinary_neighbours_below():
+    from models.score.bands import calibrated_cosine_bands, pixel_l2_bands
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((5, 32))
+    copies = np.repeat(base, 4, axis=0) + 0.01 * rng.standard_normal((20, 32))
+    ordinary = rng.standard_normal((200, 32))
+    x = np.concatenate([copies, ordinary])
+    by_group = {f"G{g}": list(range(4 * g, 4 * g + 4)) for g in range(5)}
+    bands, cal = calibrated_cosine_bands(x, by_group, list(range(20, 220)))
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    high = next(b for b in bands.bands if b.name == "high")
+    assert high.contains(z[1] @ z[0]) and cal["copy_pairs"] == 15 and cal["copies_separable"]
+    nn = (z[20:] @ z[20:].T - 2 * np.eye(200)).max(1)
+    assert high.contains(nn).mean() <= 0.01
+    l2 = pixel_l2_bands()
+    assert l2.measure == "normalized_l2" and l2.band_of(0.05) == "high" and l2.band_of(0.25) == "low"
+    with pytest.raises(ValueError, match="no duplicate group"):
+        calibrated_cosine_bands(x, by_group, [])
