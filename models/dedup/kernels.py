@@ -15,7 +15,7 @@ from models.dedup.components import (apply_root_map, connected_components, local
 from models.dedup.numerics import NORM_TOLERANCE, decision_band
 from models.dedup.partition import DEFAULT_MAX_SPILL, assign_with_spill, train_centroids
 from models.dedup.representatives import choose_representatives
-from models.dedup.search import brute_force_pairs, partition_pairs, search_partitioned
+from models.dedup.search import brute_force_pairs, cross_pairs, partition_pairs, search_partitioned
 
 __all__ = [
     "NORM_TOLERANCE",
@@ -24,6 +24,7 @@ __all__ = [
     "train_centroids",
     "assign_with_spill",
     "partition_pairs",
+    "cross_pairs",
     "brute_force_pairs",
     "search_partitioned",
     "connected_components",

@@ -149,9 +149,7 @@ def assign_with_spill(
     n_cand = min(k, 2 * max_spill + 1)
 
     eta = NORM_TOLERANCE
-    t_eff = min(1.0, t / (1.0 + eta) ** 2)
-    radius = math.sqrt(1.0 - t_eff * t_eff)  # sin(theta), widened for norm slack
-    slack = 4.0 * gamma(d) * (1.0 + eta) ** 3 / (1.0 - eta)  # float32 score rounding
+    radius, slack = spill_bounds(t, d)
 
     index = faiss.IndexFlatIP(d)
     index.add(c)
@@ -180,6 +178,37 @@ def assign_with_spill(
     np.cumsum(counts, out=indptr[1:])
     part = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
     return home, (indptr, part)
+
+
+def spill_bounds(threshold: float, d: int) -> tuple[float, float]:
+    """``(radius, slack)`` of the spill test for computed float32 scores.
+
+    ``radius = sin(arccos(t_eff))`` with ``t_eff = t / (1 + eta)^2`` widened for the
+    :data:`NORM_TOLERANCE` ``eta`` on row norms; ``slack = 4 gamma_d (1 + eta)^3 / (1 - eta)``
+    bounds the float32 rounding of a score gap ``x.c_h - x.c_j``. A row x of
+    partition h is within the spill bound of partition j when
+    ``max(gap - slack, 0) <= radius * |c_h - c_j| * (1 + eta)``.
+    """
+    eta = NORM_TOLERANCE
+    t_eff = min(1.0, float(threshold) / (1.0 + eta) ** 2)
+    return math.sqrt(1.0 - t_eff * t_eff), 4.0 * gamma(int(d)) * (1.0 + eta) ** 3 / (1.0 - eta)
+
+
+def near_boundary(x: np.ndarray, centroids: np.ndarray, home: int, other: int, threshold: float) -> np.ndarray:
+    """(n,) bool: rows ``x`` (n, d) homed in ``home`` that lie within the spill bound of partition ``other``.
+
+    Only these rows can have a partner with cosine >= ``threshold`` homed in
+    ``other`` (the spill bound with the roles of the pair swapped: the partner
+    chose ``other``, so the row is within angle theta of ``other``'s half-space),
+    so a partition searches its visitors from ``other`` against these homes
+    only. Same computed-score slack as :func:`assign_with_spill`, so no pair
+    that the full homes x visitors search finds is lost. Cost: 2 n d flops.
+    """
+    c = np.asarray(centroids, np.float32)
+    radius, slack = spill_bounds(threshold, c.shape[1])
+    gap = x @ c[home] - x @ c[other]  # float32 scores, as faiss computes them in assign_with_spill
+    dist = float(np.linalg.norm(c[home].astype(np.float64) - c[other].astype(np.float64)))
+    return np.maximum(gap - slack, 0.0) <= radius * dist * (1.0 + NORM_TOLERANCE)
 
 
 def _centroid_distances(c64: np.ndarray, h: np.ndarray, j: np.ndarray) -> np.ndarray:

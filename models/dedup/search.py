@@ -2,6 +2,7 @@
 
 * :func:`partition_pairs` -- inside one partition, exact all-pairs search over
   homes x homes and homes x visitors (never visitors x visitors).
+* :func:`cross_pairs` -- pairs between two sets only (increments: old homes x new visitors).
 * :func:`brute_force_pairs` -- the same kernel over a whole set (reference).
 * :func:`search_partitioned` -- assign + spill (:mod:`models.dedup.partition`)
   then pairs per partition, in one process (tests, benchmark, small local runs).
@@ -22,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from models.dedup.numerics import check_block, check_threshold, decision_band, int_array, unit_rows
-from models.dedup.partition import DEFAULT_MAX_SPILL, assign_with_spill
+from models.dedup.partition import DEFAULT_MAX_SPILL, assign_with_spill, near_boundary
 
 
 def _tile_edges(
@@ -64,8 +65,19 @@ def partition_pairs(
     visitor_vecs: np.ndarray,
     threshold: float,
     block: int = 4096,
+    visitor_homes: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
+    partition: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact pairs with cosine >= threshold among homes x homes and homes x visitors.
+
+    With ``visitor_homes`` (each visitor's home partition), ``centroids`` and
+    ``partition`` (this partition's index), visitors from partition j are
+    searched only against the homes near the boundary with j
+    (:func:`models.dedup.partition.near_boundary`): a pair of a home and a
+    visitor from j has cosine >= t only if the home is within the spill bound
+    of j, so the result is the same pair set for much less work (the homes
+    deep inside the partition meet no visitor).
 
     Visitors x visitors is not searched: a pair of two visitors is found in the
     home partition of one of them (see the spill bound in :mod:`models.dedup.partition`). Pairs are decided as
@@ -101,8 +113,36 @@ def partition_pairs(
         ``cos`` is the float32 tile value, or the float64 value rounded to
         float32 for re-checked pairs, so ``cos >= np.float32(threshold)``.
 
-    Cost: (a^2 / 2 + a b) d multiply-adds; memory O(block^2 + output).
+    Cost: (a^2 / 2 + a b) d multiply-adds (with ``visitor_homes``: a^2 / 2 +
+    sum_j a_j b_j, a_j the homes near j's boundary, plus 2 a d per source j);
+    memory O(block^2 + output).
     """
+    return _pairs(home_ids, home_vecs, visitor_ids, visitor_vecs, threshold, block, visitor_homes, centroids,
+                  partition, self_pairs=True)
+
+
+def cross_pairs(
+    a_ids: np.ndarray,
+    a_vecs: np.ndarray,
+    b_ids: np.ndarray,
+    b_vecs: np.ndarray,
+    threshold: float,
+    block: int = 4096,
+    b_homes: np.ndarray | None = None,
+    centroids: np.ndarray | None = None,
+    partition: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact pairs with cosine >= threshold between ``a`` and ``b`` only (never a x a nor b x b).
+
+    Same pair decision, output and optional boundary pruning as
+    :func:`partition_pairs` (``a`` the partition's homes, ``b`` visitors homed
+    in ``b_homes``). Cost: |a| |b| d multiply-adds at most.
+    """
+    return _pairs(a_ids, a_vecs, b_ids, b_vecs, threshold, block, b_homes, centroids, partition, self_pairs=False)
+
+
+def _pairs(home_ids, home_vecs, visitor_ids, visitor_vecs, threshold, block, visitor_homes, centroids, partition,
+           self_pairs: bool):
     t = check_threshold(threshold)
     block = check_block(block)
     hv = unit_rows("home_vecs", home_vecs)
@@ -116,26 +156,24 @@ def partition_pairs(
     band = decision_band(d)
     lo = np.float32(t - band)
     hi = np.float32(t + band)
-    ri: list[np.ndarray] = []
-    ci: list[np.ndarray] = []  # column index into [homes, visitors]
-    cs: list[np.ndarray] = []
-    for s in range(0, a, block):
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (home row, column into [homes, visitors], cos32)
+    for s in range(0, a if self_pairs else 0, block):
         q = hv[s : s + block]
         for s2 in range(s, a, block):
             r, c, v = _tile_edges(q, hv[s2 : s2 + block], lo, diagonal=s2 == s)
-            ri.append(r + s)
-            ci.append(c + s2)
-            cs.append(v)
-        for s2 in range(0, b, block):
-            r, c, v = _tile_edges(q, vv[s2 : s2 + block], lo, diagonal=False)
-            ri.append(r + s)
-            ci.append(c + s2 + a)
-            cs.append(v)
-    if not ri:
+            found.append((r + s, c + s2, v))
+    for rows_a, cols_b in _visitor_tasks(hv, b, visitor_homes, centroids, partition, t):
+        vj = vv[cols_b]
+        for s in range(0, rows_a.size, block):
+            q = hv[rows_a[s : s + block]]
+            for s2 in range(0, cols_b.size, block):
+                r, c, v = _tile_edges(q, vj[s2 : s2 + block], lo, diagonal=False)
+                found.append((rows_a[r + s], cols_b[c + s2] + a, v))
+    if not found:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows = np.concatenate(ri)
-    cols = np.concatenate(ci)
-    cos = np.concatenate(cs).astype(np.float32, copy=False)
+    rows = np.concatenate([f[0] for f in found])
+    cols = np.concatenate([f[1] for f in found])
+    cos = np.concatenate([f[2] for f in found]).astype(np.float32, copy=False)
 
     near = np.flatnonzero(cos < hi)
     if near.size:
@@ -152,6 +190,26 @@ def partition_pairs(
 
     all_ids = np.concatenate([hid, vid])
     return _unique_edges(hid[rows], all_ids[cols], cos)
+
+
+def _visitor_tasks(hv: np.ndarray, b: int, visitor_homes, centroids, partition, t: float):
+    """(home rows, visitor rows) index pairs to search: all x all, or per visitor home partition j the homes
+    near the boundary with j (:func:`models.dedup.partition.near_boundary`) x the visitors from j."""
+    if b == 0:
+        return []
+    if visitor_homes is None:
+        return [(np.arange(hv.shape[0]), np.arange(b))]
+    visitor_homes = np.asarray(visitor_homes, np.int64)
+    if visitor_homes.shape != (b,) or centroids is None or partition is None:
+        raise ValueError(f"visitor_homes needs shape ({b},) and centroids and partition; got {visitor_homes.shape}")
+    order = np.argsort(visitor_homes, kind="stable")
+    sources, starts = np.unique(visitor_homes[order], return_index=True)
+    tasks = []
+    for j, lo, hi in zip(sources.tolist(), starts.tolist(), list(starts[1:]) + [b]):
+        rows = np.flatnonzero(near_boundary(hv, centroids, int(partition), j, t))
+        if rows.size:
+            tasks.append((rows, order[lo:hi]))
+    return tasks
 
 
 def brute_force_pairs(
@@ -235,7 +293,8 @@ def search_partitioned(
         if h.size == 0:
             continue
         v = vis_rows[vis_start[p] : vis_start[p + 1]]
-        i, j, c = partition_pairs(ids[h], vecs[h], ids[v], vecs[v], threshold, block)
+        i, j, c = partition_pairs(ids[h], vecs[h], ids[v], vecs[v], threshold, block,
+                                  visitor_homes=home[v], centroids=centroids, partition=p)
         out_i.append(i)
         out_j.append(j)
         out_c.append(c)

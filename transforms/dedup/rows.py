@@ -49,9 +49,10 @@ class Block:
 
     gids (n,) int64; keys (n,) str plain keys; sample_ids (n,) str
     (:mod:`models.storage.ids`, the row's identity); hashes (n,) str exact
-    hashes ``ALGO:HEX`` ('' when unknown); area (n,) int64 pixel area. The vectors are not carried: they never enter a
-    Beam shuffle (at 1M x 512 they would be 2 GB per copy); workers read the
-    rows they need from the part's ``.npy`` (:func:`transforms.dedup.read.row_vectors`).
+    hashes ``ALGO:HEX`` ('' when unknown); area (n,) int64 pixel area; vecs
+    (n, D) the embeddings as stored (float16 in dupmine and LAION folders: 2 D
+    bytes a row), so a search task never reads a part (on an object store
+    every task would otherwise fetch nearly every part).
     """
 
     part: int
@@ -60,6 +61,7 @@ class Block:
     sample_ids: np.ndarray
     hashes: np.ndarray
     area: np.ndarray
+    vecs: np.ndarray
 
 
 class Role(str, enum.Enum):
@@ -71,11 +73,14 @@ class Role(str, enum.Enum):
 
 @dataclass
 class Piece:
-    """The rows of one block that go to one partition, as global ids (8 bytes a row in the shuffle)."""
+    """The rows of one block that go to one partition: gids (n,) int64, vecs (n, D) as stored (float16),
+    and for visitors homes (n,) int32, each row's home partition (None for homes). 8 + 2 D (+ 4) bytes a row."""
 
     role: Role
     part: int
     gids: np.ndarray
+    vecs: np.ndarray
+    homes: np.ndarray | None = None
 
 
 class Reject(NamedTuple):
@@ -152,6 +157,13 @@ class Edge(NamedTuple):
     a: int
     b: int
     cosine: float
+
+
+def unit_float32(x: np.ndarray) -> np.ndarray:
+    """(n, D) stored rows -> float32 rows divided by their float32 norm (zero rows unchanged)."""
+    x = np.asarray(x, np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
 
 
 def f32(x):

@@ -7,6 +7,7 @@ edges are written to ``edges/edges_{part}.parquet`` after being made distinct.
 from __future__ import annotations
 
 import zlib
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -16,13 +17,13 @@ from apache_beam.metrics import Metrics
 from models.dedup import components, nn_similarity, partition, search
 from models.dedup.plan import DedupParams
 from models.storage import layout, schemas
-from transforms.dedup.read import part_ids, row_vectors
-from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, is_new_gid, row_id
+from transforms.dedup.read import part_ids
+from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, is_new_gid, row_id, unit_float32
 
 
 def assign(block: Block, centroids: np.ndarray, params: DedupParams):
-    """Block -> (partition, Piece) per touched partition and role (row ids only)."""
-    home, (indptr, spill) = partition.assign_with_spill(row_vectors(params, block.gids), centroids, params.threshold,
+    """Block -> (partition, Piece) per touched partition and role; pieces carry their rows' stored vectors."""
+    home, (indptr, spill) = partition.assign_with_spill(unit_float32(block.vecs), centroids, params.threshold,
                                                         params.max_spill)
     for role, parts, rows in ((Role.HOME, home, np.arange(len(home))),
                               (Role.VISIT, spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
@@ -32,26 +33,42 @@ def assign(block: Block, centroids: np.ndarray, params: DedupParams):
         parts, rows = parts[order], rows[order]
         bounds = np.flatnonzero(np.diff(parts)) + 1
         for seg in np.split(np.arange(len(parts)), bounds):
-            yield int(parts[seg[0]]), Piece(role, block.part, block.gids[rows[seg]])
+            r = rows[seg]
+            homes = home[r].astype(np.int32) if role is Role.VISIT else None
+            yield int(parts[seg[0]]), Piece(role, block.part, block.gids[r], block.vecs[r], homes)
 
 
-def _concat(pieces: list[Piece], params: DedupParams) -> tuple[np.ndarray, np.ndarray]:
-    if not pieces:
-        return np.zeros(0, np.int64), np.zeros((0, params.dim), np.float32)
-    gids = np.concatenate([b.gids for b in pieces])
-    return gids, row_vectors(params, gids)
+class _Rows(NamedTuple):
+    """Pieces of one partition concatenated: gids (n,) int64, vecs (n, D) float32 unit rows, homes (n,) int64."""
+
+    gids: np.ndarray
+    vecs: np.ndarray
+    homes: np.ndarray
+
+    @classmethod
+    def of(cls, pieces: list[Piece], dim: int, partition: int) -> "_Rows":
+        if not pieces:
+            return cls(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
+        homes = [b.homes if b.homes is not None else np.full(len(b.gids), partition) for b in pieces]
+        return cls(np.concatenate([b.gids for b in pieces]), unit_float32(np.concatenate([b.vecs for b in pieces])),
+                   np.concatenate(homes).astype(np.int64))
+
+    def __add__(self, other: "_Rows") -> "_Rows":
+        return _Rows(*(np.concatenate([x, y]) for x, y in zip(self, other)))
 
 
 class SearchPartitionFn(beam.DoFn):
     """(partition, pieces) -> ``((gid_a, gid_b), cos)`` (tag ``edges``), ``(gid, local_root)`` (tag ``roots``)
-    and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge.
+    and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge; a nearest-neighbour histogram (tag ``nn``).
 
-    Searched: new homes x (new homes, old homes, all visitors), and new
-    visitors x old homes -- every pair the one-shot search would find that
-    has at least one new row, never old x old (in a from-scratch run every
-    row is new: homes x homes and homes x visitors). Memory: the partition's
-    homes and visitors, O((a + b) D), plus an O(block^2) tile inside
-    :func:`models.dedup.search.partition_pairs`.
+    Searched: new homes x (new homes, old homes, all visitors), and old homes x
+    new visitors -- every pair the one-shot search would find that has at
+    least one new row, never old x old (in a from-scratch run every row is
+    new: homes x homes and homes x visitors). Visitors from partition j meet
+    only the homes near the boundary with j
+    (:func:`models.dedup.partition.near_boundary`; same pairs, less work).
+    Memory: the partition's pieces (2 D bytes a row as shuffled, 4 D as
+    float32), plus an O(block^2) tile inside :func:`models.dedup.search.partition_pairs`.
     """
 
     def __init__(self, params: DedupParams):
@@ -59,31 +76,28 @@ class SearchPartitionFn(beam.DoFn):
         self.edges = Metrics.counter(NAMESPACE, "near_edges")
         self.sizes = Metrics.distribution(NAMESPACE, "partition_rows")
 
-    def process(self, element):
-        _, pieces = element
+    def process(self, element, centroids):
+        part, pieces = element
         p = self.params
         pieces = list(pieces)
-        split = {(role, new): [b for b in pieces if b.role == role and p.is_new(b.part) == new]
-                 for role in Role for new in (True, False)}
-        homes_new, homes_old = split[(Role.HOME, True)], split[(Role.HOME, False)]
-        visits_new, visits_old = split[(Role.VISIT, True)], split[(Role.VISIT, False)]
-        if not homes_new and not (homes_old and visits_new):
+        rows = {(role, new): _Rows.of([b for b in pieces if b.role == role and p.is_new(b.part) == new], p.dim, part)
+                for role in Role for new in (True, False)}
+        homes_new, homes_old = rows[(Role.HOME, True)], rows[(Role.HOME, False)]
+        visits = rows[(Role.VISIT, True)] + rows[(Role.VISIT, False)]
+        visits_new = rows[(Role.VISIT, True)]
+        if not len(homes_new.gids) and not (len(homes_old.gids) and len(visits_new.gids)):
             return
-        self.sizes.update(sum(len(b.gids) for b in homes_new + homes_old))
+        self.sizes.update(len(homes_new.gids) + len(homes_old.gids))
         found = []
-        if homes_new:
-            h_ids, h_vecs = _concat(homes_new, p)
-            v_ids, v_vecs = _concat(homes_old + visits_old + visits_new, p)
-            found.append(search.partition_pairs(h_ids, h_vecs, v_ids, v_vecs, p.threshold))
-            yield from self._nn_histogram(h_ids, h_vecs, v_ids, v_vecs)
-        if homes_old and visits_new:
-            # new visitors x old homes, with the new visitors as "homes" of the kernel; it also pairs new
-            # visitors with each other, which their own home partitions cover: keep pairs with an old home.
-            o_ids, o_vecs = _concat(homes_old, p)
-            n_ids, n_vecs = _concat(visits_new, p)
-            i, j, cos = search.partition_pairs(n_ids, n_vecs, o_ids, o_vecs, p.threshold)
-            keep = np.isin(i, o_ids) | np.isin(j, o_ids)
-            found.append((i[keep], j[keep], cos[keep]))
+        if len(homes_new.gids):
+            others = homes_old + visits  # old homes are homed here: never pruned
+            found.append(search.partition_pairs(homes_new.gids, homes_new.vecs, others.gids, others.vecs, p.threshold,
+                                                visitor_homes=others.homes, centroids=centroids, partition=part))
+            yield from self._nn_histogram(homes_new, homes_new + others)
+        if len(homes_old.gids) and len(visits_new.gids):
+            found.append(search.cross_pairs(homes_old.gids, homes_old.vecs, visits_new.gids, visits_new.vecs,
+                                            p.threshold, b_homes=visits_new.homes, centroids=centroids,
+                                            partition=part))
         i, j, cos = (np.concatenate(x) for x in zip(*found))
         if len(found) > 1 and len(i):
             _, first = np.unique(np.stack([i, j], axis=1), axis=0, return_index=True)
@@ -106,14 +120,13 @@ class SearchPartitionFn(beam.DoFn):
         for node, c in zip(both[order][first].tolist(), best[order][first].tolist()):
             yield pvalue.TaggedOutput("max_cos", (node, c))
 
-
-    def _nn_histogram(self, h_ids, h_vecs, v_ids, v_vecs):
-        """Nearest-neighbour cosines of the sampled new homes, as one histogram (tag ``nn``)."""
-        pick = nn_similarity.sampled(h_ids, self.params.nn_rate, self.params.seed)
+    def _nn_histogram(self, queries: "_Rows", candidates: "_Rows"):
+        """Nearest-neighbour cosines of the sampled new homes among ``candidates``, as one histogram (tag ``nn``)."""
+        pick = nn_similarity.sampled(queries.gids, self.params.nn_rate, self.params.seed)
         if not pick.any():
             return
-        best = np.maximum(nn_similarity.nearest_similarities(h_ids[pick], h_vecs[pick], h_ids, h_vecs),
-                          nn_similarity.nearest_similarities(h_ids[pick], h_vecs[pick], v_ids, v_vecs))
+        best = nn_similarity.nearest_similarities(queries.gids[pick], queries.vecs[pick], candidates.gids,
+                                                  candidates.vecs)
         yield pvalue.TaggedOutput("nn", nn_similarity.histogram(best))
 
 
@@ -205,7 +218,8 @@ class AssignAndSearch(beam.PTransform):
         searched = (
             self.select(pieces)
             | "GroupByPartition" >> beam.GroupByKey()
-            | "SearchPartitions" >> beam.ParDo(SearchPartitionFn(p)).with_outputs("roots", "max_cos", "edges", "nn")
+            | "SearchPartitions" >> beam.ParDo(SearchPartitionFn(p), pvalue.AsSingleton(inputs["centroids"])).with_outputs(
+                "roots", "max_cos", "edges", "nn")
         )
         nn_sampled = (searched.nn | "SumNNHistograms" >> beam.CombineGlobally(SumHistograms())
                       | "WriteNNHistogram" >> beam.Map(write_nn_histogram, p))

@@ -504,3 +504,20 @@ def test_choose_representatives_rule():
         dedup.choose_representatives(g, -w, h, k)
     with pytest.raises(ValueError, match="keys"):
         dedup.choose_representatives(g, w, h, k[:-1])
+
+
+@pytest.mark.parametrize("max_spill", [1, 3, K - 1])
+def test_boundary_pruned_search_finds_the_same_pairs(planted, max_spill):
+    """Visitors from j searched only against the homes near j's boundary: the same pair set as all homes x visitors."""
+    ids, x, c = planted["ids"], planted["x"], planted["centroids"]
+    home, (indptr, part) = dedup.assign_with_spill(x, c, T, max_spill)
+    vis_rows = np.repeat(np.arange(len(x)), np.diff(indptr))
+    for p in range(0, K, 7):
+        h = np.flatnonzero(home == p)
+        v = vis_rows[part == p]
+        full = dedup.partition_pairs(ids[h], x[h], ids[v], x[v], T)
+        pruned = dedup.partition_pairs(ids[h], x[h], ids[v], x[v], T, visitor_homes=home[v], centroids=c, partition=p)
+        np.testing.assert_array_equal(full[0], pruned[0])
+        np.testing.assert_array_equal(full[1], pruned[1])
+        np.testing.assert_allclose(full[2], pruned[2], atol=1e-6)  # other BLAS tile shapes: last-bit differences
+        assert (pruned[2] >= np.float32(T)).all()
