@@ -12,6 +12,8 @@ write a reject row instead of crashing:
 * EXIF orientation is applied (``ImageOps.exif_transpose``);
 * CMYK, palette (with or without transparency), LA/RGBA, 16-bit and 32-bit
   grayscale and float images are converted to RGB (alpha composited on white).
+
+:func:`encode_jpeg` is the project's one JPEG encoder (thumbnails, demo data, benchmarks).
 """
 from __future__ import annotations
 
@@ -107,6 +109,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert("RGB")
+
+
+def encode_jpeg(img: Image.Image, quality: int = 90, **options) -> bytes:
+    """The project's one JPEG encoder: ``img`` as baseline JPEG bytes at ``quality`` (1-95).
+
+    Non-RGB modes go through :func:`to_rgb` first (alpha on white, 16-bit
+    rescaled), so every caller gets the same colours for the same image.
+    ``options`` go to Pillow's JPEG writer (``optimize=True``, ``subsampling=0``).
+
+    Raises:
+      ValueError: ``quality`` outside 1..95 (Pillow's useful range).
+    """
+    if not 1 <= quality <= 95:
+        raise ValueError(f"JPEG quality {quality} must be in 1..95")
+    buf = io.BytesIO()
+    to_rgb(img).save(buf, format="JPEG", quality=quality, **options)
+    return buf.getvalue()
 
 
 def resize_center_crop(img: Image.Image, size: int, resample: int = Image.BICUBIC) -> Image.Image:

@@ -62,7 +62,7 @@ def test_run_writes_config_and_stats_and_every_sample_once(synthetic_shards, tmp
     assert stats["rows"] + stats["rejects"] == len(samples)
     assert _keys(out) == Counter({k: 1 for k in samples})
     cfg = json.load(open(os.path.join(out, "config.json")))
-    assert cfg["config"]["model"] == "pixel" and cfg["embedder"]["dim"] == 256 and len(cfg["shards"]) == 3
+    assert cfg["config"]["model"] == "pixel" and cfg["embedder"]["dim"] == PixelEmbedder.KEEP ** 2 and len(cfg["shards"]) == 3
     # A rerun skips every shard and changes nothing.
     before = {i: os.path.getmtime(layout.EmbeddingFolder(out).img_emb(i)) for i in ("00000", "00001", "00002")}
     again = embed.run(["--input", str(root), "--output", out, "--model", "pixel"])
@@ -91,9 +91,12 @@ def test_changed_parameters_redo_shards_and_drop_stale_text_embeddings(synthetic
     embed.run(["--input", str(root), "--output", out, "--model", "openclip:dupmine-tiny/random", "--batch-size", "16"])
     folder = layout.EmbeddingFolder(out)
     assert layout.read_npy(folder.text_emb("00000")).shape[1] == 64
+    tiny = np.array(layout.read_npy(folder.img_emb("00000")))
     stats = embed.run(["--input", str(root), "--output", out, "--model", "pixel"])
     assert stats.get("skipped", 0) == 0
-    assert not os.path.exists(folder.text_emb("00000")) and layout.read_npy(folder.img_emb("00000")).shape[1] == 256
+    pixel = np.array(layout.read_npy(folder.img_emb("00000")))
+    assert not os.path.exists(folder.text_emb("00000")) and pixel.shape[1] == PixelEmbedder.KEEP ** 2
+    assert pixel.shape == tiny.shape and not np.array_equal(pixel, tiny)  # both 64-d: the content was redone
 
 
 def test_multiprocess_runner_gives_same_outputs_as_in_process(synthetic_shards, tmp_path):

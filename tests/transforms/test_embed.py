@@ -4,7 +4,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from models.storage import layout
 from models.embed.shard_job import ShardJob
-from models.embed.embedders import EmbedderConfig
+from models.embed.embedders import EmbedderConfig, PixelEmbedder
 from models.storage.shards import list_shards
 from transforms.common import sum_counters
 from transforms.embed import EmbedShards
@@ -32,7 +32,7 @@ def test_embed_shards_transform_writes_every_sample_once(beam_pipeline, syntheti
     for i in folder.parts():
         emb = layout.read_npy(folder.img_emb(i))
         meta = layout.read_parquet(folder.metadata(i)).to_pylist()
-        assert emb.dtype == np.float16 and emb.shape == (len(meta), 256)
+        assert emb.dtype == np.float16 and emb.shape == (len(meta), PixelEmbedder.KEEP ** 2)
         np.testing.assert_allclose(np.linalg.norm(emb.astype(np.float32), axis=1), 1.0, atol=2e-3)
         for row in meta:  # row-aligned: metadata row j describes embedding j
             assert samples[row["key"]].caption == row["caption"] and row["shard"] == i and len(row["sha256"]) == 64

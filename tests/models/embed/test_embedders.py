@@ -34,7 +34,7 @@ def test_pixel_embedding_finds_exact_and_near_copies_but_not_others():
     near = decode_image(jpeg(base.resize((120, 120)), quality=70)).image
     batch = np.stack([emb.preprocess(im) for im in (base, base, near, other)])
     x, ok = l2_normalise(emb.embed_images(batch))
-    assert ok.all() and x.shape == (4, 256)
+    assert ok.all() and x.shape == (4, PixelEmbedder.KEEP ** 2) == (4, 64)
     sims = x @ x.T
     assert sims[0, 1] == pytest.approx(1.0, abs=1e-6)
     assert sims[0, 2] > 0.95
@@ -137,3 +137,49 @@ def test_shared_mobilenet_onnx(shared_data):
     a = noise_image(0, (100, 100))
     x, ok = l2_normalise(emb.embed_images(np.stack([emb.preprocess(a), emb.preprocess(a), emb.preprocess(noise_image(9, (100, 100)))])))
     assert ok.all() and float(x[0] @ x[1]) == pytest.approx(1.0, abs=1e-5)
+
+
+def _pixel_cosines(images):
+    emb = PixelEmbedder()
+    x, ok = l2_normalise(emb.embed_images(np.stack([emb.preprocess(im) for im in images])))
+    assert ok.all()
+    return x @ x.T
+
+
+def test_pixel_different_drawings_of_the_same_brightness_and_colour_are_far_apart():
+    """Issue 14.12: the old embedding kept DC and was not mean-centred, so brightness and colour dominated."""
+    from PIL import Image, ImageDraw
+
+    def drawing(shapes, fg=(200, 40, 40), bg=(40, 40, 200)):
+        img = Image.new("RGB", (128, 128), bg)
+        d = ImageDraw.Draw(img)
+        for kind, box in shapes:
+            (d.ellipse if kind == "e" else d.rectangle)(box, fill=fg)
+        return img
+
+    a = drawing([("e", (10, 10, 60, 60)), ("r", (70, 70, 120, 120))])        # same colours, same ink area,
+    b = drawing([("r", (70, 10, 120, 60)), ("e", (10, 70, 60, 120))])        # different layout
+    c = drawing([("r", (10, 40, 120, 90))])
+    d = drawing([("r", (40, 10, 90, 120))])                                  # c rotated: same mean, same colours
+    means = [np.asarray(im.convert("L"), np.float32).mean() for im in (a, b, c, d)]
+    assert max(means[:2]) - min(means[:2]) < 3.0 and abs(means[2] - means[3]) < 1.0
+    sims = _pixel_cosines([a, b, c, d])
+    assert sims[0, 1] < 0.5 and sims[2, 3] < 0.5
+    # the copy detector still sees re-encoded and rescaled copies
+    copies = [decode_image(jpeg(im, quality=60)).image for im in (a, c)] + [decode_image(jpeg(a.resize((90, 90)), quality=80)).image]
+    sims = _pixel_cosines([a, copies[0], c, copies[1], copies[2]])
+    assert sims[0, 1] > 0.99 and sims[2, 3] > 0.99 and sims[0, 4] > 0.99
+
+
+def test_pixel_ignores_brightness_and_rejects_flat_images():
+    from PIL import ImageEnhance
+
+    base = noise_image(0, (128, 128)).resize((16, 16)).resize((128, 128))
+    brighter = ImageEnhance.Brightness(base).enhance(1.1)
+    assert _pixel_cosines([base, brighter])[0, 1] > 0.98
+    emb = PixelEmbedder()
+    from PIL import Image
+
+    flat = [Image.new("RGB", (64, 64), c) for c in ((0, 0, 0), (255, 255, 255), (30, 200, 90))]
+    _, ok = l2_normalise(emb.embed_images(np.stack([emb.preprocess(im) for im in flat])))
+    assert not ok.any()  # no structure: zero embedding, becomes a zero-embedding reject

@@ -88,3 +88,21 @@ def test_exif_orientation_is_applied():
 def test_resize_center_crop_is_square():
     out = resize_center_crop(Image.new("RGB", (300, 100)), 64)
     assert out.size == (64, 64)
+
+
+def test_encode_jpeg_round_trips_any_mode_and_checks_quality():
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from models.storage.imaging import decode_image, encode_jpeg
+
+    rgba = Image.new("RGBA", (16, 8), (255, 0, 0, 0))  # fully transparent red: white once composited
+    out = decode_image(encode_jpeg(rgba, quality=95)).image
+    assert out.size == (16, 8) and np.asarray(out).min() > 240
+    gray16 = Image.fromarray(np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000, mode="I;16")
+    assert decode_image(encode_jpeg(gray16)).image.mode == "RGB"
+    small, big = encode_jpeg(rgba.convert("RGB"), quality=10), encode_jpeg(rgba.convert("RGB"), quality=95)
+    assert small[:2] == b"\xff\xd8" and big[:2] == b"\xff\xd8"
+    with pytest.raises(ValueError, match="1..95"):
+        encode_jpeg(rgba, quality=0)
