@@ -32,6 +32,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from models.storage import layout
 from models.storage.imaging import resize_center_crop
 
 DEFAULT_MODEL = "openclip:ViT-B-32/laion2b_s34b_b79k"
@@ -202,14 +203,14 @@ class OnnxPreprocess:
 
     @classmethod
     def load(cls, value: str | dict | None, model_path: str) -> "OnnxPreprocess":
-        """From a dict, a JSON string, a JSON file path, or ``MODEL.onnx.json`` beside the model."""
+        """From a dict, a JSON string, a JSON file (path or URL), or ``MODEL.onnx.json`` beside the model."""
         if value is None:
             sidecar = model_path + ".json"
-            if not os.path.exists(sidecar):
+            if not layout.exists(sidecar):
                 return cls()
             value = sidecar
         if isinstance(value, str):
-            value = json.loads(Path(value).read_text() if not value.lstrip().startswith("{") else value)
+            value = json.loads(value if value.lstrip().startswith("{") else layout.read_bytes(value))
         unknown = set(value) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"preprocess keys {sorted(unknown)} unknown; allowed {sorted(cls.__dataclass_fields__)}")
@@ -229,7 +230,7 @@ class OnnxEmbedder(Embedder):
             import onnxruntime as ort
         except ImportError as exc:  # pragma: no cover - a base dependency
             raise ImportError("onnx: models need onnxruntime (pip install onnxruntime)") from exc
-        if not os.path.exists(path):
+        if not layout.exists(path):
             raise ModelUnavailable(f"ONNX model file {path!r} does not exist")
         providers = ["CPUExecutionProvider"]
         if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
@@ -237,7 +238,11 @@ class OnnxEmbedder(Embedder):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, sess_options=options, providers=providers)
+        # A local model is opened by path (external weight files beside it keep working); a remote one
+        # (gs://, s3://) is fetched in one GET and handed over as bytes.
+        fs, local = layout.filesystem(path)
+        model = local if layout.is_local(fs) else layout.read_bytes(path)
+        self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.fixed_batch = isinstance(inp.shape[0], int) and inp.shape[0] == 1

@@ -183,3 +183,27 @@ def test_pixel_ignores_brightness_and_rejects_flat_images():
     flat = [Image.new("RGB", (64, 64), c) for c in ((0, 0, 0), (255, 255, 255), (30, 200, 90))]
     _, ok = l2_normalise(emb.embed_images(np.stack([emb.preprocess(im) for im in flat])))
     assert not ok.any()  # no structure: zero embedding, becomes a zero-embedding reject
+
+
+def test_onnx_model_and_preprocessing_load_from_an_object_store_url(tmp_path):
+    """Issue 11.5: the model file, its .json sidecar and --preprocess files go through fsspec, not os.path."""
+    import torch
+
+    from models.storage import layout
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    local = tmp_path / "tiny.onnx"
+    torch.onnx.export(net, torch.zeros(1, 3, 24, 24), str(local), input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
+    url = "memory://models-remote/tiny.onnx"
+    layout.atomic_write_bytes(url, local.read_bytes())
+    layout.atomic_write_bytes(url + ".json", b'{"size": 24, "resize": "squash"}')
+    emb = load_embedder(EmbedderConfig(f"onnx:{url}", device="cpu"))
+    assert emb.dim == 4 and emb.pre.size == 24 and emb.pre.resize == "squash"
+    batch = np.stack([emb.preprocess(noise_image(1, (30, 30)))])
+    with torch.no_grad():
+        np.testing.assert_allclose(emb.embed_images(batch), net(torch.from_numpy(batch)).numpy(), rtol=1e-4, atol=1e-5)
+    layout.atomic_write_bytes("memory://models-remote/pre.json", b'{"size": 16}')
+    assert OnnxPreprocess.load("memory://models-remote/pre.json", url).size == 16
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        load_embedder(EmbedderConfig("onnx:memory://models-remote/none.onnx", device="cpu"))

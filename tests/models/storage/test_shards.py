@@ -219,3 +219,6 @@ def test_listing_a_remote_folder_opens_no_sidecar_footer(counting):
     counting.reset()
     shards = list_shards("countmem://ls1")
     assert [s.shard_id for s in shards] == ["00000", "00001"] and counting.calls["open"] == 0
+    counting.reset()
+    assert len(list_shards("countmem://ls1/{00000..00001}.tar")) == 2
+    assert counting.calls == {"info": 2}  # one info per named shard, nothing opened
