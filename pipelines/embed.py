@@ -54,18 +54,25 @@ class EmbedConfig:
         return {"model": self.model, "preprocess": self.preprocess, "max_pixels": self.max_pixels}
 
 
+def _default(name: str):
+    return EmbedConfig.__dataclass_fields__[name].default
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The stage's flags; every default is :class:`EmbedConfig`'s (one source of truth)."""
     parser.add_argument("--input", required=True, help="shards: paths, globs, {00000..00099} braces, folders, fsspec URLs; comma-separated")
     parser.add_argument("--output", required=True, help="output embedding folder (local or fsspec URL)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="openclip:ARCH/PRETRAINED | onnx:PATH | pixel (default %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    parser.add_argument("--preprocess", default=None, help="onnx: preprocessing as JSON or a JSON file (default: MODEL.onnx.json, else ImageNet)")
-    parser.add_argument("--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS, help="reject images declaring more pixels (decompression bombs)")
-    parser.add_argument("--decode-workers", type=positive_int, default=2, help="decode threads per worker")
-    parser.add_argument("--threads", type=int, default=0, help="torch/onnxruntime intra-op threads (0 = library default)")
+    parser.add_argument("--model", default=_default("model"), help="openclip:ARCH/PRETRAINED | onnx:PATH | pixel (default %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=_default("batch_size"))
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=_default("device"))
+    parser.add_argument("--preprocess", default=_default("preprocess"),
+                        help="onnx: preprocessing as JSON or a JSON file/URL (default: MODEL.onnx.json, else ImageNet)")
+    parser.add_argument("--max-pixels", type=positive_int, default=_default("max_pixels"),
+                        help="reject images declaring more pixels (decompression bombs)")
+    parser.add_argument("--decode-workers", type=positive_int, default=_default("decode_workers"), help="decode threads per worker")
+    parser.add_argument("--threads", type=int, default=_default("threads"), help="torch/onnxruntime intra-op threads (0 = library default)")
     parser.add_argument("--overwrite", action="store_true", help="redo shards that already have a completion marker")
-    parser.add_argument("--progress-seconds", type=float, default=30.0, help="seconds between progress lines")
+    parser.add_argument("--progress-seconds", type=float, default=_default("progress_seconds"), help="seconds between progress lines")
 
 
 def config_from_args(args: argparse.Namespace) -> EmbedConfig:

@@ -175,3 +175,14 @@ def test_parquet_shards_without_key_take_ids_from_image_path_and_the_summary_say
     meta = layout.read_parquet(layout.EmbeddingFolder(str(tmp_path / "emb")).metadata("00000")).to_pylist()
     assert [(m["key"], m["md5"]) for m in meta] == [("x/0.jpg", "m0"), ("x/1.jpg", "m1")]
     assert all(len(m["sha256"]) == 64 for m in meta)
+
+
+def test_flag_defaults_are_the_config_defaults():
+    import argparse
+    from dataclasses import fields
+
+    parser = argparse.ArgumentParser()
+    embed.add_arguments(parser)
+    cfg = embed.config_from_args(parser.parse_args(["--input", "x", "--output", "y"]))
+    assert cfg == embed.EmbedConfig(input="x", output="y")
+    assert {a.dest for a in parser._actions if a.dest != "help"} == {f.name for f in fields(embed.EmbedConfig)}
