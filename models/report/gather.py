@@ -26,15 +26,13 @@ from models.report.generations import (GroupGenerations, PromptGenerations, by_g
                                        run_sizes)
 from models.report.thumbnails import copy_grids, make_thumbnails
 from models.storage import layout
+from models.storage.folders.dedup import DedupFolder
+from models.storage.folders.mine import MineFolder
 from models.storage.folders.report import ReportFolder
+from models.storage.folders.score import ScoreFolder
 
 EXAMPLE_CAPTIONS = 3       # example captions per word trigger
 STAGE_JSONS = ("config", "summary", "stats")
-# Input file names (until each stage's folder class in models/storage/folders names them).
-KEYWORD_TRIGGERS, OBJECT_TRIGGERS, FLAGGED_PROMPTS, OBJECT_TAGS = (
-    "keyword_triggers.parquet", "object_triggers.parquet", "flagged_prompts.parquet", "object_tags")
-PROMPT_SCORES, EXTRACTIONS, SIDE_SUMMARY = "prompt_scores.parquet", "extractions.parquet", "side_summary.json"
-NN_SIMILARITY = "nn_similarity.json"
 
 
 @dataclass
@@ -118,22 +116,24 @@ def _ranked(table: pa.Table | None, limit: int, flagged_first: bool) -> pa.Table
 
 
 def _gather_mine(d: ReportData, mine: str, cfg: ReportConfig) -> None:
-    d.words_all = read_table(layout.join(mine, KEYWORD_TRIGGERS))
+    folder = MineFolder(mine)
+    d.words_all = read_table(folder.keyword_triggers)
     d.words = rows_of(_ranked(d.words_all, cfg.max_rows, True), WordTrigger)
-    d.objects = rows_of(_ranked(read_table(layout.join(mine, OBJECT_TRIGGERS)), cfg.max_rows, True), ObjectTrigger)
-    d.prompts = rows_of(_ranked(read_table(layout.join(mine, FLAGGED_PROMPTS)), cfg.max_rows, False), FlaggedPrompt)
+    d.objects = rows_of(_ranked(read_table(folder.object_triggers), cfg.max_rows, True), ObjectTrigger)
+    d.prompts = rows_of(_ranked(read_table(folder.flagged_prompts), cfg.max_rows, False), FlaggedPrompt)
 
 
 def _gather_score(d: ReportData, score: str, report: ReportFolder, cfg: ReportConfig) -> list[Extraction]:
     """Scores, the top extractions, the SIDE summary and grids; returns every extraction row, most similar first."""
-    d.prompt_scores = read_table(layout.join(score, PROMPT_SCORES))
-    ext = read_table(layout.join(score, EXTRACTIONS))
+    folder = ScoreFolder(score)
+    d.prompt_scores = read_table(folder.prompt_scores)
+    ext = read_table(folder.extractions)
     every: list[Extraction] = []
     if ext is not None and ext.num_rows:
         ext = ext.sort_by([("similarity", "descending")]) if "similarity" in ext.column_names else ext
         every = rows_of(ext, Extraction)
         d.extractions = every[: cfg.max_rows]
-    d.side_summary = read_json_object(layout.join(score, SIDE_SUMMARY))
+    d.side_summary = read_json_object(folder.side_summary)
     d.grids = copy_grids(score, report, cfg.max_rows)
     return every
 
@@ -149,27 +149,27 @@ def _gather_generations(d: ReportData, score: str, every: list[Extraction], repo
 
 def _gather_nn_similarity(d: ReportData, dedup: str, report: ReportFolder) -> None:
     """Dedup's ``nn_similarity.json`` (absent: nothing; malformed: a note with every problem) and its plot."""
-    obj = read_json_object(layout.join(dedup, NN_SIMILARITY))
+    obj = read_json_object(DedupFolder(dedup).nn_similarity)
     if obj is None:
         return
     try:
         d.nn_similarity = NnSimilarity.from_json(obj)
     except ValueError as exc:
-        d.nn_similarity_note = f"{NN_SIMILARITY} not plotted: {exc}"
+        d.nn_similarity_note = f"{DedupFolder.NN_SIMILARITY} not plotted: {exc}"
         return
     d.nn_similarity_plot = plot_nn_similarity(d.nn_similarity, report)
     if d.nn_similarity_plot is None:
-        d.nn_similarity_note = f"{NN_SIMILARITY} not plotted: every count is 0"
+        d.nn_similarity_note = f"{DedupFolder.NN_SIMILARITY} not plotted: every count is 0"
 
 
 def _object_queries(d: ReportData, mine: str) -> list[ExampleQuery]:
-    """Per shown object trigger: its keyword and the keys tagged with its object (from ``object_tags/``)."""
+    """Per shown object trigger: its keyword and the rows tagged with its object (sample ids, else keys)."""
     names = sorted({str(r.object) for r in d.objects})
-    tags = read_table(layout.join(mine, OBJECT_TAGS), ["key", "object"], filters=[("object", "in", names)])
+    tags = read_table(MineFolder(mine).object_tags_dir, ["key", "sample_id", "object"], filters=[("object", "in", names)])
     tagged: dict[str, set[str]] = defaultdict(set)
     if tags is not None:
         for row in tags.to_pylist():
-            tagged[row["object"]].add(row["key"])
+            tagged[row["object"]].add(row.get("sample_id") or row["key"])
     return [ExampleQuery(str(r.keyword or ""), tagged.get(str(r.object), set())) for r in d.objects]
 
 

@@ -20,8 +20,10 @@ from models.report.reading import files_with_suffix, read_bytes
 from models.report.rows import Extraction, ScoreImage
 from models.report.thumbnails import PNG_SIGNATURE, copy_png
 from models.storage import layout
+from models.storage.folders import score as score_folder
 from models.storage.folders.report import ReportFolder
 
+GENERATIONS = "generations"   # per-generation PNGs the report uses when a score folder has them
 GRID_COLUMNS = 4     # the score stage's grid layout (models/score images: grid_png columns)
 GRID_LIMIT = 16      # generations per grid (the first 16 of a run)
 _GENERATION_ID = re.compile(r"r(\d+)g(\d+)")
@@ -126,8 +128,8 @@ def generation_images(score: str, generation_ids: list[str], run_sizes: Counter,
     joining an id into a path. ``run_sizes``: generations per SIDE run (rows of
     ``extractions.parquet``), which fixes each grid's geometry.
     """
-    saved = files_with_suffix(layout.join(score, "generations"), ".png")
-    grids = {grid_run(name): path for name, path in files_with_suffix(layout.join(score, "grids"), ".png").items()
+    saved = files_with_suffix(layout.join(score, GENERATIONS), ".png")
+    grids = {grid_run(name): path for name, path in files_with_suffix(layout.join(score, score_folder.GRIDS), ".png").items()
              if grid_run(name) is not None}
     grid_bytes: dict[int, bytes] = {}
     out: dict[str, str] = {}

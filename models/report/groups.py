@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from models.report.reading import read_each
 from models.report.rows import DuplicateGroup, ShownRow
 from models.storage import layout
+from models.storage.folders.dedup import DedupFolder
 from models.storage.folders.report import ReportFolder
 
 
@@ -37,9 +38,9 @@ def groups_folder(dedup: str, report: ReportFolder) -> str:
     """
     from models.storage import run_chain
 
-    manifest = layout.join(dedup, run_chain.MANIFEST)
-    if not layout.exists(manifest) or len(run_chain.read_chain(dedup)) == 1:
-        return layout.join(dedup, "groups")
+    folder = DedupFolder(dedup)
+    if not layout.exists(folder.manifest) or len(run_chain.read_chain(dedup)) == 1:
+        return folder.groups_dir
     layout.write_parquet(report.chain_state_groups, run_chain.load_groups(dedup, run_chain.STATE_COLUMNS))
     return report.chain_state
 
@@ -79,24 +80,63 @@ def shown_groups(dedup: str, summary: dict | None, max_groups: int, max_members:
     top_ids = ids[:max_groups]
     extra_ids = sorted({g for g in referenced if g in size_of and g not in set(top_ids)}, key=lambda g: (-size_of[g], g))
     wanted = top_ids + extra_ids
-    reps: dict[str, str] = {}
-    keys: dict[str, list[str]] = defaultdict(list)
-    if wanted:
-        for t in read_each(root, ["key", "group_id", "is_representative", "representative_key"],
-                           filters=[("group_id", "in", wanted)]):
-            for row in t.to_pylist():
-                if row["is_representative"]:
-                    reps[row["group_id"]] = row["key"]
-                reps.setdefault(row["group_id"], row["representative_key"] or row["key"])
-                keys[row["group_id"]].append(row["key"])
-            for gid in list(keys):  # bounded: the max_members smallest keys per group
-                keys[gid] = sorted(set(keys[gid]))[: max_members + 1]
+    members = _members(root, wanted, max_members) if wanted else {}
 
     def make(gid: str) -> DuplicateGroup:
-        rep = reps[gid]
-        return DuplicateGroup(gid, int(size_of[gid]), rep, ([rep] + [k for k in keys[gid] if k != rep])[:max_members])
+        m = members[gid]
+        rep = m.representative()
+        order = [rep] + [r for r in m.refs() if r != rep]
+        return DuplicateGroup(gid, int(size_of[gid]), rep, order[:max_members], {r: m.key_of(r) for r in order[:max_members]})
 
     return GroupsShown([make(g) for g in top_ids], [make(g) for g in extra_ids], dict(sorted(hist.items())), len(ids))
+
+
+class _Member(NamedTuple):
+    key: str
+    ref: str     # sample id when the dedup output has one, else the key
+
+
+class _Members:
+    """The members kept of one group while its rows stream by: the ``limit`` smallest by key, and the representative."""
+
+    def __init__(self, limit: int):
+        self.limit, self.kept, self.rep, self.rep_key = limit, [], None, None
+
+    def add(self, row: dict) -> None:
+        member = _Member(row["key"], row.get("sample_id") or row["key"])
+        if row["is_representative"]:
+            self.rep = member
+        if self.rep_key is None:
+            self.rep_key = row["representative_key"] or row["key"]
+        self.kept.append(member)
+
+    def trim(self) -> None:
+        self.kept = sorted(set(self.kept))[: self.limit]
+
+    def representative(self) -> str:
+        """The flagged representative, else the member whose key is ``representative_key``, else that key."""
+        if self.rep is not None:
+            return self.rep.ref
+        return next((m.ref for m in self.kept if m.key == self.rep_key), self.rep_key)
+
+    def refs(self) -> list[str]:
+        return [m.ref for m in sorted(set(self.kept))]
+
+    def key_of(self, ref: str) -> str:
+        known = {m.ref: m.key for m in self.kept} | ({self.rep.ref: self.rep.key} if self.rep else {})
+        return known.get(ref, ref)
+
+
+def _members(root: str, wanted: list[str], max_members: int) -> dict[str, _Members]:
+    """Per wanted group, its representative and ``max_members + 1`` smallest members (memory bounded per part file)."""
+    members: dict[str, _Members] = defaultdict(lambda: _Members(max_members + 1))
+    for t in read_each(root, ["key", "sample_id", "group_id", "is_representative", "representative_key"],
+                       filters=[("group_id", "in", wanted)]):
+        for row in t.to_pylist():
+            members[row["group_id"]].add(row)
+        for m in members.values():
+            m.trim()
+    return members
 
 
 def fill_cosines(embeddings: str, rows: dict[str, ShownRow], groups: list[DuplicateGroup]) -> None:

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from models.report.reading import parquet_rows, read_table
 from models.report.rows import ShownRow
 from models.storage import layout
-from models.storage.ids import KEY_SOURCES, row_keys
+from models.storage.ids import KEY_SOURCES
 
 
 class ExampleQuery(NamedTuple):
@@ -25,8 +25,8 @@ class ExampleQuery(NamedTuple):
 
 
 class MetadataScan(NamedTuple):
-    rows: dict[str, ShownRow]      # key -> row, for the wanted keys and every example found
-    examples: list[list[str]]      # per query, up to ``per_query`` keys in metadata order
+    rows: dict[str, ShownRow]      # reference (sample id, or the plain key asked for) -> row
+    examples: list[list[str]]      # per query, up to ``per_query`` sample ids in metadata order
 
 
 def keyword_regex(keyword: str) -> str | None:
@@ -52,8 +52,14 @@ def _mask_rows(mask: pa.Array) -> np.ndarray:
 def scan_metadata(embeddings: str, wanted: set[str], queries: list[ExampleQuery], per_query: int) -> MetadataScan:
     """One pass over the metadata parts of an embedding folder.
 
-    Keys come from :func:`models.storage.ids.row_keys` (``key``, else
-    ``image_path``, else ``url``, else ``PART:ROW``), as the other stages name rows.
+    References in ``wanted`` and in the queries' ``tagged`` sets are sample ids
+    or plain keys (stages that name rows by key only). Rows are identified as
+    :meth:`EmbeddingFolder.part_ids` identifies them (``sample_id``, else
+    :func:`models.storage.ids.row_keys` qualified by the metadata file's URL).
+    ``rows`` holds each found row under its sample id and, when it was asked for
+    by key, under that key too; a key that names rows of several shards resolves
+    to the first in part order (a plain key cannot tell them apart). Examples are
+    listed by sample id.
     """
     folder = layout.EmbeddingFolder(embeddings)
     found: dict[str, ShownRow] = {}
@@ -61,23 +67,29 @@ def scan_metadata(embeddings: str, wanted: set[str], queries: list[ExampleQuery]
     wanted_arr = pa.array(sorted(wanted), pa.string())
     patterns = [(keyword_regex(q.keyword), pa.array(sorted(q.tagged), pa.string())) for q in queries]
     for part in folder.parts():
-        meta = read_table(folder.metadata(part), [*KEY_SOURCES, "caption", "shard"])
+        meta = read_table(folder.metadata(part), [*KEY_SOURCES, "sample_id", "caption", "shard"])
         n = meta.num_rows
-        keys = pa.array(row_keys(meta, part).keys, pa.string())
+        ids = folder.part_ids(part, meta)
+        keys, sample_ids = pa.array(ids.keys, pa.string()), pa.array(ids.sample_ids, pa.string())
         captions = meta.column("caption").cast(pa.string()) if "caption" in meta.column_names else pa.nulls(n, pa.string())
         shards = meta.column("shard").to_pylist() if "shard" in meta.column_names else [None] * n
-        picked = set(_mask_rows(pc.is_in(keys, value_set=wanted_arr)).tolist())
+
+        def named(refs: pa.Array) -> pa.Array:
+            return pc.or_(pc.is_in(sample_ids, value_set=refs), pc.is_in(keys, value_set=refs))
+
+        picked = set(_mask_rows(named(wanted_arr)).tolist())
         for q, (pattern, tagged) in enumerate(patterns):
             if pattern is None or len(examples[q]) >= per_query or len(tagged) == 0:
                 continue
-            mask = pc.and_(pc.is_in(keys, value_set=tagged), pc.match_substring_regex(captions, pattern, ignore_case=True))
+            mask = pc.and_(named(tagged), pc.match_substring_regex(captions, pattern, ignore_case=True))
             for i in _mask_rows(mask)[: per_query - len(examples[q])]:
-                examples[q].append(keys[int(i)].as_py())
+                examples[q].append(ids.sample_ids[int(i)])
                 picked.add(int(i))
         for i in sorted(picked):
-            key = keys[i].as_py()
-            if key not in found:
-                found[key] = ShownRow(key, captions[i].as_py(), shards[i], part, i)
+            row = ShownRow(ids.keys[i], ids.sample_ids[i], captions[i].as_py(), shards[i], part, i)
+            found.setdefault(row.sample_id, row)
+            if row.key in wanted:
+                found.setdefault(row.key, row)
     return MetadataScan(found, examples)
 
 

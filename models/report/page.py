@@ -209,6 +209,13 @@ def _prompt_table(d: ReportData, cfg: ReportConfig, scored: bool) -> PromptTable
     return PromptTable(lines, max(0, len(extra) - cfg.max_rows))
 
 
+def _labels(d: ReportData) -> dict[str, str]:
+    """Row reference (sample id or key) -> the plain key the page shows for it."""
+    labels = {ref: g.keys[ref] for g in d.groups for ref in g.keys}
+    labels.update({ref: row.key for ref, row in d.rows.items()})
+    return labels
+
+
 def _environment() -> jinja2.Environment:
     templates = resources.files("models.report") / "templates"
     sources = {t.name: t.read_text(encoding="utf-8") for t in templates.iterdir() if t.name.endswith((".j2", ".css"))}
@@ -231,7 +238,7 @@ def render_page(d: ReportData, inputs: ReportInputs, cfg: ReportConfig) -> str:
     tagger = d.stage_json.get("mine", {}).get("config", {}).get("config", {}).get("tagger")
     context = dict(
         d=d, inputs=inputs, cfg=cfg, size=cfg.thumb_size, csp=CSP,
-        captions={k: r.caption for k, r in d.rows.items()}, thumbs=d.thumbs,
+        captions={k: r.caption for k, r in d.rows.items()}, thumbs=d.thumbs, labels=_labels(d),
         rendered={g.group_id for g in d.groups}, example_captions=EXAMPLE_CAPTIONS,
         summary_items=_summary_items(d, inputs), plot_titles=PLOT_TITLES,
         words_flagged=sum(1 for v in column(d.words_all, "flagged") if v),

@@ -104,9 +104,10 @@ class Extraction:
 # --- made by the report ------------------------------------------------------
 @dataclass(frozen=True)
 class ShownRow:
-    """One embedding row the page shows: where it lives and its caption."""
+    """One embedding row the page shows: its identity, where it lives and its caption."""
 
-    key: str
+    key: str            # the plain key (shown on the page)
+    sample_id: str      # the fully qualified id (models.storage.ids): thumbnails are named by it
     caption: str | None
     shard: str | None
     part: str
@@ -115,13 +116,17 @@ class ShownRow:
 
 @dataclass
 class DuplicateGroup:
-    """A duplicate group as shown: representative first, then members by key, at most ``max_members``."""
+    """A duplicate group as shown: representative first, then members by key, at most ``max_members``.
+
+    Members are references: sample ids when the dedup output has them, else plain keys.
+    """
 
     group_id: str
     size: int
     representative: str
     members: list[str]
-    cosine: dict[str, float] = field(default_factory=dict)   # member key -> cosine to the representative
+    keys: dict[str, str] = field(default_factory=dict)       # member reference -> plain key
+    cosine: dict[str, float] = field(default_factory=dict)   # member reference -> cosine to the representative
 
 
 class RejectCount(NamedTuple):

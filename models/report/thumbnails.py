@@ -16,6 +16,7 @@ from typing import NamedTuple
 from models.report.reading import files_with_suffix, read_bytes, read_json_object
 from models.report.rows import ScoreImage, ShownRow
 from models.storage import layout
+from models.storage.folders import score as score_folder
 from models.storage.folders.report import ReportFolder
 
 SHARD_THREADS = 4          # shards re-read in parallel for thumbnails
@@ -24,8 +25,15 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class Thumbnails(NamedTuple):
-    paths: dict[str, str]   # key -> report-relative path of its thumbnail
+    paths: dict[str, str]   # reference (sample id or plain key) -> report-relative path of its thumbnail
     notes: list[str]        # what could not be shown, and why
+
+
+class _RowAt(NamedTuple):
+    """Where a row's image is: its shard id and its plain key (unique inside the shard)."""
+
+    shard: str
+    key: str
 
 
 class _ShardResult(NamedTuple):
@@ -57,17 +65,18 @@ def _thumbnail_jpeg(image_bytes: bytes, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _one_shard(ref, todo: set[str], report: ReportFolder, size: int) -> _ShardResult:
+def _one_shard(ref, todo: dict[str, str], report: ReportFolder, size: int) -> _ShardResult:
+    """Thumbnails of one shard's rows: ``todo`` maps each wanted row's plain key (unique in its shard) to its sample id."""
     from models.storage.imaging import ImageRejected
     from models.storage.shards import Sample, read_shard
 
-    done: dict[str, str] = {}
+    done: dict[str, str] = {}   # plain key -> relative path ("" when the image was rejected)
     bad: list[str] = []
     try:
         for item in read_shard(ref):
             if not isinstance(item, Sample) or item.key not in todo or item.key in done:
                 continue
-            rel = report.thumb(item.key)
+            rel = report.thumb(todo[item.key])
             try:
                 layout.atomic_write_bytes(report.path(rel), _thumbnail_jpeg(item.image, size))
                 done[item.key] = rel
@@ -87,28 +96,33 @@ def _one_shard(ref, todo: set[str], report: ReportFolder, size: int) -> _ShardRe
     return _ShardResult({k: v for k, v in done.items() if v}, notes)
 
 
-def make_thumbnails(embeddings: str, rows: dict[str, ShownRow], keys: set[str], report: ReportFolder,
+def make_thumbnails(embeddings: str, rows: dict[str, ShownRow], refs: set[str], report: ReportFolder,
                     size: int) -> Thumbnails:
-    """Re-read ``keys`` from their shards, decode safely, write ``thumbs/<hash>.jpg`` into ``report``."""
-    refs = _shard_refs(embeddings)
-    if not refs:
+    """Re-read the rows of ``refs`` from their shards, decode safely, write ``thumbs/<hash of sample id>.jpg``.
+
+    ``refs`` are keys of ``rows`` (sample ids or plain keys); two references to one
+    row share its thumbnail.
+    """
+    shard_refs = _shard_refs(embeddings)
+    if not shard_refs:
         return Thumbnails({}, [f"no thumbnails: {embeddings}/config.json lists no shards (embeddings not made by dupmine embed)"])
-    by_shard: dict[str, set[str]] = defaultdict(set)
+    by_shard: dict[str, dict[str, str]] = defaultdict(dict)   # shard id -> {plain key: sample id}
     notes = []
-    for k in keys:
-        row = rows.get(k)
-        if row is not None and row.shard in refs:
-            by_shard[row.shard].add(k)
-    unknown = sorted({rows[k].shard for k in keys if k in rows and rows[k].shard not in refs}, key=str)
+    shown = [rows[r] for r in sorted(refs) if r in rows]
+    for row in shown:
+        if row.shard in shard_refs:
+            by_shard[row.shard][row.key] = row.sample_id
+    unknown = sorted({row.shard for row in shown if row.shard not in shard_refs}, key=str)
     if unknown:
         notes.append(f"no thumbnails for rows of shards not listed in config.json: {', '.join(map(str, unknown[:10]))}")
-    paths: dict[str, str] = {}
+    made: dict[_RowAt, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, min(SHARD_THREADS, len(by_shard)))) as pool:
         shards = sorted(by_shard)
-        for result in pool.map(lambda s: _one_shard(refs[s], by_shard[s], report, size), shards):
-            paths.update(result.paths)
+        for shard, result in zip(shards, pool.map(lambda s: _one_shard(shard_refs[s], by_shard[s], report, size), shards)):
+            made.update({_RowAt(shard, k): rel for k, rel in result.paths.items()})
             notes += result.notes
-    return Thumbnails(paths, notes)
+    at = {r: _RowAt(rows[r].shard, rows[r].key) for r in refs if r in rows}
+    return Thumbnails({r: made[a] for r, a in at.items() if a in made}, notes)
 
 
 def copy_png(src: str, report: ReportFolder, rel: str) -> bool:
@@ -123,7 +137,7 @@ def copy_png(src: str, report: ReportFolder, rel: str) -> bool:
 def copy_grids(score: str, report: ReportFolder, limit: int) -> list[ScoreImage]:
     """The first ``limit`` ``grids/*.png`` of a score folder (by name), copied; non-PNG files skipped."""
     out = []
-    for name, src in files_with_suffix(layout.join(score, "grids"), ".png").items():
+    for name, src in files_with_suffix(layout.join(score, score_folder.GRIDS), ".png").items():
         if len(out) == limit:
             break
         rel = report.score_grid(name)

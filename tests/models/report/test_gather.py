@@ -23,20 +23,25 @@ def run_gather(folders, tmp_path, **cfg):
 
 def test_groups_rows_and_examples(folders, tmp_path):
     d = run_gather(folders, tmp_path)
+    sid = {k: tiny.sid(tmp_path, k) for k in tiny.KEYS}   # groups carry sample ids: members are named by them
     assert [(g.group_id, g.size, g.representative, g.members) for g in d.top_groups] == [
-        ("k0", 3, "k0", ["k0", "k1", "k2"]), ("k4", 2, "k4", ["k4", "k3"])]
+        ("k0", 3, sid["k0"], [sid["k0"], sid["k1"], sid["k2"]]), ("k4", 2, sid["k4"], [sid["k4"], sid["k3"]])]
+    assert d.top_groups[1].keys == {sid["k4"]: "k4", sid["k3"]: "k3"}
     assert d.size_hist == {1: 1, 2: 1, 3: 1} and d.groups_total == 2 and d.extra_groups == []
     cos = d.top_groups[0].cosine  # float16-stored unit vectors: k1 . k0 = 0.8, k2 . k0 = 0.6
-    assert cos["k0"] == pytest.approx(1.0, abs=1e-3) and cos["k1"] == pytest.approx(0.8, abs=1e-3)
-    assert cos["k2"] == pytest.approx(0.6, abs=1e-3) and d.top_groups[1].cosine["k3"] == pytest.approx(0.0, abs=1e-3)
-    # captions and locations only for the rows shown (members, 3 example keys, extraction matches, object examples)
-    assert sorted(d.rows) == ["k0", "k1", "k2", "k3", "k4"]
-    assert d.rows["k2"].caption == tiny.CAPTIONS["k2"] and d.rows["k2"].index == 2 and d.rows["k2"].shard == "00000"
+    assert cos[sid["k0"]] == pytest.approx(1.0, abs=1e-3) and cos[sid["k1"]] == pytest.approx(0.8, abs=1e-3)
+    assert cos[sid["k2"]] == pytest.approx(0.6, abs=1e-3) and d.top_groups[1].cosine[sid["k3"]] == pytest.approx(0.0, abs=1e-3)
+    # captions and locations only for the rows shown (members, 3 example keys, extraction matches, object examples),
+    # under their sample ids, and under the plain keys that word examples and extractions name them by
+    assert {r.key for r in d.rows.values()} == {"k0", "k1", "k2", "k3", "k4"}
+    assert set(d.rows) == {sid[k] for k in ("k0", "k1", "k2", "k3", "k4")} | {"k0", "k1", "k2", "k3"}
+    row = d.rows[sid["k2"]]
+    assert row.caption == tiny.CAPTIONS["k2"] and row.index == 2 and row.shard == "00000" and d.rows["k2"] is row
     # the object trigger's examples: tagged "ball" AND captioned "red" (k3 is tagged but says "green")
-    assert d.object_examples == [["k0", "k1"]]
-    assert set(d.thumbs) == {"k0", "k1", "k2", "k3", "k4"}
-    for key, rel in d.thumbs.items():
-        assert rel == ReportFolder.thumb(key) and layout.exists(str(tmp_path / "report" / rel))
+    assert d.object_examples == [[sid["k0"], sid["k1"]]]
+    assert {d.rows[r].key for r in d.thumbs} == {"k0", "k1", "k2", "k3", "k4"}
+    for ref, rel in d.thumbs.items():   # one file per row, named by its sample id, whichever name points to it
+        assert rel == ReportFolder.thumb(d.rows[ref].sample_id) and layout.exists(str(tmp_path / "report" / rel))
 
 
 def test_ranked_tables_and_limits(folders, tmp_path):
@@ -45,7 +50,7 @@ def test_ranked_tables_and_limits(folders, tmp_path):
     assert d.words_all.num_rows == 3
     assert [p.prompt for p in d.prompts] == ["a red ball", "green"]  # by rank
     assert [e.generation_id for e in d.extractions] == ["r00g000000", "r01g000000"]  # most similar first, max_rows
-    assert [g.group_id for g in d.top_groups] == ["k0"] and d.top_groups[0].members == ["k0", "k1"]
+    assert [g.group_id for g in d.top_groups] == ["k0"] and list(d.top_groups[0].keys.values()) == ["k0", "k1"]
     assert [g.group_id for g in d.extra_groups] == ["k4"]            # referenced by a prompt, a word and an extraction
     assert [g.name for g in d.grids] == ["side_00", "side_01"]
     # every generation shown has an image: r01g000000 saved by the score stage, the others cut from their run's grid
@@ -79,6 +84,7 @@ def test_metadata_without_key_column_uses_row_keys(tmp_path):
     from models.storage import schemas
     layout.write_parquet(str(tmp_path / "dd" / "groups" / "groups_0.parquet"), schemas.table(rows, schemas.DEDUP_GROUPS))
     d = gather(ReportInputs(embeddings=str(emb), dedup=str(tmp_path / "dd")), ReportFolder(str(tmp_path / "r")), ReportConfig())
-    assert d.rows["img/k1.jpg"].caption == tiny.CAPTIONS["k1"]
+    assert d.rows["img/k1.jpg"].caption == tiny.CAPTIONS["k1"]   # groups without sample ids name members by key
+    assert d.top_groups[0].members == ["img/k0.jpg", "img/k1.jpg", "img/k2.jpg"]
     assert d.top_groups[0].cosine["img/k1.jpg"] == pytest.approx(0.8, abs=1e-3)
     assert d.thumbs == {} and "lists no shards" in d.thumb_notes[0]

@@ -97,7 +97,7 @@ def test_report_shows_generations_beside_training_images_and_groups(tmp_path):
     assert len(pairs) == 2
     first = pairs[0]
     assert f'src="{ReportFolder.generation("r01g000000")}"' in first and "similarity 0.95, band high" in first
-    assert f'src="{ReportFolder.thumb("k1")}"' in first and f'<div class="key">k1</div>' in first   # the copied image
+    assert f'src="{ReportFolder.thumb(tiny.sid(tmp_path, "k1"))}"' in first and '<div class="key">k1</div>' in first
     assert f'src="{ReportFolder.score_grid("side_01")}"' in block
     groups = text[text.index('id="top-groups"'):text.index('id="word-triggers"')]
     k0 = groups[:groups.index('data-group-size="2"')]

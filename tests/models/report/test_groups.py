@@ -23,13 +23,15 @@ def test_summary_singletons_win_and_members_are_bounded(tmp_path):
     shown = shown_groups(str(dd), layout.read_json(str(dd / "summary.json")), 1, 2, ["k4", "k5", "nope"],
                          ReportFolder(str(tmp_path / "r")))
     assert shown.size_hist[1] == 10
-    assert [(g.group_id, g.members) for g in shown.top] == [("k0", ["k0", "k1"])]
+    sid = {k: tiny.sid(tmp_path, k) for k in tiny.KEYS}
+    assert [(g.group_id, g.members) for g in shown.top] == [("k0", [sid["k0"], sid["k1"]])]
     # referenced: k4 is a duplicate group outside the top; k5 is a singleton and "nope" does not exist
-    assert [(g.group_id, g.representative, g.members) for g in shown.referenced] == [("k4", "k4", ["k4", "k3"])]
+    assert [(g.group_id, g.representative, g.members) for g in shown.referenced] == [("k4", sid["k4"], [sid["k4"], sid["k3"]])]
+    assert shown.referenced[0].keys == {sid["k4"]: "k4", sid["k3"]: "k3"}
 
 
 def test_representative_from_representative_key_when_not_flagged(tmp_path):
-    rows = [r | {"is_representative": False} for r in tiny.group_rows()]
+    rows = [r | {"is_representative": False} for r in tiny.group_rows()]   # keys only: representative_key names it
     layout.write_parquet(str(tmp_path / "dd" / "groups" / "groups_0.parquet"), schemas.table(rows, schemas.DEDUP_GROUPS))
     shown = shown_groups(str(tmp_path / "dd"), None, 5, 8, [], ReportFolder(str(tmp_path / "r")))
     assert [g.members[0] for g in shown.top] == ["k0", "k4"]
@@ -50,7 +52,7 @@ def test_cosines_match_numpy(tmp_path):
     import pyarrow.parquet as pq
     (emb / "metadata").mkdir()
     pq.write_table(pa.table({"key": [f"r{i}" for i in range(5)]}), emb / "metadata" / "metadata_0.parquet")
-    rows = {f"r{i}": ShownRow(f"r{i}", None, None, "0", i) for i in range(5)}
+    rows = {f"r{i}": ShownRow(f"r{i}", f"s::r{i}", None, None, "0", i) for i in range(5)}
     g = DuplicateGroup("r3", 3, "r3", ["r3", "r0", "r4"])
     fill_cosines(str(emb), rows, [g])
     u = x.astype(np.float32) / np.linalg.norm(x.astype(np.float32), axis=1, keepdims=True)

@@ -21,9 +21,12 @@ def test_keyword_regex_matches_word_prefixes_in_order():
 
 def test_scan_finds_wanted_rows_and_bounded_examples(tmp_path):
     emb = tiny.write_embeddings(tmp_path)
-    queries = [ExampleQuery("ball", {"k0", "k1", "k3"}), ExampleQuery("cube", {"k0"}), ExampleQuery("", {"k0"})]
-    scan = scan_metadata(str(emb), {"k4", "missing"}, queries, per_query=2)
-    assert scan.examples == [["k0", "k1"], [], []]   # at most 2, in metadata order; k2 says "cube" but is not tagged
-    assert sorted(scan.rows) == ["k0", "k1", "k4"]
-    assert scan.rows["k4"].caption == "green" and scan.rows["k4"].part == "00000" and scan.rows["k4"].index == 4
+    sid = {k: tiny.sid(tmp_path, k) for k in tiny.KEYS}
+    # tagged by key or by sample id alike
+    queries = [ExampleQuery("ball", {"k0", sid["k1"], "k3"}), ExampleQuery("cube", {"k0"}), ExampleQuery("", {"k0"})]
+    scan = scan_metadata(str(emb), {"k4", sid["k2"], "missing"}, queries, per_query=2)
+    assert scan.examples == [[sid["k0"], sid["k1"]], [], []]   # at most 2, in metadata order; k2 says "cube", not tagged
+    assert set(scan.rows) == {sid["k0"], sid["k1"], sid["k2"], sid["k4"], "k4"}   # asked by key: found under it too
+    row = scan.rows["k4"]
+    assert row is scan.rows[sid["k4"]] and row.caption == "green" and row.part == "00000" and row.index == 4
     assert count_rows(str(emb)) == len(tiny.KEYS)

@@ -24,7 +24,7 @@ def hostile_data() -> ReportData:
     return ReportData(
         stage_json={"mine": {"summary": {e("jsonkey"): e("jsonvalue"), "flagged_prompts": e("count")}}},
         rejects=[RejectCount(e("stage"), e("reason"), 3)],
-        top_groups=[DuplicateGroup(gid, 2, key, [key, e("member")], {e("member"): 0.5})], groups_total=1,
+        top_groups=[DuplicateGroup(gid, 2, key, [key, e("member")], cosine={e("member"): 0.5})], groups_total=1,
         words=[WordTrigger(e("word"), 3, 2, gid, 0.5, 2.0, 0.01, [key], True, 1)],
         words_all=pa.table({"flagged": [True]}),
         objects=[ObjectTrigger(e("kw"), e("obj"), 2, 2, 1.0, 0.1, 3.0, 0.5, 0.01, True, 1)], object_examples=[[key]],
@@ -33,7 +33,7 @@ def hostile_data() -> ReportData:
                                 "decision": [e("decision"), "yes"]}),
         extractions=[Extraction(e("gen"), e("eprompt"), key, 0.9, e("band"), gid)],
         side_summary={e("side"): [1, 2]}, grids=[ScoreImage(e("grid"), "score/grids/abc.png")],
-        rows={key: ShownRow(key, e("caption"), None, "0", 0)}, thumbs={key: "thumbs/abc.jpg"},
+        rows={key: ShownRow(key, e("sid"), e("caption"), None, "0", 0)}, thumbs={key: "thumbs/abc.jpg"},
         thumb_notes=[e("note")], plots={"score:" + e("plot"): "plots/x.png"},
     )
 

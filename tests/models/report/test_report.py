@@ -65,7 +65,11 @@ def build_run(tmp_path_factory) -> BuiltRun:
         s.caption = STAR_CAPTION
     biggest[1].caption = XSS_CAPTION
     biggest[2].key = EVIL_KEY
-    write_webdataset_shard(str(shards / "00000.tar"), samples, [("000009999", "http://x.invalid/a.jpg", "HTTP Error 404")])
+    # The traversal key travels in an img2dataset parquet shard's key column: tar members are keyed by their file
+    # names (a "../../x.jpg" member is "x"), a parquet shard's keys are taken as written.
+    write_webdataset_shard(str(shards / "00000.tar"), [s for s in samples if s.key != EVIL_KEY],
+                           [("000009999", "http://x.invalid/a.jpg", "HTTP Error 404")])
+    write_parquet_shard(shards / "00001.parquet", [biggest[2]])
     quiet = ["--progress-seconds", "1000"]
     embed.run(["--input", str(shards), "--output", str(root / "embed"), "--model", "pixel", *quiet])
     dedup.run(["--embeddings", str(root / "embed"), "--output", str(root / "dedup"), "--threshold", "0.9"])
@@ -74,6 +78,18 @@ def build_run(tmp_path_factory) -> BuiltRun:
     built = BuiltRun(root, biggest[1].key, len(biggest), {s.key: s for s in samples})
     _CACHE["run"] = built
     return built
+
+
+def sample_id_of(built: BuiltRun, key: str) -> str:
+    """The sample id the stages gave ``key`` (thumbnails are named by it: keys repeat across downloads)."""
+    return next(r["sample_id"] for r in pq.read_table(built.root / "dedup" / "groups").to_pylist() if r["key"] == key)
+
+
+def write_parquet_shard(path: Path, samples: list) -> None:
+    """An img2dataset ``output_format parquet`` shard: the metadata columns plus the image bytes in ``jpg``."""
+    from models.demo.synthetic import sample_json
+
+    pq.write_table(pa.Table.from_pylist([sample_json(s) | {"jpg": s.image} for s in samples]), path)
 
 
 def png_bytes(color: tuple[int, int, int], size: tuple[int, int] = (48, 48)) -> bytes:
@@ -241,7 +257,7 @@ def test_report_of_a_real_run(built, tmp_path):
     assert any("<script>alert(1)</script>" in t for t in checker.text)
     # the traversal key: shown as text, its thumbnail under a hashed name, nothing written outside the report
     assert "../../x" in "".join(checker.text)
-    assert (out / ReportFolder.thumb(EVIL_KEY)).is_file() and os.listdir(tmp_path / "a" / "b") == ["report"]
+    assert (out / ReportFolder.thumb(sample_id_of(built, EVIL_KEY))).is_file() and os.listdir(tmp_path / "a" / "b") == ["report"]
     assert all(re.fullmatch(r"[0-9a-f]{32}\.jpg", f) for f in os.listdir(out / "thumbs"))
 
     # the largest group first, sizes non-increasing, and it is the planted one
@@ -285,7 +301,7 @@ def test_groups_referenced_by_triggers_are_rendered_beyond_max_groups(built, tmp
     for gid in referenced:
         assert f'id="{group_anchor(gid)}"' in text
     assert 'id="referenced-groups"' in text
-    with Image.open(tmp_path / "r" / ReportFolder.thumb(EVIL_KEY)) as im:
+    with Image.open(tmp_path / "r" / ReportFolder.thumb(sample_id_of(built, EVIL_KEY))) as im:
         assert max(im.size) <= 48
 
 

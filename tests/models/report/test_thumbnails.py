@@ -15,9 +15,12 @@ def test_thumbnails_from_the_shard(tmp_path):
     emb = tiny.write_embeddings(tmp_path)
     rows = scan_metadata(str(emb), set(tiny.KEYS), [], 1).rows
     report = ReportFolder(str(tmp_path / "r"))
-    wanted = {"k0", "k2", "k5", "k-not-in-metadata"}
+    k0 = tiny.sid(tmp_path, "k0")
+    wanted = {"k0", k0, "k2", "k5", "k-not-in-metadata"}   # k0 by key and by sample id: one row, one file
     thumbs = make_thumbnails(str(emb), rows, wanted, report, 32)
-    assert thumbs.paths == {"k0": ReportFolder.thumb("k0"), "k2": ReportFolder.thumb("k2")}
+    assert thumbs.paths == {"k0": ReportFolder.thumb(k0), k0: ReportFolder.thumb(k0),
+                            "k2": ReportFolder.thumb(tiny.sid(tmp_path, "k2"))}
+    assert len(list((tmp_path / "r" / "thumbs").iterdir())) == 2
     with Image.open(tmp_path / "r" / thumbs.paths["k0"]) as im:
         assert im.format == "JPEG" and im.size == (32, 24)          # 64 x 48 into a 32 box
         r, g, b = im.convert("RGB").getpixel((16, 12))

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from models.storage import layout, schemas
+from models.storage import ids, layout, schemas
 
 CAPTIONS = {"k0": "a red ball <b>bold</b>", "k1": "red balls", "k2": "a blue cube", "k3": "a green ball",
             "k4": "green", "k5": "broken image"}
@@ -39,6 +39,11 @@ class Tiny(NamedTuple):
     dedup: Path
     mine: Path
     score: Path
+
+
+def sid(root: Path, key: str) -> str:
+    """The sample id of ``key`` in the tiny shard under ``root`` (as the embed stage writes it)."""
+    return ids.sample_id(ids.absolute_url(str(root / "00000.tar")), key)
 
 
 def png(color, size=(40, 30)) -> bytes:
@@ -67,21 +72,24 @@ def write_embeddings(root: Path, with_shards: bool = True) -> Path:
     (emb / "metadata").mkdir(parents=True)
     images = {k: jpeg(COLORS[k]) for k in COLORS} | {"k5": b"\xff\xd8 not a jpeg"}
     write_shard(root / "00000.tar", images)
-    meta = pa.table({"key": KEYS, "caption": [CAPTIONS[k] for k in KEYS], "shard": ["00000"] * len(KEYS)})
+    meta = pa.table({"key": KEYS, "sample_id": [sid(root, k) for k in KEYS], "caption": [CAPTIONS[k] for k in KEYS],
+                     "shard": ["00000"] * len(KEYS)})
     pq.write_table(meta, emb / "metadata" / "metadata_00000.parquet")
     layout.write_npy(str(emb / "img_emb" / "img_emb_00000.npy"), np.array([VECTORS[k] for k in KEYS], np.float16))
     shards = [{"path": str(root / "00000.tar"), "format": "webdataset", "shard_id": "00000"}] if with_shards else []
     layout.write_json(str(emb / "config.json"), {"shards": shards})
+    layout.write_json(str(emb / "_done" / "00000.json"), {"rows": len(KEYS)})   # dupmine-made parts count once marked
     layout.write_json(str(emb / "stats.json"), {"rows": len(KEYS), "rejects": 1})
     rejects = [{"key": "k9", "shard": "00000", "url": "http://x.invalid/9", "reason": "corrupt-image: bad header", "stage": "embed"}]
     layout.write_parquet(str(emb / "rejects" / "rejects_00000.parquet"), schemas.table(rejects, schemas.REJECTS))
     return emb
 
 
-def group_rows() -> list[dict]:
+def group_rows(root: Path | None = None) -> list[dict]:
+    """Group rows; with ``root``, each carries its sample id (as the dedup stage writes them), else keys only."""
     def row(key, gid, size, rep, cos):
-        return {"key": key, "group_id": gid, "group_size": size, "is_representative": key == rep,
-                "representative_key": rep, "max_cosine": cos, "part": "00000"}
+        return {"key": key, "sample_id": None if root is None else sid(root, key), "group_id": gid, "group_size": size,
+                "is_representative": key == rep, "representative_key": rep, "max_cosine": cos, "part": "00000"}
 
     return [row("k0", "k0", 3, "k0", 0.8), row("k1", "k0", 3, "k0", 0.8), row("k2", "k0", 3, "k0", 0.6),
             row("k3", "k4", 2, "k4", 0.0), row("k4", "k4", 2, "k4", 0.0), row("k5", "k5", 1, "k5", None)]
@@ -89,7 +97,7 @@ def group_rows() -> list[dict]:
 
 def write_dedup(root: Path, summary: bool = True) -> Path:
     dd = root / "dd"
-    layout.write_parquet(str(dd / "groups" / "groups_00000.parquet"), schemas.table(group_rows(), schemas.DEDUP_GROUPS))
+    layout.write_parquet(str(dd / "groups" / "groups_00000.parquet"), schemas.table(group_rows(root), schemas.DEDUP_GROUPS))
     if summary:
         layout.write_json(str(dd / "summary.json"), {"groups": 3, "duplicate_groups": 2, "rows_in_duplicate_groups": 5,
                                                      "rows_dropped": 3, "duplicate_fraction": 0.5})
