@@ -7,14 +7,15 @@ import numpy as np
 from models.dedup import partition
 from models.dedup.plan import DedupParams
 from models.storage import layout
-from transforms.dedup.rows import Block, unit_float32
+from transforms.dedup.read import row_vectors
+from transforms.dedup.rows import Block
 
 
 def sample_rows(block: Block, fraction: float, params: DedupParams) -> np.ndarray:
     """A deterministic Bernoulli sample of a block's vectors for k-means training, (m, D) float16."""
     rng = np.random.default_rng([params.seed, block.part, int(block.gids[0] & 0xFFFFFFFF)])
     # float16 halves the gathered sample (the embeddings are stored as float16 anyway); train() renormalises.
-    return unit_float32(block.vecs[rng.random(len(block.gids)) < fraction]).astype(np.float16)
+    return row_vectors(params, block.gids[rng.random(len(block.gids)) < fraction]).astype(np.float16)
 
 
 class ConcatArrays(beam.CombineFn):

@@ -10,9 +10,10 @@ from apache_beam.metrics import Metrics
 from models.dedup.plan import DedupParams
 from models.storage import layout, run_chain
 from models.storage.folders.embed import PartIds, exact_hashes
-from transforms.dedup.rows import NAMESPACE, Block, PreviousGroup, Reject, gid_of
+from transforms.dedup.rows import NAMESPACE, Block, PreviousGroup, Reject, gid_of, split_gid, unit_float32
 
-_KEYS: dict = {}  # per-process cache of parts' keys and sample ids
+_ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys / sample ids
+_KEYS: dict = {}
 _CACHE_ENTRIES = 64
 
 
@@ -29,6 +30,26 @@ def _cached(cache: dict, key: tuple, load):
             cache.pop(next(iter(cache)))
         cache[key] = load()
     return cache[key]
+
+
+def _part_array(params: DedupParams, part_index: int) -> np.ndarray:
+    path = params.folder(part_index).img_emb(params.parts[part_index])
+    return _cached(_ARRAYS, _identity(path), lambda: layout.read_npy(path))
+
+
+def row_vectors(params: DedupParams, gids: np.ndarray) -> np.ndarray:
+    """(n,) gids -> (n, D) float32 L2-normalised rows, read from their parts (memory-mapped when local).
+
+    Memory: the returned rows only; pages of a local ``.npy`` are shared and evictable.
+    """
+    gids = np.asarray(gids, np.int64)
+    out = np.empty((len(gids), params.dim), np.float32)
+    parts, rows = split_gid(gids)
+    for part in np.unique(parts).tolist():
+        sel = np.flatnonzero(parts == part)
+        order = np.argsort(rows[sel], kind="stable")  # sorted reads of the memory map
+        out[sel[order]] = np.asarray(_part_array(params, part)[rows[sel][order]], np.float32)
+    return unit_float32(out)
 
 
 def part_ids(params: DedupParams, part_index: int) -> PartIds:
@@ -111,8 +132,7 @@ class ReadPartFn(beam.DoFn):
             rows = np.flatnonzero(ok) + start
             self.read.inc(stop - start)
             if len(rows):
-                yield Block(part_index, gid_of(part_index, rows), keys[rows], sample_ids[rows], hashes[rows], area[rows],
-                            np.asarray(emb[rows]))
+                yield Block(part_index, gid_of(part_index, rows), keys[rows], sample_ids[rows], hashes[rows], area[rows])
 
     def _old_state(self, part_index: int, sample_ids: np.ndarray):
         p = self.params

@@ -49,10 +49,11 @@ class Block:
 
     gids (n,) int64; keys (n,) str plain keys; sample_ids (n,) str
     (:mod:`models.storage.ids`, the row's identity); hashes (n,) str exact
-    hashes ``ALGO:HEX`` ('' when unknown); area (n,) int64 pixel area; vecs
-    (n, D) the embeddings as stored (float16 in dupmine and LAION folders: 2 D
-    bytes a row), so a search task never reads a part (on an object store
-    every task would otherwise fetch nearly every part).
+    hashes ``ALGO:HEX`` ('' when unknown); area (n,) int64 pixel area. The
+    vectors are not carried: on Beam's in-process runner a shuffle of float16
+    vectors held 11.8 GB at 1M x 256 (measured; ids only: 2.2 GB), so workers
+    read the rows they need from the part's ``.npy`` (memory-mapped when local;
+    :func:`transforms.dedup.read.row_vectors`).
     """
 
     part: int
@@ -61,7 +62,6 @@ class Block:
     sample_ids: np.ndarray
     hashes: np.ndarray
     area: np.ndarray
-    vecs: np.ndarray
 
 
 class Role(str, enum.Enum):
@@ -73,13 +73,12 @@ class Role(str, enum.Enum):
 
 @dataclass
 class Piece:
-    """The rows of one block that go to one partition: gids (n,) int64, vecs (n, D) as stored (float16),
-    and for visitors homes (n,) int32, each row's home partition (None for homes). 8 + 2 D (+ 4) bytes a row."""
+    """The rows of one block that go to one partition: gids (n,) int64 and, for visitors, homes (n,) int32,
+    each row's home partition (None for homes). 8 (+ 4) bytes a row in the shuffle."""
 
     role: Role
     part: int
     gids: np.ndarray
-    vecs: np.ndarray
     homes: np.ndarray | None = None
 
 

@@ -17,13 +17,13 @@ from apache_beam.metrics import Metrics
 from models.dedup import components, nn_similarity, partition, search
 from models.dedup.plan import DedupParams
 from models.storage import layout, schemas
-from transforms.dedup.read import part_ids
-from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, is_new_gid, row_id, unit_float32
+from transforms.dedup.read import part_ids, row_vectors
+from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, is_new_gid, row_id
 
 
 def assign(block: Block, centroids: np.ndarray, params: DedupParams):
-    """Block -> (partition, Piece) per touched partition and role; pieces carry their rows' stored vectors."""
-    home, (indptr, spill) = partition.assign_with_spill(unit_float32(block.vecs), centroids, params.threshold,
+    """Block -> (partition, Piece) per touched partition and role (row ids, and visitors' home partitions)."""
+    home, (indptr, spill) = partition.assign_with_spill(row_vectors(params, block.gids), centroids, params.threshold,
                                                         params.max_spill)
     for role, parts, rows in ((Role.HOME, home, np.arange(len(home))),
                               (Role.VISIT, spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
@@ -35,7 +35,7 @@ def assign(block: Block, centroids: np.ndarray, params: DedupParams):
         for seg in np.split(np.arange(len(parts)), bounds):
             r = rows[seg]
             homes = home[r].astype(np.int32) if role is Role.VISIT else None
-            yield int(parts[seg[0]]), Piece(role, block.part, block.gids[r], block.vecs[r], homes)
+            yield int(parts[seg[0]]), Piece(role, block.part, block.gids[r], homes)
 
 
 class _Rows(NamedTuple):
@@ -46,12 +46,12 @@ class _Rows(NamedTuple):
     homes: np.ndarray
 
     @classmethod
-    def of(cls, pieces: list[Piece], dim: int, partition: int) -> "_Rows":
+    def of(cls, pieces: list[Piece], params: DedupParams, partition: int) -> "_Rows":
         if not pieces:
-            return cls(np.zeros(0, np.int64), np.zeros((0, dim), np.float32), np.zeros(0, np.int64))
+            return cls(np.zeros(0, np.int64), np.zeros((0, params.dim), np.float32), np.zeros(0, np.int64))
+        gids = np.concatenate([b.gids for b in pieces])
         homes = [b.homes if b.homes is not None else np.full(len(b.gids), partition) for b in pieces]
-        return cls(np.concatenate([b.gids for b in pieces]), unit_float32(np.concatenate([b.vecs for b in pieces])),
-                   np.concatenate(homes).astype(np.int64))
+        return cls(gids, row_vectors(params, gids), np.concatenate(homes).astype(np.int64))
 
     def __add__(self, other: "_Rows") -> "_Rows":
         return _Rows(*(np.concatenate([x, y]) for x, y in zip(self, other)))
@@ -67,8 +67,8 @@ class SearchPartitionFn(beam.DoFn):
     new: homes x homes and homes x visitors). Visitors from partition j meet
     only the homes near the boundary with j
     (:func:`models.dedup.partition.near_boundary`; same pairs, less work).
-    Memory: the partition's pieces (2 D bytes a row as shuffled, 4 D as
-    float32), plus an O(block^2) tile inside :func:`models.dedup.search.partition_pairs`.
+    Memory: the partition's homes and visitors, O((a + b) D) float32 read
+    from their parts, plus an O(block^2) tile inside :func:`models.dedup.search.partition_pairs`.
     """
 
     def __init__(self, params: DedupParams):
@@ -80,7 +80,7 @@ class SearchPartitionFn(beam.DoFn):
         part, pieces = element
         p = self.params
         pieces = list(pieces)
-        rows = {(role, new): _Rows.of([b for b in pieces if b.role == role and p.is_new(b.part) == new], p.dim, part)
+        rows = {(role, new): _Rows.of([b for b in pieces if b.role == role and p.is_new(b.part) == new], p, part)
                 for role in Role for new in (True, False)}
         homes_new, homes_old = rows[(Role.HOME, True)], rows[(Role.HOME, False)]
         visits = rows[(Role.VISIT, True)] + rows[(Role.VISIT, False)]
