@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from models.score.targets.schedule import CondArg, TimeArg, VPSchedule
+from models.score.targets.schedule import CondArg, TimeArg, VPSchedule, label_rows
 
 # Rows per chunk are chosen so one (rows, K, d) float64 array stays near 32 MiB.
 _CHUNK_ELEMS = 1 << 22
@@ -84,13 +84,7 @@ class _IsotropicMixture:
             return None
         if self._labels is None:
             raise ValueError(f"{type(self).__name__} is unconditional (no labels); got cond={cond!r}")
-        c = np.asarray(cond)
-        if c.dtype.kind not in "iu":
-            raise ValueError(f"cond must be an integer label or an int array, got {cond!r}")
-        if c.ndim == 0:
-            c = np.full(B, int(c))
-        elif c.shape != (B,):
-            raise ValueError(f"cond array must have shape ({B},), got {c.shape}")
+        c = label_rows(cond, B)
         missing = np.setdiff1d(np.unique(c), self._labels)
         if missing.size:
             raise ValueError(f"cond labels with no training points: {missing[:10].tolist()}")

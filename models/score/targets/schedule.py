@@ -104,3 +104,19 @@ class VPSchedule:
         if t_prev is None:
             return x0
         return math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps
+
+
+def label_rows(cond, B: int) -> np.ndarray:
+    """(B,) int64 class labels from an int label (broadcast) or an int array (B,).
+
+    Raises:
+      ValueError: not integers, or an array of another shape.
+    """
+    c = np.asarray(cond)
+    if c.dtype.kind not in "iu":
+        raise ValueError(f"cond must be an integer label or an int array, got {cond!r}")
+    if c.ndim == 0:
+        return np.full(B, int(c), dtype=np.int64)
+    if c.shape != (B,):
+        raise ValueError(f"cond array must have shape ({B},), got {c.shape}")
+    return c.astype(np.int64)

@@ -23,6 +23,7 @@ from models.score.targets.diffusers_base import GenerationResult, _DiffusersTarg
 from models.score.targets.diffusers_io import (UNET_STEM, GeneratorArg, import_diffusers, read_json, require_dir,
                                                resolve_device, resolve_dtype, weight_variant)
 from models.score.targets.pixels import as_rgb, decode_pixels, encode_pixels
+from models.score.targets.schedule import label_rows
 
 NULL_CLASS = -1
 """Class label of the null condition (zero class embedding)."""
@@ -128,13 +129,7 @@ class DiffusersUnconditionalTarget(_DiffusersTarget):
             raise ValueError(f"this UNet2DModel is unconditional; cond must be None, got {cond!r}")
         if cond is None:
             return torch.full((B,), NULL_CLASS, dtype=torch.long, device=self.device)
-        c = np.asarray(cond)
-        if c.dtype.kind not in "iu":
-            raise ValueError(f"cond must be None (the null condition), an integer class label or an int array, got {cond!r}")
-        if c.ndim == 0:
-            c = np.full(B, int(c))
-        elif c.shape != (B,):
-            raise ValueError(f"cond array must have shape ({B},), got {c.shape}")
+        c = label_rows(cond, B)
         if c.size and (c.min() < NULL_CLASS or c.max() >= int(self.num_classes)):
             raise ValueError(f"class labels must lie in [0, {int(self.num_classes) - 1}] (or {NULL_CLASS} for the null "
                              f"condition), got {np.unique(c)[:10].tolist()}")

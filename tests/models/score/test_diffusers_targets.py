@@ -270,7 +270,7 @@ def test_generate_cfg_end_to_end(sd):
 
 
 def test_generate_matches_manual_cfg_ddim(sd):
-    """One DDIM step with CFG by hand (METHODS §4.3 protocol) equals generate(steps=1)."""
+    """One DDIM step with CFG by hand (Wen et al. protocol, arXiv:2407.21720) equals generate(steps=1)."""
     r = sd.generate(["a hippo"], 1, steps=1, guidance_scale=3.0, generator=5, return_images=False)
     x = torch.randn((1, sd.dim), generator=torch.Generator().manual_seed(5)).numpy().astype(np.float64)
     t = int(sd.ddim_timesteps(1)[0])
@@ -381,3 +381,44 @@ def test_weight_variant_detection(tmp_path):
     (tmp_path / "b" / "model.safetensors.index.json").write_text("{}")
     assert _weight_variant(str(tmp_path / "b"), ("model", "pytorch_model")) == (True, None)
     assert _weight_variant(str(tmp_path / "missing"), ("model",)) == (False, None)
+
+
+def test_class_conditional_null_condition_and_grayscale(tmp_path):
+    """cond=None on a class-conditional UNet is the zero class embedding, not a diffusers error; 1-channel works."""
+    import copy
+
+    from models.tv_compat import ensure_torchvision
+
+    ensure_torchvision()
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    root = tmp_path / "cc"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(16, 32),
+                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                    norm_num_groups=16, num_class_embeds=3).save_pretrained(root / "unet")
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(root / "scheduler")
+    u = load_any_target(f"diffusers-uncond:{root}", device="cpu")
+    assert u.num_classes == 3 and u.sample_shape == (1, 8, 8)
+    x = np.random.default_rng(0).standard_normal((4, u.dim)).astype(np.float32)
+    null = u.eps(x, 50, None)
+    np.testing.assert_array_equal(null, u.eps(x, 50, -1))
+    assert not np.allclose(null, u.eps(x, 50, 0))
+    zeroed = copy.deepcopy(u.unet)
+    zeroed.class_embedding.inner.weight.data.zero_()
+    with torch.no_grad():
+        ref = zeroed(torch.from_numpy(x).reshape(4, 1, 8, 8), torch.full((4,), 50), class_labels=torch.zeros(4, dtype=torch.long)).sample
+    np.testing.assert_allclose(null, ref.reshape(4, -1).numpy(), rtol=1e-5, atol=1e-6)
+    mixed = u.eps(x, 50, np.array([-1, 0, 1, 2]))
+    np.testing.assert_allclose(mixed[0], null[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mixed[1], u.eps(x, 50, 0)[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        u.eps(x, 50, 3)
+    r = u.generate(2, steps=3, generator=0)  # the null condition
+    assert r.images.shape == (2, 8, 8, 3) and np.array_equal(r.images[..., 0], r.images[..., 2])
+    from PIL import Image
+
+    Image.fromarray(r.images[0]).save(tmp_path / "gray.png")
+    gray = np.random.default_rng(1).integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    np.testing.assert_array_equal(u.decode_latents(u.encode_images(gray))[..., 0], gray)

@@ -1,4 +1,4 @@
-"""Tests for models.score.targets.closed_form: closed forms of METHODS.md §5.1 / §5.2."""
+"""Tests for models.score.targets.closed_form: the GMM and perfect-memorizer closed forms (arXiv:2505.08246 toy)."""
 from __future__ import annotations
 
 import math
@@ -82,7 +82,7 @@ def test_ddim_step_final_returns_x0_hat():
 
 
 # --------------------------------------------------------------------------- #
-# GMM closed forms (METHODS §5.1, t=None means ᾱ = 1 exactly)
+# GMM closed forms (t=None means ᾱ = 1 exactly)
 # --------------------------------------------------------------------------- #
 def test_triangle_laplacian_values(tri):
     lap = tri.laplacian(_tri_points(tri))
@@ -197,7 +197,7 @@ def test_gmm_input_validation(tri):
 
 
 # --------------------------------------------------------------------------- #
-# Memorizer (METHODS §5.2)
+# Memorizer (the DDPM-loss minimiser on a finite set, arXiv:2310.02664 §3)
 # --------------------------------------------------------------------------- #
 def test_memorizer_equals_zero_variance_gmm():
     m = _memorizer()
@@ -243,7 +243,7 @@ def test_ddim_memorizer_lands_on_training_points():
     np.fill_diagonal(tt, np.inf)
     spacing = np.median(tt.min(1))
     assert np.median(nn) < 1e-3 and nn.max() < 1e-3
-    assert spacing > 1.0  # METHODS quotes ~2.44 for its draw
+    assert spacing > 1.0  # ~2.44 for the reference draw
     assert len(np.unique(dist.argmin(1))) >= 15  # not collapsed onto a few points
 
 
