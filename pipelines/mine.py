@@ -15,6 +15,7 @@ Every flag and default is a field of :class:`models.mine.config.MineConfig`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import time
@@ -26,11 +27,26 @@ from pipelines.common import make_pipeline, setup_logging, shared_data_file, spl
 log = logging.getLogger("dupmine.mine")
 
 SHARED_VOCAB = os.path.join("vocab", "lvis_v1_categories.json")
+SHARED_IMAGENET_SYNSETS = os.path.join("vocab", "imagenet_lsvrc_2015_synsets.txt")
+IMAGENET_CLASSES = 1000
 
 
 def default_vocab() -> str | None:
     """LVIS (1,203 categories with synonyms) from the shared data folder, if present."""
     return shared_data_file(SHARED_VOCAB)
+
+
+def default_label_synsets(cfg: MineConfig) -> str | None:
+    """The shared ImageNet WordNet ids for a 1000-class (+ background) ImageNet classifier, else None."""
+    from models.mine.taggers.classifier import BACKGROUND_NAMES, read_labels
+    from models.mine.taggers.spec import TaggerKind, parse_tagger_spec
+
+    spec = parse_tagger_spec(cfg.tagger)
+    if cfg.label_synsets or spec.kind is not TaggerKind.ONNX_CLASSIFIER:
+        return cfg.label_synsets
+    labels = read_labels(spec.labels_path)
+    has_background = labels[0].strip().lower() in BACKGROUND_NAMES
+    return shared_data_file(SHARED_IMAGENET_SYNSETS) if len(labels) - has_background == IMAGENET_CLASSES else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +58,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> MineConfig:
     return MineConfig(**{spec.name: getattr(args, spec.name) for spec in flag_specs()})
+
+
+def tagger_note(requested: str, cfg: MineConfig, model: str | None) -> str:
+    """One line for the summary on how the tagger was chosen."""
+    from models.mine.config import AUTO_TAGGER
+
+    if requested != AUTO_TAGGER:
+        return f"object tags: {cfg.tagger} (as requested)"
+    if cfg.tagger == "none":
+        return (f"object tags: none: the embedding model {model!r} has no text tower for zero-shot tags; pass "
+                f"--tagger onnx-classifier:MODEL.onnx,LABELS.txt, --tags PARQUET or --embedding-model openclip:...")
+    return f"object tags: {cfg.tagger} (chosen for the embedding model {model!r})"
 
 
 def build(p, params, settings, source):
@@ -58,13 +86,16 @@ def prepare(cfg: MineConfig):
     """
     from models.mine.object_triggers import ObjectTriggerConfig
     from models.mine.plan import embedding_config, plan_increment, plan_run
+    from models.mine.semantic import describe_mention_test
     from models.mine.tables import PromptConfig
     from models.mine.word_triggers import WordTriggerConfig
     from transforms.mine import FromPrevious, FromScratch
     from transforms.mine_analyze import tagger_for
     from transforms.mine_tables import TableSettings
 
+    requested = cfg.tagger
     cfg = cfg.resolved(embedding_config(cfg.embeddings), default_vocab())
+    cfg = dataclasses.replace(cfg, label_synsets=default_label_synsets(cfg))
     increment = plan_increment(cfg) if cfg.previous else None
     params = plan_run(cfg, increment)
     tagger = tagger_for(params)  # fail early on a bad vocabulary, model or tag file
@@ -75,7 +106,11 @@ def prepare(cfg: MineConfig):
                                min_lift=cfg.min_word_lift),
         object=ObjectTriggerConfig(fdr=cfg.fdr, min_support=cfg.min_support, min_p_object=cfg.min_p_object,
                                    min_lift=cfg.min_object_lift, min_absent=cfg.min_absent),
-        prompts=PromptConfig(max_prompts=cfg.max_prompts), objects=objects, previous=cfg.previous)
+        prompts=PromptConfig(max_prompts=cfg.max_prompts), objects=objects, previous=cfg.previous,
+        vocab=tuple(tagger.vocab) if tagger is not None else (), keyword_config=params.keyword_config,
+        mention=cfg.mention, wordnet_depth=cfg.wordnet_depth, naming_threshold=cfg.naming_threshold,
+        notes=(("tagger", cfg.tagger), ("tagger_note", tagger_note(requested, cfg, params.model)),
+               ("mention_test", describe_mention_test(cfg.mention, cfg.wordnet_depth) if tagger is not None else None)))
     source = FromPrevious(cfg.previous, increment) if increment is not None else FromScratch()
     return cfg, params, settings, source
 

@@ -9,6 +9,7 @@ caption rejects are written per part by the worker itself.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -20,18 +21,33 @@ from models.mine.part_counts import COUNT_NAMES, RowGroup, part_counts
 from models.mine.plan import MineParams
 from models.storage import layout, run_chain, schemas
 from models.storage.folders.dedup import DedupFolder
-from models.storage.ids import row_keys
 from transforms.common import Held
 
 NAMESPACE = "dupmine.mine"
 COUNT_OUTPUTS = COUNT_NAMES[1:] + ("stats",)  # tagged outputs of AnalyzePartFn; "kw" is the main one
 
 
+class PartInput(NamedTuple):
+    """One part to analyse: its index in ``params.parts`` and, with ``--tags``, its joined given tags."""
+
+    index: int
+    given: tuple | None = None  # models.mine.taggers.given.GivenTag rows
+
+
+class PartRows(NamedTuple):
+    """One part's rows as the mine stage reads them (metadata order)."""
+
+    keys: list[str]
+    sample_ids: list[str]
+    captions: list
+
+
 def tagger_for(params: MineParams):
     """The object tagger the spec names (:class:`models.mine.taggers.stage.MineTagger`), or None for ``none``."""
     from models.mine.taggers.stage import build_tagger
 
-    return build_tagger(params.tagger_spec, params.vocab_path, params.model, z=params.tag_z, top_k=params.tag_top_k)
+    return build_tagger(params.tagger_spec, params.vocab_path, params.model, z=params.tag_z, top_k=params.tag_top_k,
+                        label_synsets=params.label_synsets)
 
 
 def _load_tools(params: MineParams):
@@ -46,11 +62,14 @@ def _load_tools(params: MineParams):
     return Held((extractor, matcher, tagger))
 
 
-def keys_captions(embeddings: str, part: str) -> tuple[list[str], list]:
-    """Plain keys (:func:`models.storage.ids.row_keys`) and raw captions of one part's rows."""
-    meta = layout.read_parquet(layout.EmbeddingFolder(embeddings).metadata(part))
+def read_part_rows(embeddings: str, part: str) -> PartRows:
+    """Plain keys, sample ids (:meth:`models.storage.folders.embed.EmbeddingFolder.part_ids`) and raw captions
+    of one part's rows."""
+    folder = layout.EmbeddingFolder(embeddings)
+    meta = layout.read_parquet(folder.metadata(part))
+    row_ids = folder.part_ids(part, meta)
     captions = meta.column("caption").to_pylist() if "caption" in meta.column_names else [None] * meta.num_rows
-    return row_keys(meta, part).keys, captions
+    return PartRows(row_ids.keys, row_ids.sample_ids, captions)
 
 
 def part_groups(params: MineParams, part: str, keys: list[str]) -> list[RowGroup]:
@@ -104,7 +123,7 @@ class AnalyzePartFn(beam.DoFn):
         params = self.params
         self._tools = self._shared.acquire(lambda: _load_tools(params), tag=layout.fingerprint(repr(params)))
 
-    def _tags(self, tagger, calibration, part: str, keys: list[str]):
+    def _tags(self, tagger, calibration, part: str, keys: list[str], given):
         if tagger is None:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         if calibration:
@@ -113,19 +132,19 @@ class AnalyzePartFn(beam.DoFn):
             shards = {s.shard_id: (s.path, s.format) for s in self.params.shard_paths}
             return tagger.tag_shard(shards, part, keys)
         if tagger.needs_ids:
-            return tagger.tag_part(self.params.embeddings, part, keys)
+            return tagger.tag_given(len(keys), given or ())
         emb = np.asarray(layout.read_npy(layout.EmbeddingFolder(self.params.embeddings).img_emb(part)), np.float32)
         return tagger.tag_embeddings(emb)
 
-    def process(self, part_index: int, calibration):
+    def process(self, element: PartInput, calibration):
         extractor, matcher, tagger = self._tools.value
         p = self.params
-        part = p.parts[part_index]
-        keys, captions = keys_captions(p.embeddings, part)
+        part = p.parts[element.index]
+        keys, sample_ids, captions = read_part_rows(p.embeddings, part)
         groups = part_groups(p, part, keys)
         keywords, reasons = extractor.extract_with_reasons(captions)
-        rows, objs, scores = self._tags(tagger, calibration, part, keys)
-        tag_rows = [{"key": keys[r], "object": tagger.objects[o], "score": float(s)}
+        rows, objs, scores = self._tags(tagger, calibration, part, keys, element.given)
+        tag_rows = [{"key": keys[r], "object": tagger.objects[o], "score": float(s), "sample_id": sample_ids[r]}
                     for r, o, s in zip(rows.tolist(), objs.tolist(), scores.tolist())]
         layout.write_parquet(p.folder.object_tags(part), schemas.table(tag_rows, schemas.OBJECT_TAGS))
         self.tags.inc(len(tag_rows))
@@ -172,6 +191,70 @@ class Calibrate(beam.PTransform):
                 | "FitCalibration" >> beam.Map(calibrate, self.params))
 
 
+def _part_sample_ids(part_index: int, params: MineParams):
+    """(sample_id, (part index, row)) for every row of one part."""
+    for row, sid in enumerate(read_part_rows(params.embeddings, params.parts[part_index]).sample_ids):
+        yield sid, (part_index, row)
+
+
+def _joined_rows(element, tagger_path: str):
+    """CoGroupByKey result per sample id -> (part index, GivenTag) for each of its rows; unmatched tags dropped
+    (counted)."""
+    from models.mine.taggers.given import GivenTag
+
+    _, grouped = element
+    rows, tags = list(grouped["rows"]), list(grouped["tags"])
+    if not rows:
+        Metrics.counter(NAMESPACE, "given_tags_unmatched").inc(len(tags))
+        return
+    given = _given_tagger(tagger_path)
+    objects, scores = [], []
+    for t in tags:
+        o, s = given.joined((None, t))
+        objects.extend(o)
+        scores.extend(s)
+    for part_index, row in rows:
+        yield part_index, GivenTag(row, tuple(objects), tuple(scores))
+
+
+_GIVEN: dict = {}
+
+
+def _given_tagger(path: str):
+    """The label index of a tag table, once per worker process."""
+    if path not in _GIVEN:
+        from models.mine.taggers.given import GivenTags
+
+        _GIVEN[path] = GivenTags.load(path)
+    return _GIVEN[path]
+
+
+class JoinGivenTags(beam.PTransform):
+    """Part indices -> :class:`PartInput` with each part's ``--tags`` rows, joined by sample id.
+
+    Shuffles one (sample_id, part, row) element per embedding row and one element per tagged sample; a worker
+    then holds one part's tags only.
+    """
+
+    def __init__(self, params: MineParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, part_indices):
+        from models.mine.taggers.given import read_tag_file, tag_files
+
+        params = self.params
+        path = params.tagger_spec.partition(":")[2]
+        rows = part_indices | "PartSampleIds" >> beam.FlatMap(_part_sample_ids, params)
+        tags = (part_indices.pipeline | "ListTagFiles" >> beam.Create(tag_files(path))
+                | "ReadTagFiles" >> beam.FlatMap(read_tag_file))
+        per_row = ({"rows": rows, "tags": tags} | "JoinBySampleId" >> beam.CoGroupByKey()
+                   | "TagsPerRow" >> beam.FlatMap(_joined_rows, path))
+        return ({"part": part_indices | "KeyParts" >> beam.Map(lambda i: (i, None)), "given": per_row}
+                | "GroupByPart" >> beam.CoGroupByKey()
+                | "PartInputs" >> beam.MapTuple(lambda i, g: PartInput(i, tuple(sorted(g["given"])))))
+
+
 class AnalyzeParts(beam.PTransform):
     """Part indices -> ``{name: raw per-part counts}`` for every count name and ``stats``, plus ``calibration``."""
 
@@ -180,7 +263,13 @@ class AnalyzeParts(beam.PTransform):
         self.params, self.frozen = params, frozen_calibration
 
     def expand(self, part_indices):
+        from models.mine.taggers.spec import TaggerKind
+
         calibration = part_indices | "Calibrate" >> Calibrate(self.params, self.frozen)
-        out = part_indices | "AnalyzeEachPart" >> beam.ParDo(
+        if self.params.tagger_kind is TaggerKind.TAGS:
+            inputs = part_indices | "JoinGivenTags" >> JoinGivenTags(self.params)
+        else:
+            inputs = part_indices | "PartInputs" >> beam.Map(PartInput)
+        out = inputs | "AnalyzeEachPart" >> beam.ParDo(
             AnalyzePartFn(self.params), pvalue.AsSingleton(calibration)).with_outputs(*COUNT_OUTPUTS, main="kw")
         return {"calibration": calibration, **{name: out[name] for name in COUNT_NAMES + ("stats",)}}

@@ -32,6 +32,7 @@ from apache_beam.utils import shared
 from models.mine.part_counts import (
     COUNT_NAMES,
     EXAMPLES,
+    CaptionSample,
     ChangedRow,
     Examples,
     GroupCaption,
@@ -39,12 +40,13 @@ from models.mine.part_counts import (
     KeywordObject,
     TagMention,
     changed_row_counts,
+    top_captions,
 )
 from models.mine.plan import MineParams
 from models.storage import layout, schemas
 from models.storage.folders.mine import MineFolder
 from transforms.common import Held, sum_counters
-from transforms.mine_analyze import keys_captions
+from transforms.mine_analyze import read_part_rows
 
 COUNT_SHARDS = 8  # files per saved count
 COUNT_SCHEMAS = {
@@ -55,6 +57,8 @@ COUNT_SCHEMAS = {
     "cap": pa.schema([("group_id", pa.string()), ("caption", pa.string()), ("n", pa.int64())]),
     "obj": pa.schema([("object", pa.int64()), ("n", pa.int64())]),
     "kwo": pa.schema([("keyword", pa.string()), ("object", pa.int64()), ("tagged", pa.int64()), ("mentioned", pa.int64())]),
+    "woc": pa.schema([("keyword", pa.string()), ("object", pa.int64()), ("caption_keys", pa.list_(pa.string())),
+                      ("captions", pa.list_(pa.string())), ("counts", pa.list_(pa.int64()))]),
 }
 GROUP_OF = {"kwg": lambda e: e[0].group_id, "cap": lambda e: e[0].group_id, "grp": lambda e: e[0]}
 
@@ -87,8 +91,13 @@ def sum_tag_mentions(values) -> TagMention:
     return TagMention(tagged, mentioned)
 
 
+def merge_top_captions(values) -> tuple[CaptionSample, ...]:
+    """Merge top-caption lists (:func:`models.mine.part_counts.top_captions` of their union)."""
+    return top_captions(s for v in values for s in v)
+
+
 COMBINERS = {"kw": sum, "kwin": sum, "kwg": CountWithExamples(), "grp": sum, "cap": sum, "obj": sum,
-             "kwo": sum_tag_mentions}
+             "kwo": sum_tag_mentions, "woc": merge_top_captions}
 
 
 class CombineCounts(beam.PTransform):
@@ -132,6 +141,9 @@ def encode_count(name: str, element) -> dict:
     if name == "kwo":
         return {"keyword": key.keyword, "object": int(key.object), "tagged": int(value.tagged),
                 "mentioned": int(value.mentioned)}
+    if name == "woc":
+        return {"keyword": key.keyword, "object": int(key.object), "caption_keys": [c.key for c in value],
+                "captions": [c.caption for c in value], "counts": [int(c.n) for c in value]}
     raise ValueError(f"unknown count {name!r}; expected one of {COUNT_NAMES}")
 
 
@@ -149,6 +161,9 @@ def decode_count(name: str, row: dict):
         return GroupCaption(row["group_id"], row["caption"]), row["n"]
     if name == "kwo":
         return KeywordObject(row["keyword"], row["object"]), TagMention(row["tagged"], row["mentioned"])
+    if name == "woc":
+        return KeywordObject(row["keyword"], row["object"]), tuple(
+            CaptionSample(k, c, n) for k, c, n in zip(row["caption_keys"], row["captions"], row["counts"]))
     raise ValueError(f"unknown count {name!r}; expected one of {COUNT_NAMES}")
 
 
@@ -250,7 +265,7 @@ class ChangedRowsFn(beam.DoFn):
         for r in changed.values():
             if r.previous_group_size > 1:
                 yield pvalue.TaggedOutput("retired", r.previous_group_id)
-        keys, captions = keys_captions(element.embeddings, element.part)
+        keys, _, captions = read_part_rows(element.embeddings, element.part)
         rows = [i for i, k in enumerate(keys) if k in changed]
         missing = set(changed) - {keys[i] for i in rows}
         if missing:

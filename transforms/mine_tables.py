@@ -9,13 +9,25 @@ calibration file).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam import pvalue
 
 from models.mine.object_triggers import ObjectTriggerConfig
 from models.mine.plan import MineParams
-from models.mine.tables import CaptionCount, PromptConfig, TableCounts, build_tables, stage_summary
+from models.mine.tables import (
+    CaptionCount,
+    PromptConfig,
+    TableCounts,
+    TableSet,
+    flagged_pairs,
+    flagged_prompts,
+    object_table,
+    stage_summary,
+    word_table,
+)
 from models.mine.word_triggers import WordTriggerConfig
 from models.storage import layout, mine_chain, run_chain
 from models.storage.folders.mine import MineFolder
@@ -25,7 +37,7 @@ CAPTIONS_PER_GROUP = 5
 
 @dataclass(frozen=True)
 class TableSettings:
-    """What the final step needs besides the counts (picklable)."""
+    """What the final steps need besides the counts (picklable)."""
 
     output: str
     word: WordTriggerConfig
@@ -33,6 +45,17 @@ class TableSettings:
     prompts: PromptConfig
     objects: tuple[str, ...]
     previous: str | None
+    vocab: tuple = ()               # the tagger's VocabEntry objects (for the flagged pairs' reasons)
+    keyword_config: object = None   # models.mine.keywords.KeywordConfig
+    mention: str = "semantic"
+    wordnet_depth: int = 3
+    naming_threshold: float = 1.0   # >= 1: no keyword-names-object check
+    notes: tuple = ()               # (name, value) lines for the summary (mention test, tagger)
+
+
+class ComputedTables(NamedTuple):
+    words: pa.Table
+    objects: pa.Table
 
 
 def top_captions(element, per_group: int = CAPTIONS_PER_GROUP):
@@ -55,7 +78,7 @@ class SupportFilter(beam.PTransform):
 
     def expand(self, counts: dict):
         min_support, support = self.min_support, max(1, self.min_support // 2)
-        out = {name: counts[name] for name in ("kwin", "grp", "obj", "stats", "increment_stats")}
+        out = {name: counts[name] for name in ("kwin", "grp", "obj", "woc", "stats", "increment_stats")}
         # Only keywords with n >= min_support enter the tables: do not ship the long tail to the one writer.
         out["kw"] = counts["kw"] | "KeywordSupport" >> beam.Filter(lambda e: e[1] >= min_support)
         out["kwg"] = counts["kwg"] | "KeywordGroupSupport" >> beam.Filter(lambda e: e[1].n >= 2)
@@ -67,33 +90,80 @@ class SupportFilter(beam.PTransform):
         return out
 
 
-def write_tables(_, settings: TableSettings, parts: int, increment: dict, **side) -> dict:
-    """Compute and write the three tables and ``_stage/summary.json``; return the summary."""
-    counts = TableCounts(kw=dict(side["kw"]), kwin=dict(side["kwin"]), kwg=sorted(side["kwg"]), grp=dict(side["grp"]),
-                         obj=dict(side["obj"]), kwo=sorted(side["kwo"]), captions=dict(side["cap"]), stats=side["stats"])
-    tables = build_tables(counts, list(settings.objects), settings.word, settings.object, settings.prompts)
+def _explainer(settings: TableSettings):
+    """The mention test's ``explain`` over the tagger's vocabulary (built once per worker, only when needed)."""
+    from models.mine.keywords import KeywordExtractor
+    from models.mine.mentions import mention_test
+
+    cache: dict = {}
+
+    def explain(keyword: str, entry: int) -> str:
+        if "m" not in cache:
+            cache["m"] = mention_test(list(settings.vocab), KeywordExtractor(settings.keyword_config), settings.mention,
+                                      settings.wordnet_depth)
+        return cache["m"].explain(keyword, entry)
+
+    return explain if settings.vocab else None
+
+
+def _table_counts(side: dict) -> TableCounts:
+    return TableCounts(kw=dict(side["kw"]), kwin=dict(side["kwin"]), kwg=sorted(side["kwg"]), grp=dict(side["grp"]),
+                       obj=dict(side["obj"]), kwo=sorted(side["kwo"]), captions=dict(side["cap"]), stats=side["stats"])
+
+
+def compute_tables(_, settings: TableSettings, **side) -> ComputedTables:
+    """Keyword and object trigger tables, written; returned for the prompt step."""
+    counts = _table_counts(side)
+    words = word_table(counts, settings.word)
+    naming = None
+    if settings.vocab and settings.naming_threshold < 1.0:
+        from models.mine.similarity import NamingCheck, minilm_available
+
+        naming = NamingCheck(settings.vocab, settings.naming_threshold) if minilm_available() else None
+    objects = object_table(counts, list(settings.objects), settings.object, _explainer(settings), naming)
     folder = MineFolder(settings.output)
-    layout.write_parquet(folder.keyword_triggers, tables.words)
-    layout.write_parquet(folder.object_triggers, tables.objects)
-    layout.write_parquet(folder.flagged_prompts, tables.prompts)
-    summary = stage_summary(tables, counts, parts, increment, settings.previous)
+    layout.write_parquet(folder.keyword_triggers, words)
+    layout.write_parquet(folder.object_triggers, objects)
+    return ComputedTables(words, objects)
+
+
+def write_prompts(tables: ComputedTables, settings: TableSettings, parts: int, increment: dict, trigger_captions,
+                  **side) -> dict:
+    """``flagged_prompts.parquet`` and ``_stage/summary.json``; returns the summary."""
+    counts = _table_counts(side)
+    prompts = flagged_prompts(tables.words, tables.objects, counts.captions, counts.grp, settings.prompts,
+                              dict(trigger_captions))
+    folder = MineFolder(settings.output)
+    layout.write_parquet(folder.flagged_prompts, prompts)
+    summary = stage_summary(TableSet(tables.words, tables.objects, prompts), counts, parts, increment,
+                            settings.previous, dict(settings.notes))
     layout.write_json(folder.stage_summary, summary)
     return summary
 
 
 class WriteTables(beam.PTransform):
-    """Filtered counts -> the tables and ``_stage/summary.json`` (one element: the summary)."""
+    """Filtered counts -> trigger tables, then the flagged object pairs' real captions, then the prompts and
+    ``_stage/summary.json`` (one element: the summary).
+
+    Only the captions of flagged (keyword, object) pairs reach the one writer: ``woc`` is filtered by the
+    flagged pairs (a small side input) where it lies.
+    """
 
     def __init__(self, settings: TableSettings, parts: int):
         super().__init__()
         self.settings, self.parts = settings, parts
 
     def expand(self, tables: dict):
-        side = {k: (pvalue.AsSingleton(v) if k in ("stats", "increment_stats") else pvalue.AsList(v))
-                for k, v in tables.items()}
-        increment = side.pop("increment_stats")
-        return (tables["stats"].pipeline | "One" >> beam.Create([None])
-                | "ComputeTables" >> beam.Map(write_tables, self.settings, self.parts, increment, **side))
+        names = ("kw", "kwin", "kwg", "grp", "obj", "kwo", "cap")
+        side = {k: pvalue.AsList(tables[k]) for k in names}
+        side["stats"] = pvalue.AsSingleton(tables["stats"])
+        computed = (tables["stats"].pipeline | "One" >> beam.Create([None])
+                    | "ComputeTables" >> beam.Map(compute_tables, self.settings, **side))
+        flagged = computed | "FlaggedPairs" >> beam.FlatMap(lambda t: ((k, True) for k in flagged_pairs(t.objects)))
+        captions = tables["woc"] | "TriggerCaptions" >> beam.Filter(lambda e, f: e[0] in f, pvalue.AsDict(flagged))
+        return computed | "WritePrompts" >> beam.Map(
+            write_prompts, self.settings, self.parts, pvalue.AsSingleton(tables["increment_stats"]),
+            pvalue.AsList(captions), **side)
 
 
 def _write_calibration(calibration: dict, output: str) -> str:

@@ -11,20 +11,23 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from models.mine.similarity import NAMING_THRESHOLD
 from models.mine.taggers.spec import SPEC_FORMS, TaggerKind, parse_tagger_spec
 
 __all__ = ["AUTO_TAGGER", "COUNT_OPTIONS", "FlagSpec", "MentionTest", "MineConfig", "flag_specs"]
 
 AUTO_TAGGER = "auto"  # resolved from the embedding folder (models.mine.taggers.spec.default_tagger_for)
 # Options that decide what a row contributes to the counts: an increment must use its chain's values.
-COUNT_OPTIONS = ("tagger", "vocab", "spacy_model", "max_ngram", "tag_z", "tag_top_k", "mention", "wordnet_depth")
+COUNT_OPTIONS = ("tagger", "vocab", "spacy_model", "max_ngram", "tag_z", "tag_top_k", "mention", "wordnet_depth",
+                 "label_synsets")
 
 
 class MentionTest:
     """The closed set of caption-mention tests (``--mention``)."""
 
+    SEMANTIC = "semantic"  # string match plus WordNet synonyms, hypernyms/hyponyms, wholes, compound heads
     STRING = "string"      # the vocabulary's names and synonyms as whole-token n-grams only
-    ALL = (STRING,)
+    ALL = (SEMANTIC, STRING)
 
 
 def _opt(default: Any, help: str, *, flag_type: type | None = None, required: bool = False):
@@ -47,8 +50,16 @@ class MineConfig:
     embedding_model: str | None = _opt(None, "the open_clip model that made the embeddings (openclip:ARCH/PRETRAINED), "
                                              "for folders without a dupmine config.json (LAION, clip-retrieval)",
                                        flag_type=str)
-    mention: str = _opt(MentionTest.STRING, "caption mention test: string")
+    mention: str = _opt(MentionTest.SEMANTIC, "caption mention test: semantic (string match or a WordNet synonym, "
+                                              "hypernym/hyponym within --wordnet-depth, whole, compound head; the "
+                                              "string test where WordNet is not installed) or string")
     wordnet_depth: int = _opt(3, "hypernym/hyponym steps within which a caption word counts as naming the object")
+    naming_threshold: float = _opt(NAMING_THRESHOLD, "an object trigger whose keyword has all-MiniLM-L6-v2 cosine >= this with "
+                                          "one of the object's names is not flagged (the keyword names it; "
+                                          "calibrated, see models.mine.similarity); 1 turns the check off")
+    label_synsets: str | None = _opt(None, "WordNet ids of an onnx-classifier's labels, one per non-background label "
+                                           "in model order (default: the shared ImageNet list for 1000-class "
+                                           "ImageNet classifiers)", flag_type=str)
     min_support: int = _opt(10, "rows a keyword (and its top group / object pair) needs")
     fdr: float = _opt(0.05, "Benjamini-Hochberg false discovery rate")
     min_concentration: float = _opt(0.5, "share of a keyword's rows in its top group")

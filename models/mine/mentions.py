@@ -20,7 +20,7 @@ from models.mine.vocab import VocabEntry
 if TYPE_CHECKING:  # pragma: no cover
     from spacy.tokens import Doc
 
-__all__ = ["VocabMatcher", "mention_test", "mentions"]
+__all__ = ["MENTION_TESTS", "VocabMatcher", "mention_test", "mentions"]
 
 @lru_cache(maxsize=1)
 def _default_extractor() -> KeywordExtractor:
@@ -172,6 +172,11 @@ class VocabMatcher:
             out[i] = self._from_doc(doc)
         return out
 
+    def explain(self, keyword: str, entry: int) -> str:
+        """Why captions with ``keyword`` were judged not to name object ``entry`` (what the string test looked for)."""
+        e = self.entries[entry]
+        return f"string test: no caption n-gram is '{e.name}' or one of its synonyms {list(e.synonyms)[:6]}"
+
     def mentions(self, caption_keywords_or_text: str | Sequence[str], entry: int | VocabEntry) -> bool:
         """Whether one caption (text or keyword list) mentions ``entry`` (index or entry)."""
         if isinstance(entry, VocabEntry):
@@ -205,11 +210,22 @@ def mentions(
     return VocabMatcher([entry], extractor).mentions(caption_keywords_or_text, 0)
 
 
-def mention_test(entries: Sequence[VocabEntry], extractor: KeywordExtractor, mode: str, depth: int):
-    """The caption-mention test ``--mention`` names, over ``entries``: an object with ``mentioned_batch``.
+MENTION_TESTS = ("semantic", "string")
 
-    ``string``: :class:`VocabMatcher`. Raises ValueError for any other mode (listing the accepted ones).
+
+def mention_test(entries: Sequence[VocabEntry], extractor: KeywordExtractor, mode: str, depth: int):
+    """The caption-mention test ``--mention`` names, over ``entries``: an object with ``mentioned_batch`` and
+    ``explain``.
+
+    ``semantic``: :class:`models.mine.semantic.SemanticMatcher` where WordNet is installed, else (said in the
+    summary by :func:`models.mine.semantic.describe_mention_test`) :class:`VocabMatcher`; ``string``:
+    :class:`VocabMatcher`. Raises ValueError for any other mode (listing the accepted ones).
     """
-    if mode == "string":
-        return VocabMatcher(entries, extractor)
-    raise ValueError(f"mention test {mode!r}; expected one of ('string',)")
+    if mode not in MENTION_TESTS:
+        raise ValueError(f"mention test {mode!r}; expected one of {MENTION_TESTS}")
+    if mode == "semantic":
+        from models.mine.semantic import SemanticMatcher, wordnet_available
+
+        if wordnet_available():
+            return SemanticMatcher(entries, extractor, depth)
+    return VocabMatcher(entries, extractor)

@@ -39,9 +39,16 @@ class ObjectTriggerConfig:
     * ``lift = P(o | w) / P(o) = n_{w,o} N / (n_w n_o) >= min_lift`` (5);
     * ``absent_fraction = 1 - mentioned_{w,o} / n_w >= min_absent`` (0.9):
       o is not named in at least 90 % of w's captions;
-    * ``q <= fdr`` (0.05): BH over all listed pairs whose keyword has
-      ``n_w >= min_support`` (or over ``n_tests`` if given to the table);
-    * support ``n_{w,o} >= min_support`` (10).
+    * ``q <= fdr`` (0.05): Benjamini-Hochberg over the family of *every*
+      pair tested, i.e. every (w, o) with ``n_w >= min_support`` and
+      ``n_o >= min_support`` (K_tested * O_tested pairs; or ``n_tests`` if
+      given to the table). The family is chosen on the margins n_w, n_o only,
+      never on the tested cell n_{w,o}: the one-sided Fisher test is
+      conditional on the margins, so this selection keeps its p-values valid.
+      Pairs of the family that are not listed (never co-occurring, or
+      dropped before the table as unflaggable) count as tests at p = 1,
+      which can only raise the listed pairs' q (conservative);
+    * support ``n_{w,o} >= min_support`` (10), applied after testing.
     """
 
     fdr: float = 0.05
@@ -72,6 +79,7 @@ def object_trigger_table(
     pair_mentioned: object,
     config: ObjectTriggerConfig | None = None,
     n_tests: int | None = None,
+    named: object | None = None,
 ) -> pa.Table:
     """Rank and flag (keyword, object) pairs where w's images carry an unmentioned object.
 
@@ -86,9 +94,11 @@ def object_trigger_table(
         pair_mentioned: (P,) int rows with w whose caption mentions o
             (whether or not the image is tagged with o).
         config: thresholds; default :class:`ObjectTriggerConfig`.
-        n_tests: BH family size; default = number of listed pairs with
-            ``n_w >= min_support``. Pass K_tested * O to count unlisted
-            (zero-count) pairs as tests too (more conservative).
+        n_tests: BH family size; default = K_tested * O_tested (every pair of a keyword with
+            ``n_w >= min_support`` and an object with ``n_o >= min_support``). Stored in the table's
+            schema metadata as ``bh_family``.
+        named: (P,) bool, pairs whose keyword itself names the object (e.g.
+            :class:`models.mine.similarity.NamingCheck`): tested, never flagged.
 
     Returns:
         ``pyarrow.Table`` with one row per pair sorted by ``rank``; columns
@@ -140,7 +150,9 @@ def object_trigger_table(
         absent = np.where(nw > 0, 1.0 - pm / np.maximum(nw_f, 1), 0.0)
     pval = fisher_greater(pc, nw - pc, no - pc, N - nw - no + pc) if P else np.zeros(0)
 
-    family = nw >= cfg.min_support
+    family = (nw >= cfg.min_support) & (no >= cfg.min_support)
+    if n_tests is None:
+        n_tests = int((n_w_a >= cfg.min_support).sum()) * int((n_o_a >= cfg.min_support).sum())
     q = np.full(P, np.nan)
     if np.any(family):
         q[family] = benjamini_hochberg(pval[family], n_tests=n_tests)
@@ -152,10 +164,12 @@ def object_trigger_table(
         & (lift >= cfg.min_lift)
         & (absent >= cfg.min_absent)
     )
+    if named is not None:
+        flagged &= ~np.asarray(named, bool)
     neglogq = np.where(np.isnan(q), -1.0, -np.log10(np.maximum(q, TINY)))
     rank = rank_rows(flagged, -neglogq, -lift, pk, po)
     order = np.argsort(rank)
-    return pa.table(
+    table = pa.table(
         {
             "keyword": pa.array([kw_names[i] for i in pk[order]], type=pa.string()),
             "keyword_index": pk[order],
@@ -175,4 +189,4 @@ def object_trigger_table(
             "rank": rank[order],
         }
     )
-
+    return table.replace_schema_metadata({"bh_family": str(n_tests)})

@@ -13,7 +13,16 @@ name     key                             value                                ro
 ``cap``  :class:`GroupCaption`           rows with that caption               grouped rows
 ``obj``  object index (int)              tagged rows                          all analysed
 ``kwo``  :class:`KeywordObject`          :class:`TagMention`                  all analysed
+``woc``  :class:`KeywordObject`          :class:`TopCaptions` (its captions)  tagged, o unnamed
 =======  ==============================  ===================================  ==============
+
+``woc`` keeps, per (keyword, object), the :data:`TOP_CAPTIONS` most frequent
+captions (near-duplicates merged by :func:`caption_key`) of the rows with the
+keyword whose image is tagged with the object and whose caption does not name
+it: the real captions an object trigger's prompts are taken from. Merging
+keeps the top of the summed counts of each side's top list, a mergeable
+top-k summary: exact for a caption that is in the top list of every part it
+occurs in, and never over-counting.
 
 A row's contribution depends only on its keywords, tags and mentions (which
 dedup never changes) and on (group id, in a duplicate group), which is what
@@ -22,17 +31,23 @@ lets an increment correct the counts of rows whose group changed
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["COUNT_NAMES", "EXAMPLES", "Examples", "GroupCaption", "KeywordGroup", "KeywordObject", "PartCounts",
-           "TagMention", "caption_text", "changed_row_counts", "part_counts", "smallest_keys"]
+__all__ = ["COUNT_NAMES", "EXAMPLES", "TOP_CAPTIONS", "CaptionSample", "Examples", "GroupCaption", "KeywordGroup",
+           "KeywordObject", "PartCounts", "TagMention", "caption_key", "caption_text", "changed_row_counts",
+           "part_counts", "smallest_keys", "top_captions"]
 
-COUNT_NAMES = ("kw", "kwin", "kwg", "grp", "cap", "obj", "kwo")
+COUNT_NAMES = ("kw", "kwin", "kwg", "grp", "cap", "obj", "kwo", "woc")
 EXAMPLES = 3  # example keys kept per (keyword, group)
+TOP_CAPTIONS = 5  # captions kept per (keyword, object) for object-trigger prompts
+_NEAR_DUP_RE = re.compile(r"[^\w]+|_+")
+_DIGITS_RE = re.compile(r"\d+")
 
 
 class KeywordGroup(NamedTuple):
@@ -64,6 +79,37 @@ class TagMention(NamedTuple):
     mentioned: int
 
 
+class CaptionSample(NamedTuple):
+    """A caption as merged for prompts: near-duplicate key, the form shown, rows."""
+
+    key: str
+    caption: str
+    n: int
+
+
+def caption_key(caption) -> str:
+    """Near-duplicate key of a caption: NFKC, lowercase, punctuation dropped, digit runs as ``#``, single spaces.
+
+    "Astronaut on the Moon!" and "astronaut on the moon 2" share a key.
+    """
+    text = unicodedata.normalize("NFKC", str(caption)).lower()
+    text = _DIGITS_RE.sub("#", _NEAR_DUP_RE.sub(" ", text))
+    return " ".join(t for t in text.split() if t != "#") or text.strip()
+
+
+def top_captions(samples, limit: int = TOP_CAPTIONS) -> tuple[CaptionSample, ...]:
+    """Sum :class:`CaptionSample` counts by key (the most frequent display form wins) and keep the ``limit`` top."""
+    n: Counter = Counter()
+    shown: dict[str, tuple[int, str]] = {}
+    for s in samples:
+        n[s.key] += s.n
+        best = shown.get(s.key)
+        if best is None or (s.n, -len(s.caption)) > (best[0], -len(best[1])):
+            shown[s.key] = (s.n, s.caption)
+    ranked = sorted(n.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return tuple(CaptionSample(k, shown[k][1], c) for k, c in ranked)
+
+
 class RowGroup(NamedTuple):
     group_id: str
     group_size: int
@@ -90,6 +136,7 @@ class PartCounts:
     cap: Counter = field(default_factory=Counter)  # GroupCaption -> rows
     obj: Counter = field(default_factory=Counter)
     kwo: dict = field(default_factory=dict)        # KeywordObject -> TagMention
+    woc: dict = field(default_factory=dict)        # KeywordObject -> tuple[CaptionSample, ...]
 
     def add_grouped(self, words: Sequence[str], group: str, key: str, caption) -> None:
         """Count a row that is in duplicate group ``group``."""
@@ -120,6 +167,8 @@ def part_counts(keys: Sequence[str], captions: Sequence, groups: Sequence[RowGro
     """
     out = PartCounts()
     kwo = defaultdict(lambda: [0, 0])
+    woc: dict = defaultdict(Counter)   # (w, o) -> caption key -> rows
+    shown: dict[str, str] = {}          # caption key -> first caption seen with it
     for i, (words, reason) in enumerate(zip(keywords, reasons)):
         if reason is not None:
             continue
@@ -134,7 +183,17 @@ def part_counts(keys: Sequence[str], captions: Sequence, groups: Sequence[RowGro
                 c = kwo[(w, o)]
                 c[0] += o in row_objs
                 c[1] += o in said
+        unnamed = row_objs - said
+        if unnamed:
+            text = caption_text(captions[i])
+            key = caption_key(text)
+            shown.setdefault(key, text)
+            for w in words:
+                for o in unnamed:
+                    woc[(w, o)][key] += 1
     out.kwo = {KeywordObject(w, o): TagMention(t, m) for (w, o), (t, m) in kwo.items()}
+    out.woc = {KeywordObject(w, o): top_captions(CaptionSample(k, shown[k], n) for k, n in c.items())
+               for (w, o), c in woc.items()}
     return out
 
 

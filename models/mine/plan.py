@@ -56,8 +56,9 @@ class MineParams:
     tag_top_k: int = 3
     group_runs: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (part, runs) of a dedup chain (run_chain.part_runs)
     changed: tuple[ChangedPart, ...] = ()
-    mention: str = "string"
+    mention: str = "semantic"
     wordnet_depth: int = 3
+    label_synsets: str | None = None  # WordNet ids of a classifier's labels
 
     @property
     def folder(self) -> MineFolder:
@@ -165,5 +166,5 @@ def plan_run(cfg: MineConfig, increment: Increment | None = None) -> MineParams:
         vocab_path=cfg.vocab, tagger_spec=cfg.tagger, model=model, shard_paths=shards, seed=cfg.seed,
         calibration_rows=cfg.calibration_rows, tag_z=cfg.tag_z, tag_top_k=cfg.tag_top_k, group_runs=group_runs,
         changed=increment.changed if increment is not None else (), mention=cfg.mention,
-        wordnet_depth=cfg.wordnet_depth,
+        wordnet_depth=cfg.wordnet_depth, label_synsets=cfg.label_synsets,
     )

@@ -12,14 +12,15 @@ import io
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable
 
 import fsspec
 
 from models.mine.captions import WS_RE
 
-__all__ = ["VOCAB_FORMATS", "VocabEntry", "load_vocab", "normalize_vocab_name", "parse_vocab_lines"]
+__all__ = ["VOCAB_FORMATS", "VocabEntry", "load_vocab", "merge_synonyms", "normalize_vocab_name", "parse_vocab_lines",
+           "read_synset_ids", "with_synsets"]
 
 _PAREN_RE = re.compile(r"\(([^()]*)\)")
 _PANOPTIC_SUFFIX_RE = re.compile(r"(?:-(?:merged|other|stuff))+$")
@@ -200,3 +201,41 @@ def load_vocab(path: str, format: str = "auto") -> list[VocabEntry]:
     if format == "openimages" or (format == "auto" and suffix == "csv"):
         return _load_openimages_csv(text)
     return parse_vocab_lines(text.splitlines(), source="text")
+
+
+def read_synset_ids(path: str) -> list[str]:
+    """WordNet ids, one per line (``n01440764``), from a local path or fsspec URL; blank lines ignored."""
+    with fsspec.open(str(path), "rt", encoding="utf-8") as fh:
+        return [line.strip() for line in fh if line.strip()]
+
+
+def with_synsets(entries: list[VocabEntry], synsets: list[str]) -> list[VocabEntry]:
+    """``entries`` with ``synset`` set from a parallel list (classifier labels in model order).
+
+    Raises:
+      ValueError: the lists differ in length.
+    """
+    if len(synsets) != len(entries):
+        raise ValueError(f"{len(synsets)} synset ids for {len(entries)} labels; expected one per (non-background) label")
+    return [replace(e, synset=s) for e, s in zip(entries, synsets)]
+
+
+def merge_synonyms(entries: list[VocabEntry], extra: list[VocabEntry], synset_key) -> list[VocabEntry]:
+    """``entries`` with the synonyms of every ``extra`` entry that names the same WordNet synset added.
+
+    ``synset_key(entry)`` gives a comparable id of an entry's declared synset (names and WordNet ids both
+    resolve to a WordNet offset), or None. Used to give a classifier's ImageNet labels the LVIS synonyms of
+    the same category. O(E + X).
+    """
+    by_key: dict = {}
+    for x in extra:
+        k = synset_key(x) if x.synset else None
+        if k is not None:
+            by_key.setdefault(k, []).append(x)
+    out = []
+    for e in entries:
+        syns = list(e.synonyms)
+        for x in by_key.get(synset_key(e) if e.synset else None, ()):
+            syns.extend(s for s in x.synonyms if s not in syns)
+        out.append(replace(e, synonyms=tuple(syns)))
+    return out

@@ -9,7 +9,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from models.mine.keywords import KeywordConfig
-from models.mine.part_counts import Examples, GroupCaption, KeywordGroup, KeywordObject, TagMention
+from models.mine.part_counts import CaptionSample, Examples, GroupCaption, KeywordGroup, KeywordObject, TagMention
 from models.mine.plan import MineParams
 from models.storage import layout
 from models.storage.folders.mine import MineFolder
@@ -69,9 +69,13 @@ def test_combine_counts_sums_and_drops_cancelled_corrections():
             "cap": p | "cap" >> beam.Create([(GroupCaption("G", "x"), 1), (GroupCaption("G", "x"), 1)]),
             "obj": p | "obj" >> beam.Create([(0, 1), (0, 1)]),
             "kwo": p | "kwo" >> beam.Create([(KeywordObject("a", 0), TagMention(1, 0)), (KeywordObject("a", 0), TagMention(2, 1))]),
+            "woc": p | "woc" >> beam.Create([(KeywordObject("a", 0), (CaptionSample("x", "X!", 2),)),
+                                             (KeywordObject("a", 0), (CaptionSample("x", "x", 1), CaptionSample("y", "y", 1)))]),
             "stats": p | "stats" >> beam.Create([{"rows": 2}, {"rows": 3, "rows_analysed": 1}]),
         }
         out = src | CombineCounts()
+        assert_that(out["woc"], equal_to([(KeywordObject("a", 0), (CaptionSample("x", "X!", 3), CaptionSample("y", "y", 1)))]),
+                    label="woc")
         assert_that(out["kw"], equal_to([("a", 3), ("b", 1)]), label="kw")
         assert_that(out["kwin"], equal_to([("b", 2)]), label="kwin")
         assert_that(out["kwg"], equal_to([(KG("a", "G"), Examples(3, ("k1", "k5", "k7")))]), label="kwg")
@@ -87,6 +91,7 @@ def test_saved_counts_read_back_equal(tmp_path):
         "kw": [("a", 3), ("b", 1)], "kwin": [("a", 1)], "kwg": [(KG("a", "G"), Examples(3, ("k1", "k2")))],
         "grp": [("G", 3)], "cap": [(GroupCaption("G", "a cat"), 3)], "obj": [(2, 5)],
         "kwo": [(KeywordObject("a", 2), TagMention(4, 1))],
+        "woc": [(KeywordObject("a", 2), (CaptionSample("a cat", "A cat", 3),))],
     }
     with TestPipeline() as p:
         counts = {name: p | f"C{name}" >> beam.Create(v) for name, v in elements.items()}
@@ -109,7 +114,7 @@ def test_support_filter_keeps_only_supported_keys():
             "kwo": p | "kwo" >> beam.Create([(KeywordObject("a", 0), TagMention(4, 0)), (KeywordObject("a", 1), TagMention(0, 5))]),
             "cap": p | "cap" >> beam.Create([(GroupCaption("G", c), n) for c, n in [("x", 1), ("y", 3), ("z", 3), ("u", 1), ("v", 1), ("w", 1)]]),
         }
-        for name in ("kwin", "grp", "obj", "stats", "increment_stats"):
+        for name in ("kwin", "grp", "obj", "woc", "stats", "increment_stats"):
             counts[name] = p | name >> beam.Create([])
         out = counts | SupportFilter(10)
         assert_that(out["kw"], equal_to([("a", 10)]), label="kw")

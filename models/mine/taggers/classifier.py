@@ -28,7 +28,7 @@ __all__ = ["MOBILENET_PREPROCESS", "ClassifierConfig", "OnnxClassifierTagger", "
 
 # The shared MobileNet v1/v2 models: RGB squashed to 224x224, x = (uint8 - 128) / 128.
 MOBILENET_PREPROCESS = OnnxPreprocess(size=224, resize="squash", offset=128.0, scale=128.0)
-_BACKGROUND_NAMES = ("background", "__background__", "unused background")
+BACKGROUND_NAMES = ("background", "__background__", "unused background")
 
 
 def _is_local(path: str) -> bool:
@@ -237,7 +237,7 @@ class OnnxClassifierTagger(Tagger):
             raise ValueError(f"labels file {self.labels_path!r} has {len(labels)} labels but the model outputs {n_out} classes")
         bg = self.config.background_index
         if bg == "auto":
-            bg = 0 if labels[0].strip().lower() in _BACKGROUND_NAMES else None
+            bg = 0 if labels[0].strip().lower() in BACKGROUND_NAMES else None
         if bg is not None and bg >= n_out:
             raise ValueError(f"background_index {bg} out of range for {n_out} classes (expected 0..{n_out - 1} or None)")
         self.background_index: int | None = bg
