@@ -77,6 +77,7 @@ OBJECT_TAGS = pa.schema([
     ("key", pa.string()),
     ("object", pa.string()),
     ("score", pa.float32()),
+    ("sample_id", pa.string()),        # models.storage.ids.sample_id of the row
 ])
 
 # keyword_triggers.parquet (ranked; columns added by models.mine.statistics are kept)
@@ -94,10 +95,11 @@ KEYWORD_TRIGGERS = pa.schema([
     ("rank", pa.int64()),
 ])
 
-# object_triggers.parquet (ranked)
+# object_triggers.parquet (ranked; schema metadata "bh_family" = the number of (keyword, object) pairs tested)
 OBJECT_TRIGGERS = pa.schema([
     ("keyword", pa.string()),
     ("object", pa.string()),
+    ("object_index", pa.int64()),         # the object's index in the tagger's vocabulary (names may repeat)
     ("n_w", pa.int64()),
     ("n_o", pa.int64()),
     ("n_wo", pa.int64()),
@@ -109,6 +111,7 @@ OBJECT_TRIGGERS = pa.schema([
     ("q_value", pa.float64()),
     ("flagged", pa.bool_()),
     ("rank", pa.int64()),
+    ("unmentioned_reason", pa.string()),  # flagged pairs: why the captions were judged not to name the object
 ])
 
 # flagged_prompts.parquet: the hand-off to scoring
