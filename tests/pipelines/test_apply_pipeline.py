@@ -124,14 +124,10 @@ def test_parquet_shard_without_key_column_is_filtered_by_the_readers_keys(tmp_pa
 
 
 def test_every_config_field_reaches_its_consumer(tmp_path):
-    import argparse
-    from dataclasses import fields
+    from tests.pipelines.config_checks import parse_stage_flags
 
-    parser = argparse.ArgumentParser()
-    apply.add_arguments(parser)
-    cfg = apply.config_from_args(parser.parse_args(["--input", "i", "--drop", "d", "--output", "o"]))
-    assert cfg == apply.ApplyConfig(input="i", drop="d", output="o")
-    assert {a.dest for a in parser._actions if a.dest != "help"} == {f.name for f in fields(apply.ApplyConfig)}
+    args = parse_stage_flags(apply.add_arguments, apply.ApplyConfig, ["--input", "i", "--drop", "d", "--output", "o"])
+    assert apply.config_from_args(args) == apply.ApplyConfig(input="i", drop="d", output="o")
     # each field changes what the run does: input -> which shards, drop -> what goes, output -> where it lands
     inputs = _two_folders_same_keys(tmp_path)
     (tmp_path / "d1.txt").write_text("000000000\n")

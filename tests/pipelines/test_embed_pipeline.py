@@ -178,11 +178,7 @@ def test_parquet_shards_without_key_take_ids_from_image_path_and_the_summary_say
 
 
 def test_flag_defaults_are_the_config_defaults():
-    import argparse
-    from dataclasses import fields
+    from tests.pipelines.config_checks import parse_stage_flags
 
-    parser = argparse.ArgumentParser()
-    embed.add_arguments(parser)
-    cfg = embed.config_from_args(parser.parse_args(["--input", "x", "--output", "y"]))
-    assert cfg == embed.EmbedConfig(input="x", output="y")
-    assert {a.dest for a in parser._actions if a.dest != "help"} == {f.name for f in fields(embed.EmbedConfig)}
+    args = parse_stage_flags(embed.add_arguments, embed.EmbedConfig, ["--input", "x", "--output", "y"])
+    assert embed.config_from_args(args) == embed.EmbedConfig(input="x", output="y")

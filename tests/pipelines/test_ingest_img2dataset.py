@@ -77,20 +77,17 @@ def test_img2dataset_shards_embed_with_every_url_accounted_for(http_root, tmp_pa
 
 
 def test_download_flags_are_the_config_fields_and_reach_img2dataset():
-    import argparse
-    from dataclasses import fields
-
     from pipelines import download
+    from tests.pipelines.config_checks import parse_stage_flags
 
-    parser = argparse.ArgumentParser()
-    download.add_arguments(parser)
-    cfg = download.config_from_args(parser.parse_args(["--url-list", "u.parquet", "--output", "o"]))
-    assert cfg == download.DownloadConfig(url_list="u.parquet", output="o")
-    assert {a.dest for a in parser._actions if a.dest != "help"} == {f.name for f in fields(download.DownloadConfig)}
+    def parse(argv):
+        return download.config_from_args(parse_stage_flags(download.add_arguments, download.DownloadConfig, argv))
+
+    assert parse(["--url-list", "u.parquet", "--output", "o"]) == download.DownloadConfig(url_list="u.parquet", output="o")
     args = ["--url-list", "u", "--output", "o", "--input-format", "csv", "--url-col", "URL", "--caption-col", "",
             "--image-size", "64", "--resize-mode", "border", "--processes", "2", "--threads", "3", "--timeout", "4",
             "--samples-per-shard", "5"]
-    kw = download.config_from_args(parser.parse_args(args)).img2dataset_kwargs()
+    kw = parse(args).img2dataset_kwargs()
     assert {k: kw[k] for k in ("url_list", "output_folder", "input_format", "url_col", "caption_col", "image_size",
                                "resize_mode", "processes_count", "thread_count", "timeout", "number_sample_per_shard")} == {
         "url_list": "u", "output_folder": "o", "input_format": "csv", "url_col": "URL", "caption_col": None,

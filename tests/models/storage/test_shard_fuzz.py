@@ -7,7 +7,6 @@ once in the written metadata or rejects.
 """
 import io
 import json
-import tarfile
 import uuid
 from collections import Counter
 
@@ -22,6 +21,7 @@ from models.storage import layout
 from models.storage.folders.embed import EmbeddingFolder
 from models.storage.shards import META_FIELDS, list_shards
 from tests.helpers import jpeg, noise_image, png
+from tests.models.storage.builders import tar_bytes
 
 N = 4
 KEYS = [f"00000000{i}" for i in range(N)]
@@ -53,13 +53,7 @@ def damaged_shards(draw):
         members.append((f"{key}.txt", draw(st.binary(max_size=12)) if draw(st.booleans()) else b"a caption"))
         if draw(st.booleans()):
             members.append((f"{key}.json", draw(json_member)))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    data = bytearray(buf.getvalue())
+    data = bytearray(tar_bytes(members))
     damage = draw(st.sampled_from(["none", "truncate", "overwrite", "both"]))
     if damage in ("overwrite", "both"):
         for _ in range(draw(st.integers(1, 3))):

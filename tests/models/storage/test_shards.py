@@ -135,28 +135,21 @@ def test_parquet_and_files_formats(tmp_path):
 
 
 def _remote_tar(name: str, n: int = 3, sidecar: bool = True, stem: str = "00000"):
-    """A tar shard (+ sidecar) on the counting in-memory filesystem; returns its ShardRef."""
-    import io as _io
-
+    """A tar shard (+ sidecar) on the counting in-memory filesystem; returns its ShardRef and size."""
     from models.storage import layout
     from tests.models.storage.countingfs import CountingFileSystem  # noqa: F401 - registers countmem://
+
+    from tests.models.storage.builders import tar_bytes
 
     members = []
     for i in range(n):
         members += sample_members(f"00000000{i}", jpeg(noise_image(i, (96, 96))))
-    buf = _io.BytesIO()
-    import tarfile as _tarfile
-
-    with _tarfile.open(fileobj=buf, mode="w") as tar:
-        for member_name, data in members:
-            info = _tarfile.TarInfo(member_name)
-            info.size = len(data)
-            tar.addfile(info, _io.BytesIO(data))
-    layout.atomic_write_bytes(f"countmem://{name}/{stem}.tar", buf.getvalue())
+    data = tar_bytes(members)
+    layout.atomic_write_bytes(f"countmem://{name}/{stem}.tar", data)
     if sidecar:
         layout.write_parquet(f"countmem://{name}/{stem}.parquet",
                              pa.table({"key": [f"00000000{i}" for i in range(n)], "status": ["success"] * n}))
-    return list_shards(f"countmem://{name}/{stem}.tar")[0], len(buf.getvalue())
+    return list_shards(f"countmem://{name}/{stem}.tar")[0], len(data)
 
 
 @pytest.fixture
