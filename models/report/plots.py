@@ -174,6 +174,10 @@ def nn_similarity_figure(hist: NnSimilarity | None):
            edgecolor="white", linewidth=0.5)
     ax.set_yscale("log")
     ax.set_ylim(0.5, 5.0 * max(hist.counts))   # headroom above the tallest bar for the legend
+    filled = np.flatnonzero(np.asarray(hist.counts) > 0)   # dedup bins all of [-1, 1]: show where samples are
+    lo, hi = min(edges[filled[0]], hist.threshold), max(edges[filled[-1] + 1], hist.threshold)
+    pad = 0.03 * max(hi - lo, 1e-6)
+    ax.set_xlim(lo - pad, hi + pad)
     _plain_log_ticks(ax, "y")
     above = hist.at_or_above_threshold()
     ax.axvline(hist.threshold, color=RED, linestyle="--",

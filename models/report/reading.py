@@ -1,17 +1,23 @@
 """Tolerant readers of stage files: a missing file reads as nothing, missing columns are skipped.
 
-Every path may be a local path or an fsspec URL (``fsspec.open`` /
-``fsspec.open_files``; existence through :func:`models.storage.layout.exists`).
+Every path may be a local path or an fsspec URL; all access goes through
+:mod:`models.storage.layout` (``exists``, ``list_names``, ``read_bytes``,
+``filesystem``).
 """
 from __future__ import annotations
 
+import io
 from typing import Iterator
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from models.storage import layout
+
+
+def _is_dir(path: str) -> bool:
+    fs, p = layout.filesystem(path)
+    return fs.isdir(p)
 
 
 def parquet_files(path: str) -> list[str]:
@@ -22,25 +28,23 @@ def parquet_files(path: str) -> list[str]:
     """
     if not layout.exists(path):
         return []
-    inside = fsspec.open_files(layout.join(path, "*.parquet"))
-    if inside:
-        return sorted(f.full_name for f in inside)
-    opened = fsspec.open(path)
-    return [] if opened.fs.isdir(opened.path) else [path]
+    if not _is_dir(path):
+        return [path]
+    return sorted(layout.join(path, n) for n in layout.list_names(path) if n.endswith(".parquet"))
 
 
 def read_each(path: str, columns: list[str] | None = None, filters=None) -> Iterator[pa.Table]:
     """The tables of a Parquet file or of each ``*.parquet`` file in a folder (nothing when missing).
 
     Only the requested columns that exist are read (LAION metadata may lack
-    ``key`` or ``shard``). Memory: one file.
+    ``key`` or ``shard``). Memory: one file's bytes (one request per file).
     """
     for f in parquet_files(path):
-        with fsspec.open(f, "rb") as fh:
-            names = pq.ParquetFile(fh).schema_arrow.names
-            cols = None if columns is None else [c for c in columns if c in names]
-            fh.seek(0)
-            yield pq.read_table(fh, columns=cols, filters=filters)
+        data = io.BytesIO(layout.read_bytes(f))
+        names = pq.ParquetFile(data).schema_arrow.names
+        cols = None if columns is None else [c for c in columns if c in names]
+        data.seek(0)
+        yield pq.read_table(data, columns=cols, filters=filters)
 
 
 def read_table(path: str, columns: list[str] | None = None, filters=None) -> pa.Table | None:
@@ -52,8 +56,9 @@ def read_table(path: str, columns: list[str] | None = None, filters=None) -> pa.
 
 
 def parquet_rows(path: str) -> int:
-    """Rows of one Parquet file, from its footer (no data read)."""
-    with fsspec.open(path, "rb") as fh:
+    """Rows of one Parquet file, from its footer (range reads of the footer, no data pages)."""
+    fs, p = layout.filesystem(path)
+    with fs.open(p, "rb") as fh:
         return pq.ParquetFile(fh).metadata.num_rows
 
 
@@ -66,22 +71,19 @@ def read_json_object(path: str) -> dict | None:
 
 
 def read_bytes(path: str) -> bytes:
-    with fsspec.open(path, "rb") as fh:
-        return fh.read()
+    return layout.read_bytes(path)
 
 
 def files_with_suffix(folder: str, suffix: str) -> dict[str, str]:
     """``{file stem: path}`` of the files directly inside ``folder`` whose name ends with ``suffix`` (any case).
 
-    Sorted by path; ``{}`` when the folder is missing.
+    Sorted by path; ``{}`` when the folder is missing; folders with such names are skipped.
     """
-    if not layout.exists(folder):
-        return {}
     out = {}
-    for f in sorted(fsspec.open_files(layout.join(folder, "*")), key=lambda f: f.full_name):
-        name = f.full_name.rsplit("/", 1)[-1]
-        if name.lower().endswith(suffix) and not f.fs.isdir(f.path):
-            out[name[: -len(suffix)]] = f.full_name
+    for name in sorted(layout.list_names(folder)):
+        path = layout.join(folder, name)
+        if name.lower().endswith(suffix) and not _is_dir(path):
+            out[name[: -len(suffix)]] = path
     return out
 
 

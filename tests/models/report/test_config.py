@@ -42,3 +42,16 @@ def test_every_field_reaches_the_page(tmp_path):
         assert max(im.size) <= 20
     words = text[text.index('id="word-triggers"'):text.index('id="object-triggers"')]
     assert len(re.findall(r"<tr><td class=\"num\">", words)) == 1 and "Showing 1," in words   # max_rows
+
+
+def test_report_written_to_an_object_store_url(tmp_path):
+    import fsspec
+
+    from models.report.render import ReportInputs, render_report
+
+    t = tiny.write_all(tmp_path)
+    index = render_report(ReportInputs(*map(str, t)), "memory://report-out/r/")
+    assert index == "memory://report-out/r/index.html"
+    fs = fsspec.filesystem("memory")
+    assert "Content-Security-Policy" in fs.cat_file("/report-out/r/index.html").decode()
+    assert len(fs.ls("/report-out/r/thumbs")) == 5 and fs.exists("/report-out/r/plots/group_sizes.png")

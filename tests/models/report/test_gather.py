@@ -88,3 +88,39 @@ def test_metadata_without_key_column_uses_row_keys(tmp_path):
     assert d.top_groups[0].members == ["img/k0.jpg", "img/k1.jpg", "img/k2.jpg"]
     assert d.top_groups[0].cosine["img/k1.jpg"] == pytest.approx(0.8, abs=1e-3)
     assert d.thumbs == {} and "lists no shards" in d.thumb_notes[0]
+
+
+def test_same_key_in_two_downloads_stays_two_rows(tmp_path):
+    """img2dataset numbers keys from 0 in every download: a copy across two downloads shares its key, not its row."""
+    import numpy as np
+    import pyarrow as pa
+    from PIL import Image
+
+    from models.storage import ids, schemas
+
+    emb = tmp_path / "emb"
+    colours = {"a": (220, 0, 0), "b": (0, 0, 220)}
+    shards, meta_rows, sids = [], {}, {}
+    for i, (folder, colour) in enumerate(colours.items()):
+        (tmp_path / folder).mkdir()
+        shard = tmp_path / folder / "00000.tar"
+        tiny.write_shard(shard, {"k0": tiny.jpeg(colour)})
+        sids[folder] = ids.sample_id(ids.absolute_url(str(shard)), "k0")
+        part = f"0000{i}"
+        shards.append({"path": str(shard), "format": "webdataset", "shard_id": part})
+        layout.write_parquet(str(emb / "metadata" / f"metadata_{part}.parquet"),
+                             pa.table({"key": ["k0"], "sample_id": [sids[folder]], "caption": [f"from {folder}"], "shard": [part]}))
+        layout.write_npy(str(emb / "img_emb" / f"img_emb_{part}.npy"), np.array([[1.0, 0.0]], np.float16))
+        layout.write_json(str(emb / "_done" / f"{part}.json"), {})
+    layout.write_json(str(emb / "config.json"), {"shards": shards})
+    rows = [{"key": "k0", "sample_id": sids[f], "group_id": sids["a"], "group_size": 2, "is_representative": f == "a",
+             "representative_key": "k0", "max_cosine": 1.0, "part": p} for f, p in (("a", "00000"), ("b", "00001"))]
+    layout.write_parquet(str(tmp_path / "dd" / "groups" / "groups_00000.parquet"), schemas.table(rows, schemas.DEDUP_GROUPS))
+    d = gather(ReportInputs(embeddings=str(emb), dedup=str(tmp_path / "dd")), ReportFolder(str(tmp_path / "r")), ReportConfig())
+    (group,) = d.top_groups
+    assert group.members == [sids["a"], sids["b"]] and group.keys == {sids["a"]: "k0", sids["b"]: "k0"}
+    assert [d.rows[m].caption for m in group.members] == ["from a", "from b"]
+    assert len({d.thumbs[m] for m in group.members}) == 2
+    for folder, m in zip(colours, group.members):
+        with Image.open(tmp_path / "r" / d.thumbs[m]) as im:
+            assert np.abs(np.array(im.convert("RGB").getpixel((5, 5))) - colours[folder]).max() < 40

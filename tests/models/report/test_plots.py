@@ -74,7 +74,11 @@ def test_nn_similarity_histogram(tmp_path):
     assert [p.get_x() for p in ax.patches] == pytest.approx([0.5, 0.6, 0.7, 0.8, 0.9])
     assert [p.get_width() for p in ax.patches] == pytest.approx([0.1] * 5)
     assert ax.get_yscale() == "log"
+    assert ax.get_xlim() == pytest.approx((0.5 - 0.015, 1.0 + 0.015))   # the filled bins and the threshold
     assert [tuple(line.get_xdata()) for line in ax.lines] == [(0.9, 0.9)]
+    wide = plots.nn_similarity_figure(nn_hist(bin_edges=[-1.0, -0.5, 0.0, 0.5, 0.75, 1.0], counts=[0, 0, 5, 7, 0],
+                                              threshold=0.95))
+    assert wide.axes[0].get_xlim() == pytest.approx((0.0 - 0.0285, 0.95 + 0.0285))
     assert "12 of 505" in ax.get_legend().get_texts()[0].get_text()
     rel = plots.plot_nn_similarity(hist, ReportFolder(str(tmp_path)))
     assert rel == "plots/nn_similarity.png" and has_colour(tmp_path / rel, RED)

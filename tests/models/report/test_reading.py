@@ -39,3 +39,13 @@ def test_json_and_suffix_listing(tmp_path):
     (tmp_path / "g" / "c.jpg").write_bytes(b"3")
     found = files_with_suffix(str(tmp_path / "g"), ".png")
     assert sorted(found) == ["B", "a"] and files_with_suffix(str(tmp_path / "none"), ".png") == {}
+
+
+def test_object_store_urls():
+    """memory:// stands in for s3:// / gs://: the same readers, no local path assumed."""
+    root = "memory://report-reading"
+    layout.write_parquet(f"{root}/groups/g0.parquet", pa.table({"a": [1]}))
+    layout.atomic_write_bytes(f"{root}/grids/side_00.png", b"png")
+    assert parquet_files(f"{root}/groups") == [f"{root}/groups/g0.parquet"]
+    assert read_table(f"{root}/groups").column("a").to_pylist() == [1] and parquet_rows(f"{root}/groups/g0.parquet") == 1
+    assert files_with_suffix(f"{root}/grids", ".png") == {"side_00": f"{root}/grids/side_00.png"}
