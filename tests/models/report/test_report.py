@@ -285,6 +285,10 @@ def test_report_of_a_real_run(built, tmp_path):
     assert STAR_CAPTION in text  # an example caption, resolved from example_keys
     # plots exist; the score section says it is missing; object section explains the empty table
     assert {"group_sizes.png", "keyword_lift_support.png"} <= set(os.listdir(out / "plots"))
+    # dedup's sampled nearest-neighbour histogram, drawn in the dedup section with the threshold the run used (0.9)
+    nn = layout.read_json(str(built.root / "dedup" / "nn_similarity.json"))
+    assert nn["threshold"] == 0.9 and "nn_similarity.png" in os.listdir(out / "plots")
+    assert f"{nn['n_sampled']:,} sampled rows" in text and 'src="plots/nn_similarity.png"' in text
     assert 'id="score-missing"' in text and "No score outputs" in text
     assert "--tagger none" in text
 
