@@ -16,7 +16,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*", "models", "models.*"]),
-    package_data={"models.embed": ["configs/*.json"]},
+    package_data={"models.embed": ["configs/*.json"], "models.report": ["templates/*.j2", "templates/*.css"]},
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
         "numpy>=1.26",

@@ -171,11 +171,6 @@ def stage_argv(stage: str, cfg: dict) -> list[str] | None:
     return ["--run", run, "--output", path["report"], *_flags(opts)]
 
 
-def has_text_tower(model: str) -> bool:
-    """Whether embeddings of ``model`` (an embed ``--model`` spec) come with a text tower (open_clip only)."""
-    return str(model).startswith("openclip:")
-
-
 def check_config(cfg: dict, explicit: set[str], stages: list[str]) -> list[str]:
     """Check the whole configuration before any stage runs; return the notes to print.
 
@@ -188,15 +183,21 @@ def check_config(cfg: dict, explicit: set[str], stages: list[str]) -> list[str]:
     Raises:
       ValueError: a flag its stage rejects, or a combination that cannot work.
     """
+    from models.mine.config import AUTO_TAGGER
+    from models.mine.taggers.spec import TaggerKind, default_tagger_for, has_text_tower
+
     notes = []
-    if "mine" in stages and not has_text_tower(cfg["embed"]["model"]) and cfg["mine"].get("tagger") == "zero-shot":
-        if "mine.tagger" in explicit:
-            raise ValueError(f"mine.tagger zero-shot scores the vocabulary with the embedding model's text tower, and "
-                             f"embed.model {cfg['embed']['model']!r} has none; use an openclip: model, "
-                             f"--tagger onnx-classifier:MODEL.onnx,LABELS.txt or --tagger none")
-        cfg["mine"]["tagger"] = "none"
-        notes.append(f"mine: no object tags (embed.model {cfg['embed']['model']} has no text tower for zero-shot "
-                     f"tagging; set mine.tagger to onnx-classifier:MODEL.onnx,LABELS.txt for object triggers)")
+    model, tagger = cfg["embed"]["model"], cfg["mine"].get("tagger")
+    if "mine" in stages and tagger in (AUTO_TAGGER, None) and "mine.tags" not in explicit:
+        resolved = default_tagger_for({"model": model})
+        cfg["mine"]["tagger"] = str(resolved.kind.value)
+        if resolved.kind == TaggerKind.NONE:
+            notes.append(f"mine: no object tags (embed.model {model} has no text tower for zero-shot tagging; set "
+                         f"mine.tagger to onnx-classifier:MODEL.onnx,LABELS.txt or mine.tags to a tag file)")
+    elif "mine" in stages and tagger == "zero-shot" and not has_text_tower(model):
+        raise ValueError(f"mine.tagger zero-shot scores the vocabulary with the embedding model's text tower, and "
+                         f"embed.model {model!r} has none; use an openclip: model, "
+                         f"--tagger onnx-classifier:MODEL.onnx,LABELS.txt or --tagger none")
     for stage in stages:
         argv = stage_argv(stage, cfg)
         if argv is None:
