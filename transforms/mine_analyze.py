@@ -17,7 +17,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from models.mine.part_counts import COUNT_NAMES, RowGroup, part_counts
+from models.mine.part_counts import COUNT_NAMES, COUNT_SHARDS, RowGroup, keyword_blocks, part_counts
 from models.mine.plan import MineParams
 from models.storage import layout, run_chain, schemas
 from models.storage.folders.dedup import DedupFolder
@@ -110,7 +110,8 @@ def _concat_samples(samples) -> np.ndarray:
 
 
 class AnalyzePartFn(beam.DoFn):
-    """Part index (+ tagger calibration side input) -> count elements by name (see :mod:`models.mine.part_counts`)."""
+    """:class:`PartInput` (+ tagger calibration side input) -> count elements by name (see
+    :mod:`models.mine.part_counts`; ``kw`` as one keyword block per hash bucket)."""
 
     def __init__(self, params: MineParams):
         self.params = params
@@ -158,7 +159,7 @@ class AnalyzePartFn(beam.DoFn):
         layout.write_parquet(p.folder.rejects(part), schemas.table(rejects, schemas.REJECTS))
         self.rows.inc(len(keys))
         self.rejected.inc(len(rejects))
-        yield from counts.elements("kw")
+        yield from keyword_blocks(counts.kw, COUNT_SHARDS)
         for name in COUNT_NAMES[1:]:
             for item in counts.elements(name):
                 yield pvalue.TaggedOutput(name, item)

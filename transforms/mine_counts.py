@@ -31,6 +31,7 @@ from apache_beam.utils import shared
 
 from models.mine.part_counts import (
     COUNT_NAMES,
+    COUNT_SHARDS,
     EXAMPLES,
     CaptionSample,
     ChangedRow,
@@ -39,7 +40,9 @@ from models.mine.part_counts import (
     KeywordGroup,
     KeywordObject,
     TagMention,
+    KeywordBlock,
     changed_row_counts,
+    sum_blocks,
     top_captions,
 )
 from models.mine.plan import MineParams
@@ -48,7 +51,6 @@ from models.storage.folders.mine import MineFolder
 from transforms.common import Held, sum_counters
 from transforms.mine_analyze import read_part_rows
 
-COUNT_SHARDS = 8  # files per saved count
 COUNT_SCHEMAS = {
     "kw": pa.schema([("keyword", pa.string()), ("n", pa.int64())]),
     "kwin": pa.schema([("keyword", pa.string()), ("n", pa.int64())]),
@@ -96,7 +98,7 @@ def merge_top_captions(values) -> tuple[CaptionSample, ...]:
     return top_captions(s for v in values for s in v)
 
 
-COMBINERS = {"kw": sum, "kwin": sum, "kwg": CountWithExamples(), "grp": sum, "cap": sum, "obj": sum,
+COMBINERS = {"kwin": sum, "kwg": CountWithExamples(), "grp": sum, "cap": sum, "obj": sum,
              "kwo": sum_tag_mentions, "woc": merge_top_captions}
 
 
@@ -114,6 +116,10 @@ class CombineCounts(beam.PTransform):
             merged = sources[name]
             if name == "stats":
                 out[name] = merged | f"Sum{label}" >> beam.CombineGlobally(sum_counters)
+                continue
+            if name == "kw":  # keyword blocks: one Arrow group-by per hash bucket
+                out[name] = (merged | "GroupKeywordBlocks" >> beam.GroupByKey()
+                             | "SumKeywordBlocks" >> beam.MapTuple(lambda b, blocks: (b, sum_blocks(blocks))))
                 continue
             merged = merged | f"Sum{label}" >> beam.CombinePerKey(COMBINERS[name])
             if name in ("kwin", "grp"):
@@ -180,6 +186,14 @@ def _write_count_shard(element, name: str, output: str) -> str:
     return path
 
 
+def _write_keyword_block(element, output: str) -> str:
+    bucket, block = element
+    path = MineFolder(output).count_shard("kw", bucket)
+    layout.write_parquet(path, pa.table({"keyword": pa.array(block.keywords, pa.string()), "n": pa.array(block.n, pa.int64())},
+                                        schema=COUNT_SCHEMAS["kw"]))
+    return path
+
+
 class WriteCounts(beam.PTransform):
     """``{name: combined counts}`` -> ``OUTPUT/counts/{name}/{name}-{shard}.parquet`` and ``counts/stats.json``.
 
@@ -191,8 +205,8 @@ class WriteCounts(beam.PTransform):
         self.output = output
 
     def expand(self, counts: dict):
-        written = []
-        for name in COUNT_NAMES:
+        written = [counts["kw"] | "WriteKw" >> beam.Map(_write_keyword_block, self.output)]
+        for name in COUNT_NAMES[1:]:
             written.append(
                 counts[name]
                 | f"Encode{name.capitalize()}" >> beam.Map(lambda e, n=name: (count_shard(e[0]), encode_count(n, e)))
@@ -213,8 +227,13 @@ def count_files(mine_dir: str, name: str) -> list[str]:
 
 
 def read_count_file(path: str, name: str):
-    """One saved count file -> (key, value) elements."""
-    for row in layout.read_parquet(path).to_pylist():
+    """One saved count file -> (key, value) elements (``kw``: one (bucket, KeywordBlock), bucket from the name)."""
+    table = layout.read_parquet(path)
+    if name == "kw":
+        bucket = int(path.rsplit("-", 1)[-1].split(".", 1)[0])
+        yield bucket, KeywordBlock(table.column("keyword").to_pylist(), table.column("n").to_numpy().astype("int64"))
+        return
+    for row in table.to_pylist():
         yield decode_count(name, row)
 
 

@@ -80,7 +80,8 @@ class SupportFilter(beam.PTransform):
         min_support, support = self.min_support, max(1, self.min_support // 2)
         out = {name: counts[name] for name in ("kwin", "grp", "obj", "woc", "stats", "increment_stats")}
         # Only keywords with n >= min_support enter the tables: do not ship the long tail to the one writer.
-        out["kw"] = counts["kw"] | "KeywordSupport" >> beam.Filter(lambda e: e[1] >= min_support)
+        out["kw"] = counts["kw"] | "KeywordSupport" >> beam.FlatMapTuple(
+            lambda _, block: ((w, int(n)) for w, n in zip(block.keywords, block.n.tolist()) if n >= min_support))
         out["kwg"] = counts["kwg"] | "KeywordGroupSupport" >> beam.Filter(lambda e: e[1].n >= 2)
         out["kwo"] = counts["kwo"] | "KeywordObjectSupport" >> beam.Filter(lambda e: max(e[1]) >= support)
         out["cap"] = (counts["cap"]

@@ -6,7 +6,7 @@ element that Beam sums per key; keys and values are the named rows below.
 =======  ==============================  ===================================  ==============
 name     key                             value                                rows counted
 =======  ==============================  ===================================  ==============
-``kw``   keyword (str)                   rows with it (int)                   all analysed
+``kw``   bucket (int)                    :class:`KeywordBlock` (keywords, rows) all analysed
 ``kwin`` keyword                         its rows inside duplicate groups     grouped rows
 ``kwg``  :class:`KeywordGroup`           :class:`Examples` (rows, keys)       grouped rows
 ``grp``  group id (str)                  analysed rows in the group           grouped rows
@@ -32,6 +32,7 @@ lets an increment correct the counts of rows whose group changed
 from __future__ import annotations
 
 import re
+import zlib
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -40,12 +41,13 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 __all__ = ["COUNT_NAMES", "EXAMPLES", "TOP_CAPTIONS", "CaptionSample", "Examples", "GroupCaption", "KeywordGroup",
-           "KeywordObject", "PartCounts", "TagMention", "caption_key", "caption_text", "changed_row_counts",
-           "part_counts", "smallest_keys", "top_captions"]
+           "KeywordBlock", "KeywordObject", "PartCounts", "TagMention", "caption_key", "caption_text", "changed_row_counts",
+           "keyword_blocks", "keyword_bucket", "part_counts", "smallest_keys", "sum_blocks", "top_captions"]
 
 COUNT_NAMES = ("kw", "kwin", "kwg", "grp", "cap", "obj", "kwo", "woc")
 EXAMPLES = 3  # example keys kept per (keyword, group)
 TOP_CAPTIONS = 5  # captions kept per (keyword, object) for object-trigger prompts
+COUNT_SHARDS = 8  # hash buckets of the saved counts (counts/{name}/{name}-{bucket}.parquet) and of kw blocks
 _NEAR_DUP_RE = re.compile(r"[^\w]+|_+")
 _DIGITS_RE = re.compile(r"\d+")
 
@@ -220,3 +222,44 @@ def changed_row_counts(rows: Sequence[ChangedRow], captions: Sequence, keywords:
         if r.group_size > 1:
             out.add_grouped(words, r.group_id, r.key, caption)
     return out
+
+
+class KeywordBlock(NamedTuple):
+    """Keyword counts of one hash bucket as two parallel columns (the ``kw`` count travels in blocks, not rows).
+
+    ``keywords`` (n,) str, ``n`` (n,) int64. A part emits one block per bucket; a bucket's blocks are summed
+    with one Arrow group-by (:func:`sum_blocks`). Beam handles parts x buckets elements instead of one element
+    per distinct keyword and part.
+    """
+
+    keywords: list
+    n: np.ndarray
+
+
+def keyword_bucket(keyword: str, buckets: int) -> int:
+    """The bucket (and saved-count file) of a keyword: crc32 of its repr modulo ``buckets`` (stable everywhere)."""
+    return zlib.crc32(repr(keyword).encode()) % buckets
+
+
+def keyword_blocks(counts: Counter, buckets: int) -> list[tuple[int, KeywordBlock]]:
+    """A keyword Counter split into ``(bucket, KeywordBlock)``, one per non-empty bucket."""
+    words: list[list[str]] = [[] for _ in range(buckets)]
+    ns: list[list[int]] = [[] for _ in range(buckets)]
+    for w, n in counts.items():
+        b = zlib.crc32(repr(w).encode()) % buckets
+        words[b].append(w)
+        ns[b].append(n)
+    return [(b, KeywordBlock(words[b], np.asarray(ns[b], np.int64))) for b in range(buckets) if words[b]]
+
+
+def sum_blocks(blocks) -> KeywordBlock:
+    """Sum keyword blocks of one bucket; keywords sorted, zero sums dropped. O(total rows) with Arrow's group-by."""
+    import pyarrow as pa
+
+    parts = [pa.table({"keyword": pa.array(b.keywords, pa.string()), "n": pa.array(b.n, pa.int64())}) for b in blocks]
+    if not parts:
+        return KeywordBlock([], np.zeros(0, np.int64))
+    summed = pa.concat_tables(parts).group_by("keyword").aggregate([("n", "sum")]).sort_by("keyword")
+    n = summed.column("n_sum").to_numpy()
+    keep = n != 0
+    return KeywordBlock([w for w, k in zip(summed.column("keyword").to_pylist(), keep) if k], n[keep].astype(np.int64))
