@@ -5,7 +5,7 @@ A ``dupmine mine --previous PREV`` run saves its summed counts under
 the next increment only counts new parts (and rows whose groups changed).
 
 A part is identified by its source and content, never by its name alone:
-(embedding folder URL, part name, :func:`part_identity`). img2dataset numbers
+(embedding folder URL, part name, :func:`models.storage.run_chain.part_identity`). img2dataset numbers
 shards from 00000 in every download, so a second folder whose parts are named
 like the first one's is new data.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from models.storage import layout
 from models.storage.folders.mine import MineFolder
-from models.storage.run_chain import MANIFEST, _normalized, normalize_path
+from models.storage.run_chain import MANIFEST, _normalized, normalize_path, part_identity
 
 COUNTS_DIR = MineFolder.COUNTS
 
@@ -24,7 +24,8 @@ COUNTS_DIR = MineFolder.COUNTS
 class MineEntry:
     """One mine run of a chain: the parts it counted, from which embedding folder, with which dedup output.
 
-    ``contents`` is parallel to ``parts``: each part's :func:`part_identity` when the run counted it (empty for
+    ``contents`` is parallel to ``parts``: each part's :func:`models.storage.run_chain.part_identity` (the
+    identity dedup chains use too) when the run counted it (empty for
     manifests written before content identities existed; those parts are matched by folder and name).
     """
 
@@ -43,20 +44,6 @@ class MineEntry:
     def from_json(cls, d: dict) -> "MineEntry":
         return cls(run=d["run"], embeddings=d["embeddings"], parts=tuple(d["parts"]), groups=d.get("groups"),
                    previous=d.get("previous"), contents=tuple(d.get("contents") or ()))
-
-
-def part_identity(embeddings: str, part: str) -> str:
-    """Content identity of one embedding part: the byte sizes of its metadata and image-embedding files.
-
-    Two ``info`` calls, no read. A part rewritten with other rows changes at least one size (parquet and
-    ``.npy`` sizes follow the row count and the data).
-    """
-    folder = layout.EmbeddingFolder(embeddings)
-    sizes = []
-    for path in (folder.metadata(part), folder.img_emb(part)):
-        fs, stripped = layout._fs(path)
-        sizes.append(str(fs.size(stripped)))
-    return ":".join(sizes)
 
 
 def uncounted_parts(chain: list[MineEntry], embeddings: str, parts: list[str]) -> list[str]:
