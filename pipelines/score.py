@@ -108,59 +108,6 @@ def config_from_args(args: argparse.Namespace) -> ScoreStageConfig:
     return ScoreStageConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ScoreStageConfig)})
 
 
-def score_items(cfg: ScoreStageConfig, ctx) -> tuple[list[ScoreItem], int]:
-    """The items to score (flagged first) and the number of flagged ones.
-
-    Conditional targets: one item per flagged prompt (checked at its groups'
-    training images too); reference prompts from ``--reference``, else captions
-    of ordinary training rows (each checked at its own image); with a
-    ``--reference`` file, ordinary training images are added as image-only
-    reference items. Targets no prompt conditions: one item per flagged
-    duplicate group and ordinary training images as the reference.
-
-    Raises:
-        ValueError: no flagged prompt; no reference items (with how to give them); an unconditional target
-        without ``--train``/``--groups`` or flagged prompts that name no group.
-    """
-    from models.score.inputs import load_flagged, read_reference_file
-
-    flagged = load_flagged(cfg.flagged, cfg.max_prompts)
-    if not flagged:
-        raise ValueError(f"--flagged {cfg.flagged} holds no prompt: nothing to score (mine flagged nothing, "
-                         "or the file has no non-empty 'prompt' column)")
-    train = ctx.train
-    ordinary = train.sample_singletons(cfg.n_reference, cfg.seed, {f.prompt for f in flagged}) if train else []
-    if ctx.conditioner.conditional:
-        def keys(groups):
-            return tuple(k for g in groups for k in train.group_keys(g)) if train else ()
-
-        items = [ScoreItem(Role.FLAGGED.value, f.prompt, f.group_ids, keys(f.group_ids)) for f in flagged]
-        if cfg.reference:
-            items += [ScoreItem(Role.REFERENCE.value, q) for q in read_reference_file(cfg.reference)[: cfg.n_reference]]
-            items += [ScoreItem(Role.REFERENCE.value, c, (), (k,), image_only=True) for k, c in ordinary]
-        else:
-            items += [ScoreItem(Role.REFERENCE.value, c, (), (k,)) for k, c in ordinary if c]
-    else:
-        if train is None or not train.grouped:
-            raise ValueError(f"{cfg.target} takes no prompt: its memorization is scored per duplicate group, at the "
-                             "group's training images and by SIDE extractions; pass --train EMB and --groups DEDUP")
-        groups = list(dict.fromkeys(g for f in flagged for g in f.group_ids if train.group_keys(g)))
-        if not groups:
-            raise ValueError(f"{cfg.target} takes no prompt and no flagged prompt names a duplicate group of --groups "
-                             f"{cfg.groups}: nothing to score per group")
-        first = {}
-        for f in flagged:
-            for g in f.group_ids:
-                first.setdefault(g, f.prompt)
-        items = [ScoreItem(Role.FLAGGED.value, first[g], (g,), train.group_keys(g)) for g in groups]
-        items += [ScoreItem(Role.REFERENCE.value, c, (), (k,)) for k, c in ordinary]
-    n_flagged = sum(1 for i in items if i.role == Role.FLAGGED.value)
-    if n_flagged == len(items):
-        raise ValueError("no reference items to calibrate the thresholds on: pass --reference FILE (ordinary "
-                         "prompts) or --train EMB (ordinary training rows are the reference)")
-    return items, n_flagged
-
-
 def build(p, cfg: ScoreStageConfig, items: list[ScoreItem], side_prompts: list[str], handle) -> None:
     """Wire the stage: items -> ScoreItems, one request -> ExtractWithSide, all rows -> CalibrateAndWrite
     (the item and SIDE steps on ``handle``'s context)."""
@@ -218,6 +165,7 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     """Parse flags, load the target once (failing early), score, write outputs; return the summary."""
     from models.storage import layout
     from models.storage.folders.score import ScoreFolder
+    from models.score.items import score_items
     from transforms.score import ContextHandle
 
     parser = stage_parser("dupmine score", __doc__)
@@ -233,7 +181,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     # (in-process runners load the target once), held here until the run ends.
     handle = ContextHandle(cfg)
     loaded = handle.acquire()
-    items, n_flagged = score_items(cfg, loaded.value)
+    items, n_flagged = score_items(loaded.value, cfg.flagged, cfg.target, cfg.max_prompts, cfg.reference,
+                                   cfg.n_reference, cfg.seed)
     side_prompts = [i.prompt for i in items[: min(cfg.side_prompts, n_flagged)]] if loaded.value.conditioner.conditional else []
     build(p, cfg, items, side_prompts, handle)
     layout.write_json(folder.config, {"stage": "score", "config": asdict(cfg), "beam_args": beam_args,

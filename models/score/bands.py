@@ -12,11 +12,11 @@ cosines, so the stage never applies them there:
   [q50 ordinary, q95 ordinary]: high is as close as a copy and closer than
   99 % of ordinary nearest neighbours. Without groups only the ordinary
   quantiles are used (high = above q99).
-* :func:`pixel_l2_bands`: normalised L2 on pixels in [-1, 1] (the units of
+* :func:`pixel_l2_bands`: normalised (RMS) L2 on pixels in [-1, 1] (the units of
   pixel-space targets) for small images, from Carlini et al.'s (l2, delta)
-  extraction, delta <= 0.15 on [0, 1] pixels (arXiv:2301.13188, Sec. 4.2; 0.05-0.15 "near
-  pixel-perfect"): high [0, 0.05], mid (0.05, 0.1], low (0.1, 0.15] on [0, 1],
-  doubled for [-1, 1].
+  extraction (arXiv:2301.13188, Sec. 4.2): high = [0, delta] with delta the
+  ground-truth criterion's (:class:`models.score.memorized.Criterion`, 0.1 on
+  [0, 1] pixels), mid (delta, 1.5 delta], low (1.5 delta, 2 delta]; doubled for [-1, 1].
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ import numpy as np
 
 from models.score.extraction_metrics import Band, SimilarityBands
 
-PIXEL_L2_EDGES_01 = (0.05, 0.10, 0.15)  # high, mid, low upper ends on [0, 1] pixels (Carlini et al.)
-
-
 def pixel_l2_bands(scale: float = 2.0) -> SimilarityBands:
     """Normalised-L2 bands for pixels spanning ``scale`` units (2 for [-1, 1])."""
-    hi, mid, low = (scale * e for e in PIXEL_L2_EDGES_01)
+    from models.score.memorized import Criterion
+
+    delta = Criterion().delta
+    hi, mid, low = (scale * e * delta for e in (1.0, 1.5, 2.0))
     return SimilarityBands(bands=(Band("low", mid, low, lo_closed=False, hi_closed=True),
                                   Band("mid", hi, mid, lo_closed=False, hi_closed=True),
                                   Band("high", 0.0, hi, lo_closed=True, hi_closed=True)), measure="normalized_l2")

@@ -152,34 +152,42 @@ def item_rng(cfg: ScoreConfig, prompt: str | None, check: str) -> np.random.Gene
     return np.random.default_rng([cfg.seed, zlib.crc32(text.encode("utf-8")), zlib.crc32(check.encode())])
 
 
+def plaplace_samples(target, cond, prompt: str | None, cfg: ScoreConfig, null=None) -> tuple[np.ndarray, int]:
+    """``n_samples`` seeded DDIM generations of the prompt with classifier-free guidance.
+
+    Returns:
+        (x0 (n_samples, d) float64, model evaluations: 2 per row and step, 1 without a condition).
+    """
+    from models.score.conditioning import GuidedTarget
+    from models.score.targets.closed_form import ddim_sample
+
+    guided = GuidedTarget(target, cfg.guidance_scale, null)
+    x0 = ddim_sample(guided, cfg.n_samples, target.dim, cfg.steps, item_rng(cfg, prompt, "plaplace"), cond=cond)
+    return x0, guided.evals
+
+
 def plaplace_check(target, cond, prompt: str | None, cfg: ScoreConfig, null=None) -> CheckResult:
     """p-Laplace (p = 1 flux, noise form) around ``n_samples`` CFG generations of the prompt.
 
-    Cost: the guided sampler's evaluations (2 per row and step, 1 without a condition)
-    + n_samples * n_dirs for the statistic.
+    Cost: the guided sampler's evaluations (:func:`plaplace_samples`) + n_samples * n_dirs for the statistic.
     """
-    from models.score.conditioning import GuidedTarget
-    from models.score.plaplace import noise_cosine_statistic
-    from models.score.targets.closed_form import ddim_sample
-
     started = time.monotonic()
-    rng = item_rng(cfg, prompt, "plaplace")
-    guided = GuidedTarget(target, cfg.guidance_scale, null)
-    x0 = ddim_sample(guided, cfg.n_samples, target.dim, cfg.steps, rng, cond=cond)
-    mean, _ = noise_cosine_statistic(target, x0, cfg.t_small, cfg.n_dirs, rng, cond=cond)
-    evals = guided.evals + cfg.n_samples * cfg.n_dirs
-    return CheckResult(prompt, "plaplace", float(np.mean(mean)), float(np.std(mean)), cfg.n_samples, evals,
+    x0, evals = plaplace_samples(target, cond, prompt, cfg, null)
+    at = plaplace_at_points(target, cond, prompt, x0, cfg, check="plaplace")
+    return CheckResult(prompt, "plaplace", at.statistic, at.spread, cfg.n_samples, evals + at.cost_evals,
                        time.monotonic() - started)
 
 
-def plaplace_at_points(target, cond, prompt: str | None, x0: np.ndarray, cfg: ScoreConfig) -> CheckResult:
-    """The same statistic around given points x0 (B, d) (the training images of the item's duplicate groups)."""
+def plaplace_at_points(target, cond, prompt: str | None, x0: np.ndarray, cfg: ScoreConfig,
+                       check: str = "plaplace-train") -> CheckResult:
+    """E[cos(eps_hat(x_t, t_small, c), eps)] around given points x0 (B, d) (by default the training images of
+    the item's duplicate groups), the mean over points; ``spread`` their std. Cost: B * n_dirs evaluations."""
     from models.score.plaplace import noise_cosine_statistic
 
     started = time.monotonic()
-    mean, _ = noise_cosine_statistic(target, x0, cfg.t_small, cfg.n_dirs, item_rng(cfg, prompt, "plaplace-train"),
-                                     cond=cond)
-    return CheckResult(prompt, "plaplace-train", float(np.mean(mean)), float(np.std(mean)), len(x0),
+    rng = item_rng(cfg, prompt, check + ":directions")  # never the sampler's stream (same seed, same check)
+    mean, _ = noise_cosine_statistic(target, x0, cfg.t_small, cfg.n_dirs, rng, cond=cond)
+    return CheckResult(prompt, check, float(np.mean(mean)), float(np.std(mean)), len(x0),
                        len(x0) * cfg.n_dirs, time.monotonic() - started)
 
 

@@ -75,14 +75,12 @@ def load_target(spec: str, device: str = "auto"):
         ValueError: a spec that is not one of the accepted forms (all listed).
         FileNotFoundError: a missing or incomplete model folder or file (the loader names what is missing).
     """
+    from models.score.targets.loading import load_target as load_any_target
+
     parsed = parse_target_spec(spec)
     if parsed.kind in (TargetKind.DIFFUSERS, TargetKind.DIFFUSERS_UNCOND):
-        from models.score.targets.hf_diffusers import load_any_target
-
         return load_any_target(f"{parsed.kind.value}:{parsed.path}", device=device)
-    from models.score.targets.closed_form import load_target as load_closed_form
-
-    return load_closed_form(f"{parsed.kind.value}:{parsed.path}")
+    return load_any_target(f"{parsed.kind.value}:{parsed.path}")
 
 
 class PromptConditioner:

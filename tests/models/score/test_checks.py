@@ -172,6 +172,6 @@ def test_calibrated_bands_put_planted_copies_high_and_ordinary_neighbours_below(
     nn = (z[20:] @ z[20:].T - 2 * np.eye(200)).max(1)
     assert high.contains(nn).mean() <= 0.01
     l2 = pixel_l2_bands()
-    assert l2.measure == "normalized_l2" and l2.band_of(0.05) == "high" and l2.band_of(0.25) == "low"
+    assert l2.measure == "normalized_l2" and l2.band_of(0.2) == "high" and l2.band_of(0.25) == "mid" and l2.band_of(0.35) == "low"
     with pytest.raises(ValueError, match="no duplicate group"):
         calibrated_cosine_bands(x, by_group, [])

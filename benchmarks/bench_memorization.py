@@ -1,0 +1,276 @@
+"""Memorization checks against measured memorization: small DDPMs trained on a planted MNIST set.
+
+    flock /tmp/dupmine-bench.lock .venv/bin/python benchmarks/bench_memorization.py [--out DIR] [--quick]
+
+1. Plant exact copies (x5, x10, x20, x50), near copies (x20), a word trigger (x25), unique digits and a held-out
+   set from real MNIST (``../shared/data/mnist``; models/demo/planted.py).
+2. Train (or load from DIR, keyed by config + data) a text-conditional and an unconditional pixel-space DDPM
+   (models/score/training).
+3. Ground truth, measured: generate per prompt (CFG) or unconditionally, and call an item memorized when at
+   least one generation meets Carlini et al.'s criterion (arXiv:2301.13188; models/score/memorized.py).
+4. Conditional: AUC and TPR at 1% FPR (memorized vs not) for Wen (arXiv:2407.21720), Jeon (arXiv:2412.04140)
+   and p-Laplace (arXiv:2505.08246) at generated samples and at the training images, swept over t.
+   Unconditional: p-Laplace at each group's training images over t, and SIDE (arXiv:2410.02467) AMS / UMS per
+   band at lambda in {0, 1, 2, 5} at equal N_G with bootstrap intervals; per-group SIDE AUC.
+5. Cost per prompt / group in model evaluations and seconds.
+
+Writes DIR/results.json and prints the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+T_SWEEP = (10, 50, 100, 200, 400)
+
+
+def auc_tpr(pos, neg) -> dict:
+    from models.score.plaplace import roc_auc, tpr_at_fpr
+
+    if len(pos) == 0 or len(neg) == 0:
+        return {"auc": None, "tpr@1%fpr": None, "n_pos": len(pos), "n_neg": len(neg)}
+    return {"auc": round(roc_auc(np.asarray(pos), np.asarray(neg)), 4),
+            "tpr@1%fpr": round(tpr_at_fpr(np.asarray(pos), np.asarray(neg), 0.01), 4),
+            "n_pos": len(pos), "n_neg": len(neg)}
+
+
+def planted_data(out: str, resolution: int, n_unique: int):
+    from models.demo.mnist import load_mnist
+    from models.demo.planted import PlantedSpec, build_planted_set, groups_of, read_truth
+    from models.score.training.data import images_from_shards
+    from pipelines.common import shared_data_file
+
+    mnist = shared_data_file("mnist")
+    if mnist is None:
+        raise SystemExit("needs ../shared/data/mnist (or $DUPMINE_SHARED_DATA/mnist)")
+    spec = PlantedSpec(exact_copies=(5, 10, 20, 50), near_copies=20, trigger_copies=25, n_unique=n_unique,
+                       n_heldout=40)
+    ps = build_planted_set(load_mnist(mnist), os.path.join(out, "planted"), spec)
+    data = images_from_shards(ps.train, resolution, 1)
+    truth = read_truth(ps.truth)
+    group_ids, names = groups_of(truth, data.keys)
+    return ps, data, truth, group_ids, names
+
+
+def train_models(data, out: str, resolution: int, steps: int):
+    from models.score.training.config import TrainConfig
+    from models.score.training.trainer import train
+
+    models = {}
+    for conditional in (True, False):
+        cfg = TrainConfig(resolution=resolution, channels=1, conditional=conditional, steps=steps, batch_size=32,
+                          block_out_channels=(16, 32), seed=0)
+        m = train(data, cfg, os.path.join(out, "cond" if conditional else "uncond"))
+        print(f"model {'cond' if conditional else 'uncond'}: {m.spec} steps {m.steps} "
+              f"{'cached' if m.cached else f'{m.seconds:.0f} s'} loss {m.final_loss:.4f}", flush=True)
+        models[conditional] = m
+    return models
+
+
+def timed(fn):
+    started = time.monotonic()
+    result = fn()
+    return result, time.monotonic() - started
+
+
+def conditional_bench(target, data, truth, group_ids, cfg, n_gt: int, n_unique_prompts: int, seed: int) -> dict:
+    """Per prompt: ground truth by generation, then every check; AUC tables."""
+    import torch
+
+    from models.score.checks import jeon_check, plaplace_at_points, plaplace_samples, wen_check
+    from models.score.memorized import match_generations
+
+    rng = np.random.default_rng(seed)
+    train_rows = {r["key"]: r for r in truth if r["split"] == "train"}
+    index = {k: j for j, k in enumerate(data.keys)}
+    by_group: dict = {}
+    for k in data.keys:
+        by_group.setdefault(train_rows[k]["group"], []).append(index[k])
+    prompts = []  # (prompt, kind, training rows)
+    for name, rows in by_group.items():
+        if name != "unique":
+            prompts.append((data.captions[rows[0]], name, rows[:8]))
+    unique = by_group["unique"]
+    for j in rng.permutation(len(unique))[:n_unique_prompts]:
+        prompts.append((data.captions[unique[j]], "unique", [unique[j]]))
+    held = [r for r in truth if r["split"] == "heldout"]
+    prompts += [(r["caption"], "heldout", []) for r in held[: max(1, n_unique_prompts // 2)]]
+    rows = []
+    for i, (prompt, kind, trows) in enumerate(prompts):
+        gen = torch.Generator().manual_seed(seed * 1000 + i)
+        res = target.generate([prompt], n_per_prompt=n_gt, steps=cfg.steps, guidance_scale=cfg.guidance_scale,
+                              generator=gen)
+        m = match_generations(res.images[..., :1], data.images, group_ids)
+        row = {"prompt": prompt, "kind": kind, "n_memorized": int(m.memorized.sum()), "stats": {}, "cost": {}}
+        for name, fn in (("wen", lambda: wen_check(target, prompt, None, prompt, cfg)),
+                         ("jeon", lambda: jeon_check(target, prompt, None, prompt, cfg))):
+            r, sec = timed(fn)
+            row["stats"][name], row["cost"][name] = r.statistic, (r.cost_evals, sec)
+        (x0, evals), sec = timed(lambda: plaplace_samples(target, prompt, prompt, cfg))
+        for t in T_SWEEP:
+            r, s2 = timed(lambda: plaplace_at_points(target, prompt, prompt, x0, dataclasses.replace(cfg, t_small=t),
+                                                     check="plaplace"))
+            row["stats"][f"plaplace-gen@t{t}"] = r.statistic
+            row["cost"][f"plaplace-gen@t{t}"] = (evals + r.cost_evals, sec + s2)
+        if trows:
+            xt = np.asarray(target.encode_images(data.images[trows]), np.float64)
+            for t in T_SWEEP:
+                r, s2 = timed(lambda: plaplace_at_points(target, prompt, prompt, xt, dataclasses.replace(cfg, t_small=t)))
+                row["stats"][f"plaplace-train@t{t}"] = r.statistic
+                row["cost"][f"plaplace-train@t{t}"] = (r.cost_evals, s2)
+        rows.append(row)
+        print(f"  cond {i + 1}/{len(prompts)} {kind:10s} memorized {row['n_memorized']}/{n_gt} "
+              f"wen {row['stats']['wen']:.3f} jeon {row['stats']['jeon']:.3g}", flush=True)
+    return {"rows": rows, "table": auc_table(rows)}
+
+
+def auc_table(rows: list) -> dict:
+    checks = sorted({c for r in rows for c in r["stats"]})
+    table = {}
+    for c in checks:
+        pos = [r["stats"][c] for r in rows if c in r["stats"] and r["n_memorized"] > 0]
+        neg = [r["stats"][c] for r in rows if c in r["stats"] and r["n_memorized"] == 0]
+        ev = [r["cost"][c][0] for r in rows if c in r["cost"]]
+        sec = [r["cost"][c][1] for r in rows if c in r["cost"]]
+        table[c] = auc_tpr(pos, neg) | {"evals_per_item": round(float(np.mean(ev)), 1),
+                                        "seconds_per_item": round(float(np.mean(sec)), 4)}
+    return table
+
+
+def unconditional_bench(target, data, truth, group_ids, cfg, n_gt: int, n_unique_items: int, side_ng: int,
+                        lambdas, n_boot: int, seed: int) -> dict:
+    """Per group: ground truth from unconditional generations; p-Laplace at the group's images; SIDE."""
+    import torch
+
+    from models.score.bands import pixel_l2_bands
+    from models.score.checks import plaplace_at_points
+    from models.score.extraction_metrics import ams_ums_full, normalized_l2_distance
+    from models.score.memorized import match_generations
+    from models.score.side import SideConfig, build_side_stage, run_side
+
+    rng = np.random.default_rng(seed)
+    res = target.generate(n_gt, steps=cfg.steps, generator=torch.Generator().manual_seed(seed))
+    m = match_generations(res.images[..., :1], data.images, group_ids)
+    hits = np.bincount(m.group[m.memorized], minlength=int(group_ids.max()) + 1)
+    train_rows = {r["key"]: r for r in truth if r["split"] == "train"}
+    items: dict = {}
+    for j, k in enumerate(data.keys):
+        items.setdefault(int(group_ids[j]), {"kind": train_rows[k]["group"], "rows": []})["rows"].append(j)
+    planted = [g for g, it in items.items() if it["kind"] != "unique"]
+    uniq = [g for g, it in items.items() if it["kind"] == "unique"]
+    chosen = planted + [uniq[i] for i in rng.permutation(len(uniq))[:n_unique_items]]
+    x_train = np.asarray(target.encode_images(data.images), np.float64)
+    rows = []
+    for g in chosen:
+        it = items[g]
+        row = {"group": g, "kind": it["kind"], "size": len(it["rows"]), "n_memorized": int(hits[g]), "stats": {},
+               "cost": {}}
+        for t in T_SWEEP:
+            r, sec = timed(lambda: plaplace_at_points(target, None, f"g{g}", x_train[it["rows"][:8]],
+                                                      dataclasses.replace(cfg, t_small=t)))
+            row["stats"][f"plaplace-train@t{t}"] = r.statistic
+            row["cost"][f"plaplace-train@t{t}"] = (r.cost_evals, sec)
+        rows.append(row)
+    bands = pixel_l2_bands()
+    side_cfg = SideConfig(n_syn=side_ng, k=20, tau=0.5, n_g=side_ng, steps=cfg.steps, hidden=(128, 128),
+                          time_dim=32, train_steps=600, batch_size=64, lr=1e-3, bands=bands, seed=seed)
+    stage, sec_stage = timed(lambda: build_side_stage(target, side_cfg))
+    side = {"K_prime": stage.condition.k_kept, "N_G": side_ng, "part1_seconds": round(sec_stage, 1),
+            "part1_evals": stage.eps_evals, "by_lambda": {}}
+    top = next(b for b in bands.bands if b.name == "high")
+    n_src = int(group_ids.max()) + 1
+    onehot = np.zeros((len(group_ids), n_src), bool)
+    onehot[np.arange(len(group_ids)), group_ids] = True
+    draws = [rng.integers(0, side_ng, side_ng) for _ in range(n_boot)]  # shared by every lambda: paired
+    covered: dict = {}
+    for lam in lambdas:
+        c = dataclasses.replace(side_cfg, lambda_=float(lam))
+        result, sec = timed(lambda: run_side(target, None, x_train, c, stage=stage))
+        d = normalized_l2_distance(result.generations, x_train)
+        full = ams_ums_full(result.generations, x_train, bands, n_g=side_ng)
+        entry = {"seconds": round(sec, 1), "extraction_evals": result.cost.eps_evals_extraction,
+                 "classifier_grad_evals": result.cost.classifier_grad_evals}
+        for b in bands.bands:
+            src = (b.contains(d).astype(np.int32) @ onehot.astype(np.int32)) > 0  # (N_G, sources) in band
+            covered[(lam, b.name)] = boot = np.array([src[i].any(0).sum() / side_ng for i in draws])
+            entry[b.name] = {"ams": round(full[b.name]["ams"], 4), "ums_rows": round(full[b.name]["ums"], 4),
+                             "ums": round(float(src.any(0).sum()) / side_ng, 4),
+                             "ums_95ci": [round(float(np.quantile(boot, q)), 4) for q in (0.025, 0.975)]}
+            if lam != lambdas[0]:
+                diff = boot - covered[(lambdas[0], b.name)]
+                entry[b.name]["ums_minus_baseline_95ci"] = [round(float(np.quantile(diff, q)), 4) for q in (0.025, 0.975)]
+        hit_rows = result.match_idx[top.contains(result.match_value)]
+        per_group = np.bincount(group_ids[hit_rows], minlength=n_src)
+        for row in rows:
+            row["stats"][f"side@lambda{lam:g}"] = per_group[row["group"]] / side_ng
+            row["cost"][f"side@lambda{lam:g}"] = ((result.cost.eps_evals_extraction + result.cost.classifier_grad_evals
+                                                   + stage.eps_evals) / len(rows), (sec + sec_stage) / len(rows))
+        side["by_lambda"][f"{lam:g}"] = entry
+        print(f"  SIDE lambda {lam:g}: " + ", ".join(f"{b.name} AMS {entry[b.name]['ams']:.3f} UMS {entry[b.name]['ums']:.3f} "
+                                                     f"{entry[b.name]['ums_95ci']}" for b in bands.bands), flush=True)
+    return {"rows": rows, "table": auc_table(rows), "side": side,
+            "ground_truth": {"generations": n_gt, "memorized_generations": int(m.memorized.sum())}}
+
+
+def print_table(title: str, table: dict) -> None:
+    print(f"\n{title}")
+    print(f"{'check':24s} {'AUC':>7s} {'TPR@1%':>7s} {'pos':>4s} {'neg':>4s} {'evals/item':>11s} {'s/item':>8s}")
+    for c, v in table.items():
+        auc = "-" if v["auc"] is None else f"{v['auc']:.3f}"
+        tpr = "-" if v["tpr@1%fpr"] is None else f"{v['tpr@1%fpr']:.3f}"
+        print(f"{c:24s} {auc:>7s} {tpr:>7s} {v['n_pos']:>4d} {v['n_neg']:>4d} {v['evals_per_item']:>11.0f} "
+              f"{v['seconds_per_item']:>8.3f}")
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    from models.score.checks import ScoreConfig
+    from models.score.targets.loading import load_target
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "dupmine-bench-memorization"))
+    ap.add_argument("--resolution", type=int, default=16)
+    ap.add_argument("--train-steps", type=int, default=2000)
+    ap.add_argument("--n-unique", type=int, default=300, help="unique training digits")
+    ap.add_argument("--n-gt", type=int, default=16, help="generations per prompt for the ground truth")
+    ap.add_argument("--prompts", type=int, default=40, help="unique prompts scored (plus half as many held-out)")
+    ap.add_argument("--side-n-g", type=int, default=512)
+    ap.add_argument("--boot", type=int, default=200)
+    ap.add_argument("--guidance", type=float, default=3.0, help="CFG scale of generations (ground truth and checks)")
+    ap.add_argument("--quick", action="store_true", help="8x8, fewer steps and items (a smoke run)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.resolution, args.train_steps, args.n_unique, args.prompts, args.side_n_g, args.n_gt = 8, 600, 60, 10, 128, 8
+    torch.set_num_threads(1)
+    started = time.monotonic()
+    ps, data, truth, group_ids, names = planted_data(args.out, args.resolution, args.n_unique)
+    print(f"planted: {len(data.keys)} training images at {args.resolution}px, groups {ps.groups}", flush=True)
+    models = train_models(data, args.out, args.resolution, args.train_steps)
+    cfg = ScoreConfig(n_samples=8, steps=25, n_dirs=32, wen_n=4, jeon_n=4, guidance_scale=args.guidance)
+    cond = conditional_bench(load_target(models[True].spec, device="cpu"), data, truth, group_ids, cfg, args.n_gt,
+                             args.prompts, seed=0)
+    uncond = unconditional_bench(load_target(models[False].spec, device="cpu"), data, truth, group_ids, cfg,
+                                 max(256, 32 * args.n_gt), args.prompts, args.side_n_g, (0, 1, 2, 5), args.boot, seed=0)
+    results = {"config": vars(args) | {"score": dataclasses.asdict(cfg)}, "conditional": cond, "unconditional": uncond,
+               "seconds": round(time.monotonic() - started, 1), "loadavg": os.getloadavg()}
+    print_table("conditional model, per prompt (memorized = >= 1 generation meets the Carlini criterion)", cond["table"])
+    print_table("unconditional model, per group", uncond["table"])
+    print(f"\nSIDE (N_G {args.side_n_g}, K' {uncond['side']['K_prime']}): "
+          + json.dumps(uncond["side"]["by_lambda"], indent=1))
+    print(f"total {results['seconds']} s, load average {os.getloadavg()}")
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    return results
+
+
+if __name__ == "__main__":
+    main()
