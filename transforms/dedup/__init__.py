@@ -105,7 +105,7 @@ class Deduplicate(beam.PTransform):
                  | "AssignAndSearch" >> AssignAndSearch(p, run.select_pieces))
         labels = (tuple([found["roots"]] + run.previous_roots(read["old_state"]))
                   | "ConnectComponents" >> ConnectComponents())
-        groups = ({"labels": labels, "max_cos": found["max_cos"], "previous": read["old_state"]}
+        groups = ({"labels": labels, "max_cos": found["max_cos"], "previous": run.previous_state(read["old_state"])}
                   | "LabelGroups" >> LabelGroups(p, run.keep_components))
         k = centroids | "WriteCentroids" >> beam.Map(write_centroids, p)
         outputs = {**groups, "rejects": read["rejects"], "parts": part_indices,

@@ -41,6 +41,10 @@ class FreshRun:
     def previous_roots(self, old_state) -> list:
         return []
 
+    def previous_state(self, old_state):
+        """No previous groups: an empty collection (not the read step's empty tag, which DaskRunner mis-routes)."""
+        return old_state.pipeline | "NoPreviousState" >> beam.Create([])
+
     def keep_components(self, labelled):
         return labelled
 
@@ -76,6 +80,9 @@ class IncrementalRun(FreshRun):
                 | "ByPreviousGroup" >> beam.Map(lambda e: (e[1].group_id, e[0]))
                 | "GroupByPreviousGroup" >> beam.GroupByKey()
                 | "PreviousGroupRoots" >> beam.FlatMap(old_group_roots)]
+
+    def previous_state(self, old_state):
+        return old_state
 
     def keep_components(self, labelled):
         return (labelled
