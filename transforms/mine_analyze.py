@@ -9,6 +9,7 @@ caption rejects are written per part by the worker itself.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from functools import lru_cache
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -218,16 +219,12 @@ def _joined_rows(element, tagger_path: str):
         yield part_index, GivenTag(row, tuple(objects), tuple(scores))
 
 
-_GIVEN: dict = {}
-
-
+@lru_cache(maxsize=4)
 def _given_tagger(path: str):
     """The label index of a tag table, once per worker process."""
-    if path not in _GIVEN:
-        from models.mine.taggers.given import GivenTags
+    from models.mine.taggers.given import GivenTags
 
-        _GIVEN[path] = GivenTags.load(path)
-    return _GIVEN[path]
+    return GivenTags.load(path)
 
 
 class JoinGivenTags(beam.PTransform):
