@@ -8,9 +8,15 @@
    a rocket their captions never name), decoys, an XSS caption and broken URLs;
 2. serves them on a loopback HTTP server and downloads them with img2dataset
    (``dupmine download``) into webdataset shards;
-3. runs ``dupmine run`` (embed with the weight-free ``pixel`` model, dedup,
-   mine, score against a closed-form target built from the data, report);
-4. prints where the planted structure came out and where the report is.
+3. runs ``dupmine run`` up to mine (embed with the weight-free ``pixel`` model,
+   dedup, mine);
+4. trains a small text-conditional diffusion model on the same shards
+   (:mod:`models.demo.demo_model`, 8x8 RGB, the planted rows and 100
+   ordinary ones; cached by its training
+   parameters and data, so a rerun reuses it) and scores the flagged prompts
+   against it (``--target diffusers:DIR``), then the report;
+5. prints where the planted structure came out, how often the model copies
+   each planted group (measured), and what each check decided.
 
 Object tags need a pretrained tagger: the shared MobileNet v2 ImageNet
 classifier (``../shared/data/models``) when it is present, else object
@@ -80,77 +86,46 @@ def truth_report(items, run_dir: str) -> list[str]:
     return lines
 
 
-def build_demo_target(run_dir: str, out_dir: str, n_reference: int = 10, per_reference: int = 20, seed: int = 0) -> tuple[str, str]:
-    """A closed-form stand-in for "a diffusion model trained on this data", in the embedding space.
-
-    The conditional perfect memorizer of METHODS 5.2-5.3 over the demo's
-    image embeddings (the exact minimiser of the DDPM loss on this training
-    set): each flagged prompt conditions on the rows of its duplicate group;
-    each reference prompt (an ordinary singleton caption) conditions on
-    ``per_reference`` distinct singleton images, like a generic prompt. It is
-    small and exact, so the demo can score without any weights.
-
-    Returns:
-      (target spec, reference prompts file).
-    """
-    import json
-
-    import numpy as np
-
-    from models.storage import run_chain
+def truth_of_keys(items, run_dir: str) -> dict[str, str]:
+    """{training key: planted truth} (by file name: the port changes between runs)."""
     from models.storage import layout
-    from models.score.targets.closed_form import MemorizerTarget, VPSchedule, save_memorizer
 
-    emb = layout.EmbeddingFolder(os.path.join(run_dir, "embed"))
-    parts = emb.parts()
-    x = np.concatenate([np.asarray(layout.read_npy(emb.img_emb(i)), np.float64) for i in parts])
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    meta = [m for i in parts for m in layout.read_parquet(emb.metadata(i), ["key", "caption"]).to_pylist()]
-    row = {m["key"]: j for j, m in enumerate(meta)}
-    groups = run_chain.load_groups(os.path.join(run_dir, "dedup"), ["key", "group_id", "group_size"]).to_pylist()
-    members: dict = {}
-    for g in groups:
-        members.setdefault(g["group_id"], []).append(row[g["key"]])
-    unused = len(meta) + 1
-    labels = np.full(len(meta), unused, np.int64)
-    mapping = {}
-    flagged = layout.read_parquet(os.path.join(run_dir, "mine", "flagged_prompts.parquet")).to_pylist()
-    label_of_group: dict = {}
-    for f in flagged:  # prompts sharing a duplicate group share its condition
-        groups_of_prompt = [g for g in f["group_ids"] or [] if g in members]
-        if not groups_of_prompt:
-            continue
-        key = tuple(sorted(groups_of_prompt))
-        if key not in label_of_group:
-            label_of_group[key] = len(label_of_group)
-            labels[[j for g in key for j in members[g]]] = label_of_group[key]
-        mapping[f["prompt"]] = label_of_group[key]
-    singles = [members[g][0] for g, m in members.items() if len(m) == 1]
-    rng = np.random.default_rng(seed)
-    singles = [singles[i] for i in rng.permutation(len(singles))]
-    reference = []
-    for r in range(n_reference):
-        rows = singles[r * per_reference:(r + 1) * per_reference]
-        if len(rows) < per_reference:
-            break
-        label = len(label_of_group) + r
-        labels[rows] = label
-        prompt = meta[rows[0]]["caption"]
-        mapping[prompt] = label
-        reference.append(prompt)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "demo_target.npz")
-    save_memorizer(path, MemorizerTarget(x, None, VPSchedule.linear(200), cond_labels=labels))
-    with open(path + ".prompts.json", "w", encoding="utf-8") as f:
-        json.dump(mapping, f, indent=1)
-    ref_path = os.path.join(out_dir, "reference_prompts.txt")
-    with open(ref_path, "w", encoding="utf-8") as f:
-        f.write("\n".join(reference) + "\n")
-    return f"memorizer:{path}", ref_path
+    truth = {i.name: i.truth for i in items}
+    meta = layout.read_parquet(os.path.join(run_dir, "embed", "metadata"), ["key", "url"]).to_pylist()
+    return {m["key"]: truth.get(m["url"].rsplit("/", 1)[-1], "") for m in meta}
+
+
+def detection_report(items, run_dir: str) -> list[str]:
+    """Per check: how many flagged and reference prompts it calls memorized, and its calls on each planted group."""
+    from models.storage import layout, run_chain
+
+    path = os.path.join(run_dir, "score", "prompt_scores.parquet")
+    if not layout.exists(path):
+        return ["(no score output)"]
+    rows = layout.read_parquet(path).to_pylist()
+    group_of = {g["key"]: g["group_id"] for g in run_chain.load_groups(os.path.join(run_dir, "dedup"), ["key", "group_id"]).to_pylist()}
+    planted: dict = {}
+    for key, truth in truth_of_keys(items, run_dir).items():
+        if truth.startswith(("exact:", "near:", "word:", "object:")) and key in group_of:
+            planted.setdefault(truth, set()).add(group_of[key])
+    lines = []
+    for check in sorted({r["check"] for r in rows}):
+        mine = [r for r in rows if r["check"] == check]
+        flagged = [r for r in mine if r["role"] == "flagged"]
+        ref = [r for r in mine if r["role"] == "reference"]
+        calls = []
+        for truth, gids in sorted(planted.items()):
+            hits = [r for r in flagged if gids & set(r["group_ids"] or [])]
+            if hits:
+                calls.append(f"{truth} {sum(bool(r['decision']) for r in hits)}/{len(hits)}")
+        lines.append(f"{check:<15} memorized: flagged {sum(bool(r['decision']) for r in flagged)}/{len(flagged)}, "
+                     f"reference {sum(bool(r['decision']) for r in ref)}/{len(ref)}; planted: {', '.join(calls) or '-'}")
+    return lines
 
 
 def run(argv: list[str] | None = None) -> dict:
     from models.demo.data import demo_items
+    from models.demo.demo_model import planted_memorization, train_demo_model
     from pipelines import download, run as run_stage
 
     parser = stage_parser("dupmine demo", __doc__)
@@ -173,14 +148,26 @@ def run(argv: list[str] | None = None) -> dict:
     common = ["--input", shards, "--output", run_dir, "--model", "pixel", "--threshold", "0.95", "--tagger", tagger,
               "--set", "mine.min_support=10"]
     run_stage.run([*common, "--only", "embed,dedup,mine", "--quiet", *beam_args])
-    target, reference = build_demo_target(run_dir, os.path.join(out, "target"), seed=args.seed)
-    summary = run_stage.run([*common, "--target", target, "--set", f"score.reference={reference}",
-                             "--set", "score.n_samples=4", "--set", "score.n_dirs=32", "--set", "score.steps=25",
+    truth = truth_of_keys(items, run_dir)
+    model, data = train_demo_model(shards, os.path.join(out, "target"), truth, seed=args.seed)
+    print(f"target: {model.spec} ({'reused' if model.cached else f'{model.steps} steps in {model.seconds:.0f} s'}, "
+          f"final loss {model.final_loss:.4f})")
+    summary = run_stage.run([*common, "--target", model.spec, "--set", "score.n_samples=4", "--set", "score.n_dirs=32",
+                             "--set", "score.steps=25", "--set", "score.max_prompts=12",
                              "--set", "score.side_n_syn=100", "--set", "score.side_n_g=100", *beam_args])
     print("\nplanted structure:")
     for line in truth_report(items, run_dir):
         print("  " + line)
     if tagger == "none":
         print("  (object mining skipped: no pretrained tagger offline; put the shared data beside the repo)")
+    from models.score.targets.loading import load_target
+
+    print("\nmemorization of the trained target, measured (Carlini et al. 2023 criterion, models/score/memorized.py):")
+    for g in planted_memorization(load_target(model.spec, device="cpu"), data, truth):
+        print(f"  {g.truth:<20} {g.memorized:>3}/{g.generations} generations of {g.prompts} caption(s) copy the "
+              f"group's images ({g.other} copy another image)")
+    print("\ndetection (score stage, calibrated on reference prompts):")
+    for line in detection_report(items, run_dir):
+        print("  " + line)
     print(f"\nreport: {os.path.join(run_dir, 'report', 'index.html')}")
     return summary

@@ -15,6 +15,7 @@ A rerun with the same flags and data reuses ``DIR``.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 
@@ -40,7 +41,10 @@ def build_parser():
         if f.name in _HIDDEN:
             continue
         value = getattr(defaults, f.name)
-        if isinstance(value, tuple):
+        if isinstance(value, bool):
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=value,
+                                help=f"default {value}")
+        elif isinstance(value, tuple):
             parser.add_argument(_flag(f.name), type=lambda s: tuple(int(v) for v in s.split(",")), default=value,
                                 help=f"comma-separated (default {','.join(map(str, value))})")
         else:

@@ -27,7 +27,10 @@ def test_every_config_field_has_a_flag_with_its_default():
         if f.name == "cond_drop":
             new = 0.25
         text = ",".join(map(str, new)) if isinstance(new, tuple) else str(new)
-        args = train_cmd.build_parser().parse_args(["--input", "x", "--output", "y", flag, text])
+        given = [flag, text]
+        if isinstance(value, bool):
+            new, given = (not value), ["--no-" + flag[2:]] if value else [flag]
+        args = train_cmd.build_parser().parse_args(["--input", "x", "--output", "y", *given])
         assert getattr(train_cmd.config_from_args(args), f.name) == new, f.name
     args = train_cmd.build_parser().parse_args(["--input", "x", "--output", "y", "--unconditional"])
     assert train_cmd.config_from_args(args).conditional is False

@@ -83,18 +83,25 @@ def build_unet(cfg: TrainConfig, cross_attention_dim: int | None = None):
 
 
 def build_scheduler(cfg: TrainConfig):
+    """DDPMScheduler with linear betas; ``cfg.clip_sample`` clips x0 to [-1, 1] at sampling (diffusers' DDPM
+    default). Near t = T, x0 = (x_t - sqrt(1 - abar) eps)/sqrt(abar) amplifies eps errors ~150x, which the clip
+    contains (see :class:`TrainConfig` for what it costs and buys, measured)."""
     from models.tv_compat import ensure_torchvision
 
     ensure_torchvision()
     import diffusers
 
     return diffusers.DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear",
-                                   beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=False,
-                                   prediction_type="epsilon")
+                                   beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=cfg.clip_sample,
+                                   clip_sample_range=1.0, prediction_type="epsilon")
+
+
+FOLDER_FORMAT = 2  # bump when what is written changes without a config field saying so
 
 
 def _cache_key(cfg: TrainConfig, data: TrainingImages) -> dict:
-    return {"config": cfg.to_json(), "data": data.fingerprint(), "n_images": int(data.images.shape[0])}
+    return {"config": cfg.to_json(), "data": data.fingerprint(), "n_images": int(data.images.shape[0]),
+            "format": FOLDER_FORMAT}
 
 
 def _read_cached(path: str, key: dict) -> dict | None:

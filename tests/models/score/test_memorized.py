@@ -93,8 +93,9 @@ def _trained(planted, tmp_path_factory, conditional: bool):
     from models.score.training.trainer import train
 
     data, _ = planted
+    # x0 clipping off: measured on this model, clipping turns 35 of 64 copies into 6 (TrainConfig.clip_sample)
     cfg = TrainConfig(resolution=RES, channels=1, conditional=conditional, steps=800, batch_size=32,
-                      block_out_channels=(16, 32), seed=0)
+                      block_out_channels=(16, 32), clip_sample=False, seed=0)
     model = train(data, cfg, str(tmp_path_factory.mktemp("cond" if conditional else "uncond")))
     return load_target(model.spec, device="cpu")
 
