@@ -27,7 +27,6 @@ SUBCOMMANDS = {
     "dedup": ("pipelines.dedup", "embeddings -> near-duplicate groups, edges, drop list (faiss)"),
     "mine": ("pipelines.mine", "keywords x groups x object tags -> trigger tables, flagged prompts"),
     "apply": ("pipelines.apply", "drop list + shards -> filtered shards (same img2dataset format)"),
-    "train": ("pipelines.train", "img2dataset shards -> small pixel-space diffusion model (diffusers layout)"),
     "score": ("pipelines.score", "flagged prompts x target model -> p-Laplace, SIDE, Wen scores"),
     "report": ("pipelines.report", "stage outputs -> static HTML report (galleries, triggers, scores)"),
     "download": ("pipelines.download", "URL list -> img2dataset webdataset shards (wraps img2dataset)"),
