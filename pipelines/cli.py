@@ -7,6 +7,7 @@
     dupmine apply  --input SHARDS --drop FILE --output DIR
     dupmine score  --flagged FILE --target SPEC --output DIR [--checks plaplace,side,wen] [beam options]
     dupmine report --run DIR [--output DIR]
+    dupmine train  --input SHARDS --output DIR [--unconditional] [--steps N]
     dupmine download --url-list FILE --output DIR
     dupmine demo   [--output DIR]
 
@@ -29,6 +30,7 @@ SUBCOMMANDS = {
     "apply": ("pipelines.apply", "drop list + shards -> filtered shards (same img2dataset format)"),
     "score": ("pipelines.score", "flagged prompts x target model -> p-Laplace, SIDE, Wen scores"),
     "report": ("pipelines.report", "stage outputs -> static HTML report (galleries, triggers, scores)"),
+    "train": ("pipelines.train", "img2dataset shards -> a small pixel-space diffusion model (diffusers layout)"),
     "download": ("pipelines.download", "URL list -> img2dataset webdataset shards (wraps img2dataset)"),
     "demo": ("pipelines.demo", "build a small synthetic dataset offline and run the pipeline on it"),
 }

@@ -31,6 +31,7 @@ import time
 import fsspec
 import yaml
 
+from models.storage.folders.mine import FLAGGED_PROMPTS
 from models.storage.ids import absolute_url
 from pipelines.common import setup_logging, split_args, stage_parser
 
@@ -166,7 +167,7 @@ def stage_argv(stage: str, cfg: dict) -> list[str] | None:
     if stage == "score":
         if not opts.get("target"):
             return None
-        return ["--flagged", layout.join(path["mine"], "flagged_prompts.parquet"), "--train", path["embed"],
+        return ["--flagged", layout.join(path["mine"], FLAGGED_PROMPTS), "--train", path["embed"],
                 "--groups", path["dedup"], "--output", path["score"], *_flags(opts)]
     return ["--run", run, "--output", path["report"], *_flags(opts)]
 

@@ -1,7 +1,7 @@
 """``dupmine train``: a small pixel-space diffusion model on img2dataset shards, saved in diffusers layout.
 
-    python -m pipelines.train --input SHARDS --output DIR [--unconditional] [--resolution 16] [--channels 1]
-                              [--steps 1500] [--batch-size 64] [--seed 0] [...]
+    dupmine train --input SHARDS --output DIR [--unconditional] [--resolution 16] [--channels 1]
+                  [--steps 1500] [--batch-size 64] [--seed 0] [...]
 
 Reads the shards (webdataset, parquet or files; paths, globs, braces, URLs),
 decodes and resizes every image to ``--resolution`` (grayscale with

@@ -32,6 +32,7 @@ NOT_PIPELINES = {
     "download": "wraps img2dataset on one machine; not a Beam pipeline",
     "report": "renders static HTML in plain Python; not a Beam pipeline",
     "demo": "builds a local synthetic dataset and runs the pipeline on it in-process",
+    "train": "trains a small diffusion model with torch on one machine; not a Beam pipeline",
 }
 
 # The launcher image bakes the worker image it was built with into this
