@@ -32,6 +32,7 @@ just ideal, scores.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -43,7 +44,20 @@ DEFAULT_MAX_SPILL = 4
 (0.5 + 4) / 0.5 = 9x that of no-spill clustering; on the planted test and
 benchmark sets recall is >= 0.9999 with it, 1.0 in most runs."""
 
+DEFAULT_MAX_TRAIN_ROWS = 262144
+"""Default cap on the k-means training sample (rows), whatever N: 0.5 GiB of
+float16 at D = 1024, gathered for the one training step."""
+
+DEFAULT_MAX_DIRECT_K = 4096
+"""Default largest K trained and searched flat; above it :class:`TwoLevel`.
+Flat assignment costs K dot products a row, about 0.4x the pair search of a
+row at ~2000 rows per partition and the default spill."""
+
+DEFAULT_NPROBE = 8
+"""Default coarse cells probed per row by :class:`TwoLevel` assignment."""
+
 _SCRATCH_BYTES = 64 << 20  # cap on gathered-centroid scratch in assign_with_spill
+_PROBE_ENTRIES = 1 << 22  # cap on the (rows, probed fine centroids) score scratch of TwoLevel.search
 
 
 def train_centroids(sample: np.ndarray, k: int, seed: int, niter: int = 20) -> np.ndarray:
@@ -90,6 +104,124 @@ def train_centroids(sample: np.ndarray, k: int, seed: int, niter: int = 20) -> n
     return (c / np.maximum(norms, np.float32(1e-30))).astype(np.float32, copy=False)
 
 
+@dataclass(frozen=True, eq=False)
+class TwoLevel:
+    """A two-level (coarse then fine) quantizer: partition j is fine centroid ``fine[j]``.
+
+    ``members[offsets[c]:offsets[c + 1]]`` are the fine centroids of coarse cell
+    c. A row is scored against the fine centroids of its ``nprobe`` nearest
+    coarse cells only: O(K1 + nprobe K / K1) dot products a row instead of
+    O(K) (the inverted-file idea of Jegou et al., IVFADC, arXiv:1102.3828 /
+    TPAMI 2011 Sec. 3.1). The spill rule of :func:`assign_with_spill` then runs
+    on those fine centroids unchanged: a row's home is its nearest fine
+    centroid whenever that centroid lies in a probed cell (always with
+    ``nprobe >= K1``), and its spill candidates are the nearest probed ones.
+
+    Shapes: ``coarse`` (K1, D) float32 and ``fine`` (K, D) float32 unit rows,
+    ``members`` (K,) int64, ``offsets`` (K1 + 1,) int64. Memory 4 (K + K1) D bytes.
+    """
+
+    coarse: np.ndarray
+    fine: np.ndarray
+    members: np.ndarray
+    offsets: np.ndarray
+    nprobe: int = DEFAULT_NPROBE
+
+    def __post_init__(self):
+        k1, k = self.coarse.shape[0], self.fine.shape[0]
+        if self.coarse.ndim != 2 or self.fine.ndim != 2 or self.coarse.shape[1] != self.fine.shape[1]:
+            raise ValueError(f"coarse {self.coarse.shape} and fine {self.fine.shape} must be (K1, D) and (K, D)")
+        if self.offsets.shape != (k1 + 1,) or self.offsets[0] != 0 or self.offsets[-1] != k \
+                or np.any(np.diff(self.offsets) < 0):
+            raise ValueError(f"offsets must rise from 0 to K = {k} over K1 + 1 = {k1 + 1} entries")
+        if not np.array_equal(np.sort(self.members), np.arange(k)):
+            raise ValueError("members must list every fine centroid exactly once")
+        if int(self.nprobe) < 1:
+            raise ValueError(f"nprobe must be >= 1, got {self.nprobe!r}")
+
+    @property
+    def k(self) -> int:
+        return int(self.fine.shape[0])
+
+    def search(self, x: np.ndarray, n_cand: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n_cand`` best probed fine centroids of each row of ``x`` (m, D) float32.
+
+        Returns (m, n_cand) float32 scores, descending, and (m, n_cand) int64
+        fine indices (-1 with score -inf where the probed cells hold fewer).
+        Scratch: at most ``_PROBE_ENTRIES`` (row, probed centroid) scores.
+        """
+        k1 = self.coarse.shape[0]
+        probe = min(int(self.nprobe), k1)
+        index = faiss.IndexFlatIP(self.coarse.shape[1])
+        index.add(self.coarse)
+        _, cells = index.search(x, probe)
+        sizes = np.diff(self.offsets)
+        width = max(1, int(sizes.max()))
+        step = max(1, _PROBE_ENTRIES // (probe * width))
+        m = x.shape[0]
+        out_s = np.empty((m, n_cand), np.float32)
+        out_l = np.empty((m, n_cand), np.int64)
+        for s in range(0, m, step):
+            xb, cb = x[s : s + step], cells[s : s + step]
+            scores = np.full((len(xb), max(n_cand, probe * width)), -np.inf, np.float32)
+            labels = np.full(scores.shape, -1, np.int64)
+            for c in np.unique(cb):
+                if sizes[c] == 0:
+                    continue
+                rows, slot = np.nonzero(cb == c)
+                ids = self.members[self.offsets[c] : self.offsets[c + 1]]
+                cols = slot[:, None] * width + np.arange(len(ids))
+                scores[rows[:, None], cols] = xb[rows] @ self.fine[ids].T
+                labels[rows[:, None], cols] = ids
+            top = np.argpartition(-scores, n_cand - 1, axis=1)[:, :n_cand]
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1,
+                                                     kind="stable"), axis=1)
+            out_s[s : s + len(xb)] = np.take_along_axis(scores, top, axis=1)
+            out_l[s : s + len(xb)] = np.take_along_axis(labels, top, axis=1)
+        return out_s, out_l
+
+
+def train_two_level(sample: np.ndarray, k: int, k1: int, seed: int, niter: int = 20,
+                    nprobe: int = DEFAULT_NPROBE) -> TwoLevel:
+    """Spherical k-means in two levels: ``k1`` coarse centroids, then per coarse cell its share of ``k`` fine ones.
+
+    Each cell's fine centroids are trained (:func:`train_centroids`, seed
+    ``seed + 1 + cell``) on the sample rows nearest that coarse centroid; the
+    ``min(k, n)`` fine centroids are shared among non-empty cells in
+    proportion to their rows (largest remainder, at least one per non-empty
+    cell, at most its rows). Cost O(niter n k1 d + niter n (k / k1) d) flops,
+    memory the float32 sample; ``fine`` is ordered by cell (``members`` = arange).
+    """
+    x = unit_rows("sample", sample)
+    n = x.shape[0]
+    if n < 1:
+        raise ValueError("sample must contain at least one row")
+    if int(k) < 1 or int(k1) < 1:
+        raise ValueError(f"k and k1 must be >= 1, got {k!r} and {k1!r}")
+    k = min(int(k), n)
+    coarse = train_centroids(x, min(int(k1), k), seed=seed, niter=niter)
+    index = faiss.IndexFlatIP(coarse.shape[1])
+    index.add(coarse)
+    cell = index.search(x, 1)[1][:, 0]
+    alloc = _allocate(k, np.bincount(cell, minlength=coarse.shape[0]))
+    fine = [train_centroids(x[cell == c], int(a), seed=int(seed) + 1 + c, niter=niter)
+            for c, a in enumerate(alloc) if a]
+    offsets = np.zeros(len(alloc) + 1, np.int64)
+    np.cumsum(alloc, out=offsets[1:])
+    return TwoLevel(coarse, np.concatenate(fine), np.arange(k, dtype=np.int64), offsets, int(nprobe))
+
+
+def _allocate(k: int, rows: np.ndarray) -> np.ndarray:
+    """(k1,) int64 fine centroids per cell: sum k, >= 1 per non-empty cell, <= its rows, else ~ proportional."""
+    quota = k * rows / rows.sum()
+    alloc = np.minimum(rows, np.maximum(np.floor(quota), rows > 0)).astype(np.int64)
+    while alloc.sum() > k:  # the at-least-one rule overshot: take from the most over-served cell
+        alloc[np.argmax(np.where(alloc > 1, alloc - quota, -np.inf))] -= 1
+    while alloc.sum() < k:
+        alloc[np.argmax(np.where(alloc < rows, quota - alloc, -np.inf))] += 1
+    return alloc
+
+
 def assign_with_spill(
     x: np.ndarray,
     centroids: np.ndarray,
@@ -117,7 +249,9 @@ def assign_with_spill(
 
     Args:
         x: (n, d) float32, L2-normalised rows.
-        centroids: (k, d) float32, L2-normalised rows (e.g. :func:`train_centroids`).
+        centroids: (k, d) float32, L2-normalised rows (e.g. :func:`train_centroids`),
+            or a :class:`TwoLevel` quantizer (candidates among the fine centroids of
+            the probed cells; the rule above runs on the fine centroids).
         threshold: cosine threshold t in (0, 1].
         max_spill: most visitor partitions per row, 0 <= max_spill (values >= k
             behave as k - 1).
@@ -136,7 +270,8 @@ def assign_with_spill(
     at most 64 MiB for gathered centroids. Never O(n k) memory.
     """
     t = check_threshold(threshold)
-    c = unit_rows("centroids", centroids)
+    quantizer = centroids if isinstance(centroids, TwoLevel) else None
+    c = unit_rows("centroids", quantizer.fine if quantizer else centroids)
     k, d = c.shape
     if k < 1:
         raise ValueError("centroids must contain at least one row")
@@ -151,25 +286,25 @@ def assign_with_spill(
     eta = NORM_TOLERANCE
     radius, slack = spill_bounds(t, d)
 
-    index = faiss.IndexFlatIP(d)
-    index.add(c)
     home = np.empty(n, dtype=np.int64)
     counts = np.zeros(n, dtype=np.int64)
     parts: list[np.ndarray] = []
     c64 = c.astype(np.float64)
-    for s in range(0, n, block):
-        scores, labels = index.search(x[s : s + block], n_cand)
+    for s, scores, labels in _candidates(x, c, quantizer, n_cand, block):
         m = labels.shape[0]
         home[s : s + m] = labels[:, 0]
         if n_cand == 1:
             continue
         cand = labels[:, 1:]
-        dist = _centroid_distances(c64, np.broadcast_to(labels[:, :1], cand.shape), cand) * (1.0 + eta)
+        padded = cand < 0  # two-level: fewer probed centroids than candidates
+        safe = np.where(padded, labels[:, :1], cand)
+        dist = _centroid_distances(c64, np.broadcast_to(labels[:, :1], cand.shape), safe) * (1.0 + eta)
         gap = np.maximum(scores[:, :1] - scores[:, 1:] - slack, 0.0)
         # dist == 0 only for coincident centroids, whose scores tie within slack: margin 0, spill.
         margin = np.divide(gap, dist, out=np.zeros_like(gap, dtype=np.float64), where=dist > 0)
         margin[(dist == 0) & (gap > 0)] = np.inf
         margin[margin > radius] = np.inf
+        margin[padded] = np.inf
         order = np.argsort(margin, axis=1, kind="stable")[:, :max_spill]
         ok = np.isfinite(np.take_along_axis(margin, order, axis=1))
         counts[s : s + m] = ok.sum(axis=1)
@@ -178,6 +313,26 @@ def assign_with_spill(
     np.cumsum(counts, out=indptr[1:])
     part = np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)
     return home, (indptr, part)
+
+
+def _candidates(x: np.ndarray, c: np.ndarray, quantizer: "TwoLevel | None", n_cand: int, block: int):
+    """Yields ``(start, scores, labels)`` per block of rows: the ``n_cand`` best centroids by inner product.
+
+    ``scores`` (m, n_cand) float32 descending, ``labels`` (m, n_cand) int64 centroid
+    indices. One level: an exact faiss flat search over all k centroids. Two
+    levels: the best among the fine centroids of each row's ``nprobe`` nearest
+    coarse cells (label -1, score -inf where those hold fewer than ``n_cand``).
+    """
+    if quantizer is None:
+        index = faiss.IndexFlatIP(c.shape[1])
+        index.add(c)
+        for s in range(0, x.shape[0], block):
+            scores, labels = index.search(x[s : s + block], n_cand)
+            yield s, scores, labels
+        return
+    for s in range(0, x.shape[0], block):
+        scores, labels = quantizer.search(x[s : s + block], n_cand)
+        yield s, scores, labels
 
 
 def spill_bounds(threshold: float, d: int) -> tuple[float, float]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
 from models.storage import layout, run_chain
 from models.storage.folders.dedup import DedupFolder
-
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class DedupParams:
     ``part_runs[i]`` lists the runs holding its group state
     (:func:`models.storage.run_chain.part_runs`), and ``centroids_path`` holds
     the frozen (K, D) centroids.
+
+    Bounded k-means: ``sample_size`` is at most ``max_train_rows`` whatever
+    ``n_rows``; ``k > max_direct_k`` trains a two-level quantizer of
+    ``round(sqrt(k))`` coarse cells probed ``nprobe`` at a time
+    (:class:`models.dedup.partition.TwoLevel`).
     """
 
     embeddings: str
@@ -46,8 +51,14 @@ class DedupParams:
     centroids_path: str | None = None
     nn_rate: float = 0.0  # fraction of new rows whose nearest-neighbour cosine goes into nn_similarity.json
     slots: tuple[str, ...] = ()
+    max_train_rows: int = DEFAULT_MAX_TRAIN_ROWS
+    max_direct_k: int = DEFAULT_MAX_DIRECT_K
+    nprobe: int = DEFAULT_NPROBE
 
     def __post_init__(self):
+        if self.max_train_rows < 1 or self.max_direct_k < 1 or self.nprobe < 1:
+            raise ValueError(f"max_train_rows, max_direct_k and nprobe must be >= 1; got {self.max_train_rows}, "
+                             f"{self.max_direct_k} and {self.nprobe}")
         if self.folders and len(self.folders) != len(self.parts):
             raise ValueError(f"{len(self.folders)} folders for {len(self.parts)} parts")
         if not 0 <= self.n_old <= len(self.parts) or len(self.part_runs) != self.n_old:
@@ -106,12 +117,25 @@ def inspect_parts(embeddings: str) -> tuple[list[str], int, int]:
     return parts, next(iter(dims)), int(sum(s[0] for s in shapes.values()))
 
 
+_BOUNDS = ("max_train_rows", "max_direct_k", "nprobe")
+
+
+def _bounds(cfg) -> dict:
+    """The k-means bounds ``cfg`` sets (the config fields of the same names), else the partition defaults."""
+    return {name: getattr(cfg, name) for name in _BOUNDS if getattr(cfg, name, None) is not None}
+
+
 def fresh_plan(cfg) -> DedupParams:
-    """Parameters of a from-scratch run of ``cfg`` (a :class:`pipelines.dedup.DedupConfig`)."""
+    """Parameters of a from-scratch run of ``cfg`` (a :class:`pipelines.dedup.DedupConfig`).
+
+    The training sample is ``cfg.sample_size(n, k)`` capped at ``max_train_rows``.
+    """
     parts, dim, n = inspect_parts(cfg.embeddings)
     k = cfg.resolve_k(n)
-    return DedupParams(embeddings=cfg.embeddings, output=cfg.output, parts=tuple(parts), dim=dim,
-                       threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=cfg.sample_size(n, k),
+    bounds = _bounds(cfg)
+    cap = bounds.get("max_train_rows", DEFAULT_MAX_TRAIN_ROWS)
+    return DedupParams(embeddings=cfg.embeddings, output=cfg.output, parts=tuple(parts), dim=dim, **bounds,
+                       threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=min(cfg.sample_size(n, k), cap),
                        seed=cfg.seed, niter=cfg.niter, k=k, block_rows=cfg.block_rows, n_rows=n,
                        nn_rate=_rate(cfg.nn_sample, n))
 

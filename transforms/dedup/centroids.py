@@ -1,6 +1,8 @@
 """Partition centroids: trained on a sample of the rows (fresh runs) or frozen from the previous run."""
 from __future__ import annotations
 
+import math
+
 import apache_beam as beam
 import numpy as np
 
@@ -36,15 +38,24 @@ class ConcatArrays(beam.CombineFn):
         return np.concatenate(acc) if acc else np.zeros((0, 0), np.float32)
 
 
-def train(sample: np.ndarray, params: DedupParams) -> np.ndarray:
-    """k-means centroids from the gathered sample (k clamped to the sample size), (K, D) float32."""
+def train(sample: np.ndarray, params: DedupParams) -> "np.ndarray | partition.TwoLevel":
+    """k-means centroids from the gathered sample (k clamped to the sample size).
+
+    (K, D) float32 when ``K <= params.max_direct_k``, else a
+    :class:`~models.dedup.partition.TwoLevel` of ``round(sqrt(K))`` coarse cells.
+    The sample is at most ``params.sample_size <= params.max_train_rows`` rows.
+    """
     if len(sample) > params.sample_size:
         sample = sample[np.random.default_rng(params.seed).choice(len(sample), params.sample_size, replace=False)]
     if len(sample) == 0:
         return np.zeros((1, params.dim), np.float32)
     sample = np.asarray(sample, np.float32)
     sample /= np.linalg.norm(sample, axis=1, keepdims=True)
-    return partition.train_centroids(sample, min(params.k, len(sample)), seed=params.seed, niter=params.niter)
+    k = min(params.k, len(sample))
+    if k > params.max_direct_k:
+        return partition.train_two_level(sample, k, max(1, round(math.sqrt(k))), seed=params.seed,
+                                         niter=params.niter, nprobe=params.nprobe)
+    return partition.train_centroids(sample, k, seed=params.seed, niter=params.niter)
 
 
 def load_centroids(path: str) -> np.ndarray:
@@ -52,14 +63,23 @@ def load_centroids(path: str) -> np.ndarray:
     return np.asarray(layout.read_npy(path, mmap=False), np.float32)
 
 
-def write_centroids(centroids: np.ndarray, params: DedupParams) -> int:
-    """``OUTPUT/centroids.npy`` (the next increment freezes them); returns K."""
+def write_centroids(centroids: "np.ndarray | partition.TwoLevel", params: DedupParams) -> int:
+    """``OUTPUT/centroids.npy``, the (K, D) partition (fine) centroids the next increment freezes; returns K."""
+    if isinstance(centroids, partition.TwoLevel):
+        centroids = centroids.fine
     layout.write_npy(params.out.centroids, np.asarray(centroids, np.float32))
     return int(centroids.shape[0])
 
 
 class TrainCentroids(beam.PTransform):
-    """Blocks -> one (K, D) float32 array: spherical k-means on a ~1.2x oversampled, trimmed sample."""
+    """Blocks -> the partition centroids: spherical k-means on a ~1.2x oversampled, trimmed sample.
+
+    Each block contributes a Bernoulli share of ``sample_size / n_rows`` (x 1.2)
+    of its rows, so the gathered sample is ~1.2 ``sample_size`` rows (float16),
+    bounded by ``max_train_rows`` whatever N, never the dataset. Output: one
+    (K, D) float32 array, or a :class:`~models.dedup.partition.TwoLevel` above
+    ``max_direct_k`` (see :func:`train`).
+    """
 
     def __init__(self, params: DedupParams):
         super().__init__()

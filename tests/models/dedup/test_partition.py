@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from models.dedup import kernels as dedup
+from models.dedup import partition
 from tests.models.dedup.planted import DIM, K, T, _pair_keys, _unit
 
 
@@ -137,3 +138,118 @@ def test_train_centroids_deterministic_and_clamped(planted):
         dedup.train_centroids(sample, 0, seed=0)
 
 
+
+
+# --------------------------------------------------------------------------- bounded k-means
+
+
+def test_training_sample_is_capped_for_large_n(monkeypatch):
+    """At 400M rows K = 200k, so 256 K would be 51M rows (~79 GB at 768-d float32); the plan caps it."""
+    import dataclasses
+
+    from models.dedup import plan
+    from pipelines.dedup import DedupConfig
+
+    monkeypatch.setattr(plan, "inspect_parts", lambda _: (["0"], 768, 400_000_000))
+    params = plan.fresh_plan(DedupConfig(embeddings="e", output="o"))
+    assert params.k == 200_000 and params.sample_size == partition.DEFAULT_MAX_TRAIN_ROWS == 262_144
+    assert params.k > params.max_direct_k  # trained as two levels
+    small = plan.fresh_plan(DedupConfig(embeddings="e", output="o", partitions=4, sample_fraction=1.0))
+    assert small.sample_size == partition.DEFAULT_MAX_TRAIN_ROWS  # an explicit fraction is capped too
+    monkeypatch.setattr(plan, "inspect_parts", lambda _: (["0"], 768, 10_000))
+    assert plan.fresh_plan(DedupConfig(embeddings="e", output="o")).sample_size == 1280  # below the cap: unchanged
+    with pytest.raises(ValueError, match="max_train_rows"):
+        dataclasses.replace(params, max_train_rows=0)
+
+
+def test_train_uses_at_most_the_capped_sample(planted, monkeypatch):
+    """The gathered sample (~1.2x oversampled) is trimmed to sample_size <= max_train_rows rows before k-means."""
+    from models.dedup.plan import DedupParams
+    from transforms.dedup import centroids as steps
+
+    seen = []
+    real = partition.train_centroids
+    monkeypatch.setattr(partition, "train_centroids", lambda x, k, **kw: seen.append(len(x)) or real(x, k, **kw))
+    params = DedupParams(embeddings="e", output="o", parts=("0",), dim=DIM, threshold=T, max_spill=4,
+                         sample_size=500, seed=1, niter=3, k=8, block_rows=1000, n_rows=20_000, max_train_rows=500)
+    c = steps.train(planted["x"][:3000].astype(np.float16), params)
+    assert seen == [500] and c.shape == (8, DIM)
+    seen.clear()
+    two = steps.train(planted["x"][:3000].astype(np.float16), DedupParams(**{**params.__dict__, "max_direct_k": 4}))
+    assert isinstance(two, partition.TwoLevel) and two.k == 8 and two.coarse.shape == (3, DIM)
+    assert seen[0] == 500 and sum(seen[1:]) == 500  # coarse on the sample, fine cells partition it
+
+
+def _two_level(planted, nprobe):
+    sample = planted["x"][np.random.default_rng(5).choice(len(planted["x"]), 8000, replace=False)]
+    return partition.train_two_level(sample, 96, 10, seed=2, niter=8, nprobe=nprobe)
+
+
+def test_two_level_home_is_the_nearest_fine_centroid_when_it_is_probed(planted):
+    """Tolerance: scores tie within 1e-5 (float32 GEMM vs float64 reference)."""
+    q = _two_level(planted, nprobe=2)
+    assert q.k == 96 and q.coarse.shape == (10, DIM) and q.offsets[-1] == 96
+    x = planted["x"]
+    home, (indptr, part) = partition.assign_with_spill(x, q, T, 4, block=5000)
+    scores = x.astype(np.float64) @ q.fine.astype(np.float64).T
+    nearest = scores.argmax(axis=1)
+    probed = np.argsort(-(x.astype(np.float64) @ q.coarse.astype(np.float64).T), axis=1)[:, :2]
+    cell = np.searchsorted(q.offsets, np.argsort(q.members)[nearest], side="right") - 1
+    inside = (probed == cell[:, None]).any(axis=1)
+    assert inside.mean() > 0.9  # the measure covers most rows
+    best = scores[np.arange(len(x)), home]
+    assert np.all(best[inside] >= scores.max(axis=1)[inside] - 1e-5)
+    # outside: the best fine centroid of the probed cells
+    cell_of = np.empty(q.k, np.int64)
+    cell_of[q.members] = np.repeat(np.arange(10), np.diff(q.offsets))
+    allowed = (cell_of[None, :] == probed[:, :1]) | (cell_of[None, :] == probed[:, 1:2])
+    assert np.all(best >= np.where(allowed, scores, -np.inf).max(axis=1) - 1e-5)
+    assert np.diff(indptr).max() <= 4 and not np.any(part == np.repeat(home, np.diff(indptr)))
+
+
+def test_two_level_probing_every_cell_equals_flat_assignment(planted):
+    """nprobe = K1: the same candidates as the flat search, so the same homes and spill lists.
+
+    Tolerance: rows whose margins tie within float32 rounding may order differently; at most 0.1%.
+    """
+    q = _two_level(planted, nprobe=10)
+    x = planted["x"]
+    a_home, (a_ip, a_part) = partition.assign_with_spill(x, q, T, 4)
+    b_home, (b_ip, b_part) = partition.assign_with_spill(x, q.fine, T, 4)
+    assert (a_home != b_home).mean() <= 1e-3
+    same = [np.array_equal(a_part[a_ip[r]:a_ip[r + 1]], b_part[b_ip[r]:b_ip[r + 1]]) for r in range(len(x))]
+    assert 1 - np.mean(same) <= 1e-3
+
+
+def test_allocate_shares_fine_centroids_by_rows():
+    alloc = partition._allocate(10, np.array([100, 0, 1, 899]))
+    assert alloc.tolist() == [1, 0, 1, 8]
+    assert partition._allocate(3, np.array([1, 1, 1])).tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="members"):
+        partition.TwoLevel(np.eye(2, 4, dtype=np.float32), np.eye(3, 4, dtype=np.float32),
+                           np.array([0, 0, 1]), np.array([0, 1, 3]))
+
+
+def test_pipeline_groups_unchanged_with_tiny_caps(tmp_path, monkeypatch):
+    """dedup end to end with a 300-row training sample and two-level partitions: groups equal brute force."""
+    import dataclasses
+
+    from models.dedup import plan
+    from pipelines import dedup
+    from tests.pipelines.test_dedup_pipeline import components_from_output, expected_components, planted_folder
+
+    emb, out = str(tmp_path / "emb"), str(tmp_path / "dd")
+    truth = planted_folder(tmp_path / "emb")
+    real = plan.plan_run
+
+    def capped(cfg):
+        run = real(cfg)
+        return run._replace(params=dataclasses.replace(run.params, max_train_rows=300, max_direct_k=3, nprobe=2,
+                                                       sample_size=min(run.params.sample_size, 300)))
+
+    monkeypatch.setattr(plan, "plan_run", capped)
+    summary = dedup.run(["--embeddings", emb, "--output", out, "--partitions", "9", "--max-spill", "8"])
+    got, _ = components_from_output(out, truth)
+    assert got == expected_components(truth)
+    assert summary["parameters"]["resolved_sample_size"] == 300 and summary["parameters"]["resolved_partitions"] == 9
+    assert np.load(tmp_path / "dd" / "centroids.npy").shape[0] == 9
