@@ -6,6 +6,11 @@
    nearest centroid) and is copied as a *visitor* into the few other partitions
    where a near-duplicate of it could live (bounded spill, below).
 
+Both stay bounded as N grows: the caller caps the training sample
+(:data:`DEFAULT_MAX_TRAIN_ROWS`), and above :data:`DEFAULT_MAX_DIRECT_K`
+partitions :func:`train_two_level` gives a :class:`TwoLevel` quantizer that
+:func:`assign_with_spill` searches in O(sqrt(K)) per row instead of O(K).
+
 The pair search over the partitions is :mod:`models.dedup.search`.
 
 Spill bound (why the partitioned search is exact)
@@ -57,7 +62,6 @@ DEFAULT_NPROBE = 8
 """Default coarse cells probed per row by :class:`TwoLevel` assignment."""
 
 _SCRATCH_BYTES = 64 << 20  # cap on gathered-centroid scratch in assign_with_spill
-_PROBE_ENTRIES = 1 << 22  # cap on the (rows, probed fine centroids) score scratch of TwoLevel.search
 
 
 def train_centroids(sample: np.ndarray, k: int, seed: int, niter: int = 20) -> np.ndarray:
@@ -148,37 +152,35 @@ class TwoLevel:
 
         Returns (m, n_cand) float32 scores, descending, and (m, n_cand) int64
         fine indices (-1 with score -inf where the probed cells hold fewer).
-        Scratch: at most ``_PROBE_ENTRIES`` (row, probed centroid) scores.
+        Scratch: (m, nprobe, n_cand) candidates (12 B each) plus faiss' blocked
+        top-k buffers; one faiss flat search per probed cell.
         """
-        k1 = self.coarse.shape[0]
-        probe = min(int(self.nprobe), k1)
+        probe = min(int(self.nprobe), self.coarse.shape[0])
         index = faiss.IndexFlatIP(self.coarse.shape[1])
         index.add(self.coarse)
         _, cells = index.search(x, probe)
-        sizes = np.diff(self.offsets)
-        width = max(1, int(sizes.max()))
-        step = max(1, _PROBE_ENTRIES // (probe * width))
         m = x.shape[0]
-        out_s = np.empty((m, n_cand), np.float32)
-        out_l = np.empty((m, n_cand), np.int64)
-        for s in range(0, m, step):
-            xb, cb = x[s : s + step], cells[s : s + step]
-            scores = np.full((len(xb), max(n_cand, probe * width)), -np.inf, np.float32)
-            labels = np.full(scores.shape, -1, np.int64)
-            for c in np.unique(cb):
-                if sizes[c] == 0:
-                    continue
-                rows, slot = np.nonzero(cb == c)
-                ids = self.members[self.offsets[c] : self.offsets[c + 1]]
-                cols = slot[:, None] * width + np.arange(len(ids))
-                scores[rows[:, None], cols] = xb[rows] @ self.fine[ids].T
-                labels[rows[:, None], cols] = ids
-            top = np.argpartition(-scores, n_cand - 1, axis=1)[:, :n_cand]
-            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1,
-                                                     kind="stable"), axis=1)
-            out_s[s : s + len(xb)] = np.take_along_axis(scores, top, axis=1)
-            out_l[s : s + len(xb)] = np.take_along_axis(labels, top, axis=1)
-        return out_s, out_l
+        # per (row, probed slot): that cell's best n_cand fine centroids; one GEMM per probed cell
+        scores = np.full((m, probe, n_cand), -np.inf, np.float32)
+        labels = np.full((m, probe, n_cand), -1, np.int64)
+        flat = cells.ravel()
+        order = np.argsort(flat, kind="stable")  # (row, slot) entries grouped by probed cell
+        cuts = np.searchsorted(flat[order], np.arange(self.coarse.shape[0] + 1))
+        for c in np.flatnonzero(np.diff(cuts)):
+            ids = self.members[self.offsets[c] : self.offsets[c + 1]]
+            if not len(ids):
+                continue
+            rows, slot = np.divmod(order[cuts[c] : cuts[c + 1]], probe)  # a row probes a cell at most once
+            keep = min(n_cand, len(ids))
+            sc, top = faiss.knn(np.ascontiguousarray(x[rows]), self.fine[ids], keep, faiss.METRIC_INNER_PRODUCT)
+            scores[rows[:, None], slot[:, None], np.arange(keep)] = sc
+            labels[rows[:, None], slot[:, None], np.arange(keep)] = ids[top]
+        scores, labels = scores.reshape(m, -1), labels.reshape(m, -1)
+        top = np.argpartition(-scores, n_cand - 1, axis=1)[:, :n_cand] if scores.shape[1] > n_cand else \
+            np.broadcast_to(np.arange(n_cand), (m, n_cand))
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"),
+                                 axis=1)
+        return np.take_along_axis(scores, top, axis=1), np.take_along_axis(labels, top, axis=1)
 
 
 def train_two_level(sample: np.ndarray, k: int, k1: int, seed: int, niter: int = 20,
