@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from models.dedup.partition import DEFAULT_MAX_SPILL
+from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_SPILL, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
 from models.storage.folders.dedup import DedupFolder
 from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
@@ -52,6 +52,11 @@ class DedupConfig:
     seed: int = _opt(1234, "k-means seed", int)
     max_spill: int = _opt(DEFAULT_MAX_SPILL, "extra partitions a row may visit, recall vs work", int)
     niter: int = _opt(20, "k-means iterations", positive_int)
+    max_train_rows: int = _opt(DEFAULT_MAX_TRAIN_ROWS, "most rows k-means trains on, whatever the dataset size",
+                               positive_int)
+    max_direct_k: int = _opt(DEFAULT_MAX_DIRECT_K, "most partitions trained and searched directly; above it a "
+                             "two-level (coarse then fine) quantizer", positive_int)
+    nprobe: int = _opt(DEFAULT_NPROBE, "coarse cells scored per row by the two-level quantizer", positive_int)
     block_rows: int = _opt(65536, "rows per in-memory block", positive_int)
     nn_sample: int = _opt(10000, "rows whose nearest-neighbour cosine is recorded in nn_similarity.json", int)
     previous: str | None = _opt(None, "previous dedup output: add the parts of --embeddings it has not seen to its "

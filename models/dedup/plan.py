@@ -121,8 +121,8 @@ _BOUNDS = ("max_train_rows", "max_direct_k", "nprobe")
 
 
 def _bounds(cfg) -> dict:
-    """The k-means bounds ``cfg`` sets (the config fields of the same names), else the partition defaults."""
-    return {name: getattr(cfg, name) for name in _BOUNDS if getattr(cfg, name, None) is not None}
+    """The k-means bounds of ``cfg`` (its fields of the same names)."""
+    return {name: getattr(cfg, name) for name in _BOUNDS}
 
 
 def fresh_plan(cfg) -> DedupParams:
