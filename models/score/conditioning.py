@@ -21,11 +21,11 @@ A *target* has ``schedule`` (a VPSchedule), ``dim`` and ``eps(x_t (B, d), t, con
 from __future__ import annotations
 
 import enum
-import json
-import os
 from typing import NamedTuple
 
 import numpy as np
+
+from models.storage import layout
 
 
 class TargetKind(enum.Enum):
@@ -93,9 +93,8 @@ class PromptConditioner:
         self.mapping: dict[str, int] = {}
         if not hasattr(target, "encode_prompts"):
             path = parse_target_spec(spec).path + ".prompts.json"
-            if os.path.exists(path):
-                with open(path, encoding="utf-8") as f:
-                    self.mapping = {str(k): int(v) for k, v in json.load(f).items()}
+            if layout.exists(path):
+                self.mapping = {str(k): int(v) for k, v in layout.read_json(path).items()}
 
     @property
     def conditional(self) -> bool:

@@ -25,28 +25,27 @@ UNET_STEM = "diffusion_pytorch_model"
 TEXT_STEMS = ("model", "pytorch_model")
 
 
-def import_diffusers():
-    """Import diffusers after the torchvision CPU shim; ImportError names the extra."""
+def _import_after_shim(name: str, needed_by: str):
+    """Import ``name`` after the torchvision CPU shim; the ImportError names the extra."""
+    import importlib
+
     from models.tv_compat import ensure_torchvision
 
     ensure_torchvision()
     try:
-        import diffusers
+        return importlib.import_module(name)
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(f"diffusers targets need the 'diffusers' package: {PIP_HINT}") from exc
-    return diffusers
+        raise ImportError(f"{needed_by} need the {name!r} package: {PIP_HINT}") from exc
+
+
+def import_diffusers():
+    """Import diffusers after the torchvision CPU shim; ImportError names the extra."""
+    return _import_after_shim("diffusers", "diffusers targets")
 
 
 def import_transformers():
     """Import transformers after the torchvision CPU shim; ImportError names the extra."""
-    from models.tv_compat import ensure_torchvision
-
-    ensure_torchvision()
-    try:
-        import transformers
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ImportError(f"diffusers text-to-image targets need the 'transformers' package: {PIP_HINT}") from exc
-    return transformers
+    return _import_after_shim("transformers", "diffusers text-to-image targets")
 
 
 def weight_variant(folder: str, stems: Sequence[str]) -> tuple[bool, Optional[str]]:

@@ -1,11 +1,12 @@
 """``.npz`` files of the closed-form targets and their ``gmm:`` / ``memorizer:`` specs."""
 from __future__ import annotations
 
-import os
+import io
 from typing import Optional, Union
 
 import numpy as np
 
+from models.storage import layout
 from models.score.targets.mixtures import GMMTarget, MemorizerTarget
 from models.score.targets.schedule import VPSchedule
 
@@ -26,9 +27,9 @@ def _schedule_arrays(schedule: Optional[VPSchedule]) -> dict:
 
 
 def _read_npz(path: str, required: tuple, kind: str) -> dict:
-    if not os.path.isfile(path):
+    if not layout.exists(path):
         raise ValueError(f"{kind} target file not found: {path!r}")
-    with np.load(path, allow_pickle=False) as z:
+    with np.load(io.BytesIO(layout.read_bytes(path)), allow_pickle=False) as z:
         data = {k: z[k] for k in z.files}
     missing = [k for k in required if k not in data]
     if missing:

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.storage import layout
+from models.storage.folders import StageFolder
 
 
 @dataclass(frozen=True)
-class DedupFolder:
+class DedupFolder(StageFolder):
     """Paths inside one dedup output folder (local path or object-store URL)."""
-
-    root: str
 
     GROUPS = "groups"
     EDGES = "edges"
@@ -45,9 +43,6 @@ class DedupFolder:
 
     # Cleared before a run; manifest.json first: it is the commit point an increment builds on.
     OUTPUTS = (MANIFEST, GROUPS, CHANGED, EDGES, DROP_KEYS, REJECTS, STAGE, MERGES, CENTROIDS, NN_SIMILARITY, SUMMARY)
-
-    def _at(self, *parts: str) -> str:
-        return layout.join(self.root, *parts)
 
     # per-part files
     def groups(self, part: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.storage import layout
+from models.storage.folders import StageFolder
 
 FLAGGED_PROMPTS = "flagged_prompts.parquet"
 KEYWORD_TRIGGERS = "keyword_triggers.parquet"
@@ -29,10 +29,8 @@ OBJECT_TRIGGERS = "object_triggers.parquet"
 
 
 @dataclass(frozen=True)
-class MineFolder:
+class MineFolder(StageFolder):
     """Paths inside one mine output folder (local path or object-store URL)."""
-
-    root: str
 
     KEYWORD_TRIGGERS = KEYWORD_TRIGGERS
     OBJECT_TRIGGERS = OBJECT_TRIGGERS
@@ -49,9 +47,6 @@ class MineFolder:
     # Cleared before a run; manifest.json first: it is the commit point an increment builds on.
     OUTPUTS = (MANIFEST, OBJECT_TAGS, REJECTS, STAGE, COUNTS, KEYWORD_TRIGGERS, OBJECT_TRIGGERS, FLAGGED_PROMPTS,
                CALIBRATION, SUMMARY)
-
-    def _at(self, *parts: str) -> str:
-        return layout.join(self.root, *parts)
 
     # per-part files
     def object_tags(self, part: str) -> str:
