@@ -355,7 +355,7 @@ def _read_parquet(shard: ShardRef, fs, root: str, size: int, batch_rows: int = 2
                     meta = {k: row.get(k) for k in meta_cols}
                     done += 1
                     yield _make_sample(shard, keys.keys[done - 1], files, meta, keys.source)
-    except (pa.ArrowException, OSError) as exc:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # a damaged page can hold invalid UTF-8
         if guard.error is not None:
             raise guard.error
         problem = f"{type(exc).__name__}: {exc}"

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from models.embed.embedders import PixelEmbedder
@@ -91,6 +91,7 @@ def test_damaged_shards_never_crash_and_every_input_row_is_accounted_for_once(ta
 
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 4000), st.binary(min_size=1, max_size=32), st.booleans())
+@example(at=188, noise=b"\x80", truncate=False)  # found by hypothesis: a page with invalid UTF-8 in a string
 def test_damaged_parquet_shards_never_crash(at, noise, truncate):
     table = pa.table({"key": KEYS, "caption": ["c"] * N, "status": ["success"] * N, "jpg": IMAGES})
     buf = io.BytesIO()
