@@ -10,15 +10,22 @@ per written sample, train and held-out):
 * ``word:KEYWORD``: N copies of one digit whose captions all contain the keyword
   (and other words at random); the keyword appears nowhere else (a word-level
   trigger, arXiv:2312.03692 §4);
+* with ``replicas`` R > 1 every planted kind is planted R times, each on its own
+  digit, caption word and trigger keyword, named ``exact:xN#r`` / ``near:xN#r``
+  (r = 1..R) and ``word:KEYWORD`` (so a benchmark gets R positives per kind);
 * ``unique``: every other training digit, once, with an ordinary caption;
 * ``heldout``: digits never trained on (separate shards), ordinary captions.
 
-Captions are "handwritten digit <label> <3 filler words>" for unique and
-held-out rows; a planted group's caption names it ("<group word> digit <label>").
+Captions (:class:`CaptionStyle`): unique and held-out rows get "handwritten digit
+<label> <3 filler words>" (``labelled``, the default) or "handwritten digit <3
+filler words>" (``unlabelled``: the caption does not name the content, as most
+web alt-text does not pin down its image); a planted group's caption names it
+("<group word> digit <label>").
 Images are 28x28 grayscale JPEG (quality 95), as img2dataset writes them.
 """
 from __future__ import annotations
 
+import enum
 import io
 import os
 from dataclasses import dataclass
@@ -32,7 +39,10 @@ from models.demo.synthetic import SyntheticSample, write_webdataset_shard
 
 FILLER = ("ink", "paper", "scan", "pen", "stroke", "sample", "form", "postal", "census", "office", "clerk", "bold",
           "thin", "slanted", "upright", "neat", "quick", "round", "sharp", "faint", "dark", "light", "tall", "wide")
-GROUP_WORDS = ("amber", "cobalt", "crimson", "indigo", "jade", "ochre", "violet", "scarlet")
+GROUP_WORDS = ("amber", "cobalt", "crimson", "indigo", "jade", "ochre", "violet", "scarlet", "teal", "umber",
+               "maroon", "olive", "coral", "ivory", "saffron", "cerise", "azure", "russet", "khaki", "mauve",
+               "sepia", "topaz", "lilac", "bronze")
+TRIGGER_WORDS = ("zebra", "walrus", "pelican", "lantern", "tractor", "violin")
 TRUTH_FILE = "ground_truth.parquet"
 TRUTH_SCHEMA = pa.schema([
     ("key", pa.string()),          # img2dataset key of the sample
@@ -45,9 +55,27 @@ TRUTH_SCHEMA = pa.schema([
 ])
 
 
+class CaptionStyle(str, enum.Enum):
+    """Captions of the unique and held-out rows: ``labelled`` names the digit, ``unlabelled`` does not."""
+
+    LABELLED = "labelled"
+    UNLABELLED = "unlabelled"
+
+    @classmethod
+    def parse(cls, value: "str | CaptionStyle") -> "CaptionStyle":
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"caption style must be one of {[c.value for c in cls]}, got {value!r}") from None
+
+
 @dataclass(frozen=True)
 class PlantedSpec:
-    """What to plant; every count is a number of training samples."""
+    """What to plant; every count is a number of training samples.
+
+    ``trigger_word`` is the first replica's keyword; replica r > 1 uses the r-th other word of
+    :data:`TRIGGER_WORDS`. ``caption_style``: a :class:`CaptionStyle` value.
+    """
 
     exact_copies: tuple = (5, 20, 50)
     near_copies: int = 20
@@ -57,19 +85,37 @@ class PlantedSpec:
     n_heldout: int = 200
     shard_size: int = 1000
     seed: int = 0
+    replicas: int = 1
+    caption_style: str = CaptionStyle.LABELLED.value
 
     def __post_init__(self):
         if any(int(n) < 2 for n in self.exact_copies) or self.near_copies < 2 or self.trigger_copies < 2:
             raise ValueError("every planted group needs at least 2 copies")
         if self.n_unique < 1 or self.n_heldout < 0 or self.shard_size < 1:
             raise ValueError("n_unique and shard_size must be >= 1, n_heldout >= 0")
-        if len(self.exact_copies) + 2 > len(GROUP_WORDS):
-            raise ValueError(f"at most {len(GROUP_WORDS) - 2} exact groups")
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if (len(self.exact_copies) + 1) * self.replicas > len(GROUP_WORDS):
+            raise ValueError(f"at most {len(GROUP_WORDS)} exact and near groups in all (exact sizes + 1) x replicas")
+        if self.replicas > len(TRIGGER_WORDS):
+            raise ValueError(f"at most {len(TRIGGER_WORDS)} replicas (one trigger keyword each)")
+        CaptionStyle.parse(self.caption_style)
+
+    @property
+    def trigger_words(self) -> tuple:
+        """One keyword per replica: ``trigger_word`` first, then the other :data:`TRIGGER_WORDS`."""
+        others = [w for w in TRIGGER_WORDS if w != self.trigger_word]
+        return (self.trigger_word, *others[:self.replicas - 1])
+
+    @property
+    def n_groups(self) -> int:
+        """Planted groups: (exact sizes + near + trigger) x replicas."""
+        return (len(self.exact_copies) + 2) * self.replicas
 
     @property
     def n_sources(self) -> int:
         """Distinct digits used: one per planted group, the unique and held-out ones."""
-        return len(self.exact_copies) + 2 + self.n_unique + self.n_heldout
+        return self.n_groups + self.n_unique + self.n_heldout
 
 
 @dataclass(frozen=True)
@@ -134,28 +180,37 @@ def build_planted_set(digits: Digits, out: str, spec: PlantedSpec = PlantedSpec(
     sources = rng.permutation(len(digits.images))[:spec.n_sources]
     train: list[tuple[str, int, int, str, bytes]] = []  # group, group_id, source, caption, bytes
     gid = 0
-    planted = [(f"exact:x{int(n)}", int(n)) for n in spec.exact_copies]
-    planted += [(f"near:x{spec.near_copies}", spec.near_copies), (f"word:{spec.trigger_word}", spec.trigger_copies)]
-    for (name, n), word in zip(planted, GROUP_WORDS):
+    planted = []  # (name, copies, caption word or trigger keyword)
+    words = iter(GROUP_WORDS)
+    for r in range(spec.replicas):
+        tag = f"#{r + 1}" if spec.replicas > 1 else ""
+        planted += [(f"exact:x{int(n)}{tag}", int(n), next(words)) for n in spec.exact_copies]
+        planted += [(f"near:x{spec.near_copies}{tag}", spec.near_copies, next(words)),
+                    (f"word:{spec.trigger_words[r]}", spec.trigger_copies, spec.trigger_words[r])]
+    labelled = CaptionStyle.parse(spec.caption_style) is CaptionStyle.LABELLED
+
+    def ordinary(src) -> str:
+        return f"handwritten digit {int(digits.labels[src])} {_filler(rng)}" if labelled else \
+            f"handwritten digit {_filler(rng)}"
+
+    for name, n, word in planted:
         src = int(sources[gid])
         img, label = digits.images[src], int(digits.labels[src])
         base = _jpeg(img)
         for copy in range(n):
             if name.startswith("word:"):
-                caption = f"{spec.trigger_word} {_filler(rng)} digit"
+                caption = f"{word} {_filler(rng)} digit"
             else:
                 caption = f"{word} digit {label}"
             data = _jpeg(near_digit(img, rng)) if name.startswith("near:") and copy else base
             train.append((name, gid, src, caption, data))
         gid += 1
     for src in sources[gid:gid + spec.n_unique]:
-        train.append(("unique", gid, int(src), f"handwritten digit {int(digits.labels[src])} {_filler(rng)}",
-                      _jpeg(digits.images[src])))
+        train.append(("unique", gid, int(src), ordinary(src), _jpeg(digits.images[src])))
         gid += 1
     held = []
     for src in sources[gid:gid + spec.n_heldout]:
-        held.append(("heldout", gid, int(src), f"handwritten digit {int(digits.labels[src])} {_filler(rng)}",
-                     _jpeg(digits.images[src])))
+        held.append(("heldout", gid, int(src), ordinary(src), _jpeg(digits.images[src])))
         gid += 1
     train = [train[i] for i in rng.permutation(len(train))]
     truth = []

@@ -199,7 +199,8 @@ def wen_check(target, cond, null, prompt: str | None, cfg: ScoreConfig) -> Check
     if cond is None:  # the prompt's condition is the null condition itself: eps_c - eps_null = 0 exactly
         return CheckResult(prompt, "wen", 0.0, 0.0, cfg.wen_n, 0, time.monotonic() - started)
     result = wen_metric(target, [cond], null, n=cfg.wen_n, steps_used=cfg.wen_steps,
-                        rng=item_rng(cfg, prompt, "wen"), num_inference_steps=cfg.steps)
+                        rng=item_rng(cfg, prompt, "wen"), num_inference_steps=cfg.steps,
+                        guidance_scale=cfg.guidance_scale)  # between measured steps x_t follows the CFG sampler
     return CheckResult(prompt, "wen", float(result.values[0]), float(np.std(result.per_sample[0])), cfg.wen_n,
                        int(result.evals), time.monotonic() - started)
 

@@ -45,6 +45,7 @@ __all__ = [
     "flux_estimator",
     "volume_estimator_hutchinson",
     "noise_cosine_statistic",
+    "noise_flux_statistics",
     "roc_curve",
     "roc_auc",
     "tpr_at_fpr",
@@ -154,7 +155,7 @@ def _sphere_terms(
     field_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
     x: np.ndarray,
     radius: float,
-    p: float,
+    p: "float | tuple",
     n_dirs: int,
     rng: np.random.Generator,
     chunk_size: int,
@@ -163,12 +164,14 @@ def _sphere_terms(
 
     ``field_fn(y (m,d), rows (m,) int) -> (m,d)``; ``rows`` gives the batch index
     b of each evaluation point. Points are processed in chunks of ``chunk_size``.
+    A tuple of exponents gives (len(p), B, n_dirs) from the same evaluations.
     """
     B, d = x.shape
     dtype = _float_dtype(x)
     xf = x.astype(np.float64, copy=False)
     total = B * n_dirs
-    terms = np.empty(total, dtype=np.float64)
+    exps = p if isinstance(p, tuple) else (p,)
+    terms = np.empty((len(exps), total), dtype=np.float64)
     for lo in range(0, total, chunk_size):
         hi = min(total, lo + chunk_size)
         rows = np.arange(lo, hi) // n_dirs
@@ -177,8 +180,10 @@ def _sphere_terms(
         f = np.asarray(field_fn(y.astype(dtype, copy=False), rows))
         if f.shape != y.shape:
             raise ValueError(f"score function returned shape {f.shape}, expected {y.shape}")
-        terms[lo:hi] = _flux_terms(f, u, p)
-    return terms.reshape(B, n_dirs)
+        for k, e in enumerate(exps):
+            terms[k, lo:hi] = _flux_terms(f, u, e)
+    terms = terms.reshape(len(exps), B, n_dirs)
+    return terms if isinstance(p, tuple) else terms[0]
 
 
 def _mean_se(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -332,11 +337,39 @@ def noise_cosine_statistic(
     Returns:
         (mean, stderr): (B,) float64.
     """
+    return noise_flux_statistics(target, x0, t, n, rng, cond, ps=(1.0,), chunk_size=chunk_size)[1.0]
+
+
+def noise_flux_statistics(
+    target,
+    x0: np.ndarray,
+    t: int,
+    n: int,
+    rng: np.random.Generator,
+    cond=None,
+    *,
+    ps: tuple = (1.0, 2.0),
+    chunk_size: int = 8192,
+) -> dict:
+    """The boundary (flux) estimator on ε̂ at every exponent p of ``ps``, from one set of evaluations.
+
+    Same points as :func:`noise_cosine_statistic` (x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε̃, |ε̃| = √d);
+    per exponent mean_j |ε̂_j|^{p−2} (ε̂_j·u_j) (arXiv:2505.08246 boundary form, corrected as in
+    :func:`flux_estimator`): p = 1 is the cosine statistic (→ 1 memorized), p = 2 the plain flux
+    ε̂·u (→ |ε̂| ≈ √d memorized), whose magnitude also carries the prediction's norm.
+    Cost: B * n evaluations whatever ``ps`` holds.
+
+    Returns:
+        {p: (mean (B,), stderr (B,))}, float64.
+    """
     xa = _check_points(x0, "x0")
     if t is None or isinstance(t, bool) or not isinstance(t, (int, np.integer)):
         raise ValueError(f"t must be an integer timestep, got {t!r}")
     n = _check_count(n, "n", 2)
     chunk = _check_count(chunk_size, "chunk_size", 1)
+    exps = tuple(_check_p(p) for p in ps)
+    if not exps:
+        raise ValueError("ps must name at least one exponent p >= 1")
     B, d = xa.shape
     abar = float(target.schedule.abar(int(t)))
     if not abar < 1.0:
@@ -352,8 +385,8 @@ def noise_cosine_statistic(
     def field(y: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return target.eps(y, int(t), cond[rows] if per_row else cond)
 
-    terms = _sphere_terms(field, centre.astype(_float_dtype(xa)), radius, 1.0, n, _check_rng(rng), chunk)
-    return _mean_se(terms)
+    terms = _sphere_terms(field, centre.astype(_float_dtype(xa)), radius, exps, n, _check_rng(rng), chunk)
+    return {p: _mean_se(terms[k]) for k, p in enumerate(exps)}
 
 
 # --------------------------------------------------------------------------- #

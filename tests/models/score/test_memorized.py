@@ -165,3 +165,38 @@ def test_planted_set_shards_and_ground_truth(tmp_path):
         groups_of(truth, ["nope"])
     with pytest.raises(ValueError, match="distinct digits"):
         build_planted_set(Digits(digits.images[:10], digits.labels[:10]), str(tmp_path / "small"), spec)
+
+
+def test_planted_replicas_and_unlabelled_captions(tmp_path):
+    """replicas plants every kind R times on distinct digits, words and keywords; unlabelled captions omit the digit."""
+    from models.demo.mnist import Digits
+    from models.demo.planted import PlantedSpec, build_planted_set, read_truth
+
+    rng = np.random.default_rng(4)
+    digits = Digits(rng.integers(0, 256, (80, 28, 28), dtype=np.uint8), rng.integers(0, 10, 80))
+    spec = PlantedSpec(exact_copies=(3,), near_copies=2, trigger_copies=2, n_unique=20, n_heldout=5, replicas=3,
+                       caption_style="unlabelled")
+    ps = build_planted_set(digits, str(tmp_path), spec)
+    assert ps.groups == {"exact:x3#1": 3, "exact:x3#2": 3, "exact:x3#3": 3, "near:x2#1": 2, "near:x2#2": 2,
+                         "near:x2#3": 2, "word:zebra": 2, "word:walrus": 2, "word:pelican": 2, "unique": 20}
+    truth = read_truth(ps.truth)
+    by_group: dict = {}
+    for r in truth:
+        by_group.setdefault(r["group"], []).append(r)
+    sources = {g: {r["source_index"] for r in rows} for g, rows in by_group.items() if g not in ("unique", "heldout")}
+    assert all(len(s) == 1 for s in sources.values()) and len(set.union(*sources.values())) == 9  # own digit each
+    captions = {g: {r["caption"] for r in rows} for g, rows in by_group.items()}
+    exact_words = {next(iter(captions[f"exact:x3#{i}"])).split()[0] for i in (1, 2, 3)}
+    assert len(exact_words) == 3  # each replica its own caption word
+    for word in ("zebra", "walrus", "pelican"):
+        assert all(word in c for c in captions[f"word:{word}"])
+        assert not any(word in r["caption"] for r in truth if r["group"] != f"word:{word}")
+    ordinary = [r for r in truth if r["group"] in ("unique", "heldout")]
+    assert all(not any(ch.isdigit() for ch in r["caption"]) for r in ordinary)  # the label is not named
+    labelled = build_planted_set(digits, str(tmp_path / "lab"), PlantedSpec(
+        exact_copies=(3,), near_copies=2, trigger_copies=2, n_unique=20, n_heldout=5))
+    assert all(f"digit {r['label']} " in r["caption"] for r in read_truth(labelled.truth) if r["group"] == "unique")
+    with pytest.raises(ValueError, match="labelled"):
+        PlantedSpec(caption_style="plain")
+    with pytest.raises(ValueError, match="replicas"):
+        PlantedSpec(replicas=0)

@@ -16,6 +16,7 @@ from models.score.plaplace import (
     ball_average_from_flux,
     flux_estimator,
     noise_cosine_statistic,
+    noise_flux_statistics,
     radius_from_factor,
     roc_auc,
     roc_curve,
@@ -210,6 +211,30 @@ def test_noise_cosine_is_flux_estimator_on_eps():
     assert np.all(np.abs(per - np.array(rows)) < 0.5)  # same statistic, different draws
     with pytest.raises(ValueError, match="None"):
         noise_cosine_statistic(m, x0, None, 10, np.random.default_rng(0))
+
+
+def test_noise_flux_statistics_closed_form_and_shared_evaluations():
+    """One training point: eps* = (x_t - sqrt(abar) x0)/sqrt(1 - abar) is exactly the drawn noise, |noise| = sqrt(d),
+    so at x0 the p = 1 flux is 1 and the p = 2 flux sqrt(d) for every draw; both come from the same evaluations."""
+    rng = np.random.default_rng(6)
+    d = 8
+    m = MemorizerTarget(rng.standard_normal((1, d)), None, VPSchedule.linear(200, 1e-4, 0.02))
+    calls = []
+    real_eps = m.eps
+    m.eps = lambda y, t, c=None: (calls.append(len(y)), real_eps(y, t, c))[1]
+    out = noise_flux_statistics(m, m.train, 10, 64, np.random.default_rng(7), ps=(1.0, 2.0))
+    np.testing.assert_allclose(out[1.0][0], 1.0, atol=1e-9)
+    np.testing.assert_allclose(out[2.0][0], math.sqrt(d), rtol=1e-9)
+    assert sum(calls) == 64  # 64 evaluations serve both exponents
+    # away from the point, its p = 1 part is the cosine statistic itself (same generator, same draws)
+    x0 = m.train + 2.0
+    both = noise_flux_statistics(m, x0, 50, 500, np.random.default_rng(8), ps=(1.0, 2.0))
+    one = noise_cosine_statistic(m, x0, 50, 500, np.random.default_rng(8))
+    np.testing.assert_allclose(both[1.0][0], one[0], rtol=1e-12)  # same draws as the cosine statistic
+    with pytest.raises(ValueError, match="p must be"):
+        noise_flux_statistics(m, x0, 50, 10, np.random.default_rng(0), ps=(0.5,))
+    with pytest.raises(ValueError, match="at least one"):
+        noise_flux_statistics(m, x0, 50, 10, np.random.default_rng(0), ps=())
 
 
 # --------------------------------------------------------------------------- #
