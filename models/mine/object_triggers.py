@@ -26,7 +26,7 @@ from models.mine.statistics import (
     same_length,
 )
 
-__all__ = ["ObjectTriggerConfig", "object_trigger_table"]
+__all__ = ["ObjectTriggerConfig", "object_flags", "object_pair_stats", "object_rank", "object_trigger_table"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,56 @@ class ObjectTriggerConfig:
             raise ValueError(f"min_support must be an int >= 1, got {self.min_support!r}")
         if not self.min_lift >= 0:
             raise ValueError(f"min_lift must be >= 0, got {self.min_lift!r}")
+
+
+def object_pair_stats(nw: np.ndarray, no: np.ndarray, pc: np.ndarray, pm: np.ndarray, n_total: int) -> tuple[np.ndarray, ...]:
+    """Per-pair statistics (any subset of the pairs: each reads only its own cells and margins).
+
+    Args:
+        nw, no, pc, pm: (P,) int64 n_w, n_o, n_{w,o}, mentioned_{w,o} of each pair.
+        n_total: N.
+
+    Returns:
+        (p_o_given_w, p_o_given_not_w, lift, absent_fraction, p_value): (P,) float64; p_o_given_not_w is NaN
+        where n_w == N; p_value is the one-sided Fisher exact p of the 2x2 table.
+    """
+    N = int(n_total)
+    nw_f = nw.astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p_o_w = np.where(nw > 0, pc / np.maximum(nw_f, 1), 0.0)
+        rest = (N - nw).astype(np.float64)
+        p_o_not_w = np.where(rest > 0, (no - pc) / np.where(rest > 0, rest, 1.0), np.nan)
+        lift = np.where((nw > 0) & (no > 0), pc * float(N) / (nw_f * np.maximum(no, 1)), 0.0)
+        absent = np.where(nw > 0, 1.0 - pm / np.maximum(nw_f, 1), 0.0)
+    pval = fisher_greater(pc, nw - pc, no - pc, N - nw - no + pc) if pc.size else np.zeros(0)
+    return p_o_w, p_o_not_w, lift, absent, pval
+
+
+def object_flags(nw: np.ndarray, no: np.ndarray, pc: np.ndarray, p_o_w: np.ndarray, lift: np.ndarray,
+                 absent: np.ndarray, pval: np.ndarray, n_tests: int, cfg: ObjectTriggerConfig,
+                 named: object | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """BH over the family (``n_tests`` pairs; the listed ones with both margins >= ``min_support``) and the flag.
+
+    Needs every listed pair at once: O(P log P) time, O(P) memory. ``named``: (P,) bool, never flagged.
+
+    Returns:
+        (q, flagged): (P,) float64 (NaN outside the family) and bool.
+    """
+    family = (nw >= cfg.min_support) & (no >= cfg.min_support)
+    q = np.full(pc.size, np.nan)
+    if np.any(family):
+        q[family] = benjamini_hochberg(pval[family], n_tests=n_tests)
+    flagged = (family & (q <= cfg.fdr) & (pc >= cfg.min_support) & (p_o_w >= cfg.min_p_object)
+               & (lift >= cfg.min_lift) & (absent >= cfg.min_absent))
+    if named is not None:
+        flagged &= ~np.asarray(named, bool)
+    return q, flagged
+
+
+def object_rank(flagged: np.ndarray, q: np.ndarray, lift: np.ndarray, pk: np.ndarray, po: np.ndarray) -> np.ndarray:
+    """(P,) int64 1-based rank: flagged first, then -log10 q descending, then lift descending, then (keyword, object)."""
+    neglogq = np.where(np.isnan(q), -1.0, -np.log10(np.maximum(q, TINY)))
+    return rank_rows(flagged, -neglogq, -lift, pk, po)
 
 
 def object_trigger_table(
@@ -141,33 +191,11 @@ def object_trigger_table(
     if np.any(no - pc > N - nw):
         raise ValueError("n_o - n_wo exceeds the rows without the keyword (N - n_w)")
 
-    nw_f = nw.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p_o_w = np.where(nw > 0, pc / np.maximum(nw_f, 1), 0.0)
-        rest = (N - nw).astype(np.float64)
-        p_o_not_w = np.where(rest > 0, (no - pc) / np.where(rest > 0, rest, 1.0), np.nan)
-        lift = np.where((nw > 0) & (no > 0), pc * float(N) / (nw_f * np.maximum(no, 1)), 0.0)
-        absent = np.where(nw > 0, 1.0 - pm / np.maximum(nw_f, 1), 0.0)
-    pval = fisher_greater(pc, nw - pc, no - pc, N - nw - no + pc) if P else np.zeros(0)
-
-    family = (nw >= cfg.min_support) & (no >= cfg.min_support)
+    p_o_w, p_o_not_w, lift, absent, pval = object_pair_stats(nw, no, pc, pm, N)
     if n_tests is None:
         n_tests = int((n_w_a >= cfg.min_support).sum()) * int((n_o_a >= cfg.min_support).sum())
-    q = np.full(P, np.nan)
-    if np.any(family):
-        q[family] = benjamini_hochberg(pval[family], n_tests=n_tests)
-    flagged = (
-        family
-        & (q <= cfg.fdr)
-        & (pc >= cfg.min_support)
-        & (p_o_w >= cfg.min_p_object)
-        & (lift >= cfg.min_lift)
-        & (absent >= cfg.min_absent)
-    )
-    if named is not None:
-        flagged &= ~np.asarray(named, bool)
-    neglogq = np.where(np.isnan(q), -1.0, -np.log10(np.maximum(q, TINY)))
-    rank = rank_rows(flagged, -neglogq, -lift, pk, po)
+    q, flagged = object_flags(nw, no, pc, p_o_w, lift, absent, pval, n_tests, cfg, named)
+    rank = object_rank(flagged, q, lift, pk, po)
     order = np.argsort(rank)
     table = pa.table(
         {

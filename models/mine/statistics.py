@@ -159,14 +159,6 @@ def benjamini_hochberg(p: object, n_tests: int | None = None) -> np.ndarray:
         qv = np.minimum(1.0, qv * (m / pv.size))
     q[valid] = qv
     return q
-    order = np.argsort(pv, kind="stable")
-    ranked = pv[order] * m / np.arange(1, pv.size + 1)
-    ranked = np.minimum.accumulate(ranked[::-1])[::-1]
-    qv = np.empty_like(pv)
-    qv[order] = np.minimum(ranked, 1.0)
-    q[valid] = qv
-    return q
-
 
 
 def rank_rows(flagged: np.ndarray, *keys: np.ndarray) -> np.ndarray:

@@ -1,9 +1,14 @@
 """Turn summed co-occurrence counts into trigger tables, flagged prompts and the stage summary.
 
-Plain Python over the small, already-combined counts of the mine stage
-(keywords with support >= ``min_support`` only, see :func:`TableCounts`);
+Plain Python over the already-combined counts of the mine stage
+(keywords with support >= ``min_support`` only, see :class:`TableCounts`);
 the statistics live in :mod:`models.mine.word_triggers` and
-:mod:`models.mine.object_triggers`.
+:mod:`models.mine.object_triggers`. :func:`word_table`, :func:`object_table` and
+:func:`build_tables` hold every count in one process (every group's size and
+captions): the one-writer reference. The mine stage computes the same tables
+per key (:mod:`models.mine.keyed_tables`, :mod:`transforms.mine_tables`); the
+prompts (:func:`flagged_prompts`) and the summary (:func:`stage_summary`) are
+shared by both.
 """
 from __future__ import annotations
 
@@ -40,7 +45,7 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class TableCounts:
-    """The combined counts the tables read (small: support-filtered).
+    """The combined counts of the one-writer reference (support-filtered, but every group: dataset-sized).
 
     Attributes:
       kw: {keyword: rows with it} (keywords with n >= min_support).
@@ -180,8 +185,10 @@ def flagged_prompts(words: pa.Table, objects: pa.Table, captions: dict, grp: dic
     largest duplicate groups (``duplicate-caption``).
 
     Args:
-      captions: {group_id: [CaptionCount]} most repeated first.
-      grp: {group_id: rows}.
+      captions: {group_id: [CaptionCount]} most repeated first; only the flagged keywords' top groups and the
+        ``cfg.duplicate_caption_groups`` largest groups are read, so only those need to be there.
+      grp: {group_id: rows}; only the ``cfg.duplicate_caption_groups`` largest (rows descending, then id) are
+        read, so those suffice.
       object_captions: {KeywordObject: (CaptionSample, ...)} for the flagged object triggers.
     """
     object_captions = object_captions or {}
@@ -228,19 +235,24 @@ def build_tables(counts: TableCounts, objects: list[str], word_cfg: WordTriggerC
     return TableSet(words, objs, flagged_prompts(words, objs, counts.captions, counts.grp, prompt_cfg, object_captions))
 
 
-def stage_summary(tables: TableSet, counts: TableCounts, parts: int, increment: dict | None,
+def stage_summary(tables: TableSet, stats: dict, duplicate_groups: int, parts: int, increment: dict | None,
                   previous: str | None, notes: dict | None = None) -> dict:
-    """The numbers ``summary.json`` reports (``increment``: this run's new parts and changed rows)."""
-    stats = counts.stats
+    """The numbers ``summary.json`` reports.
+
+    Args:
+      stats: the summed per-part totals (``rows``, ``rows_analysed``, ``caption_rejects``, ``object_tags``).
+      duplicate_groups: duplicate groups with analysed captions.
+      increment: this run's new parts and changed rows (None: a run from scratch).
+    """
     return {
-        "rows": int(stats.get("rows", 0)), "rows_analysed": counts.n_total,
+        "rows": int(stats.get("rows", 0)), "rows_analysed": int(stats.get("rows_analysed", 0)),
         "caption_rejects": int(stats.get("caption_rejects", 0)), "object_tags": int(stats.get("object_tags", 0)),
         "keywords_tested": tables.words.num_rows,
         "word_triggers": int(sum(tables.words.column("flagged").to_pylist())),
         "object_pairs_listed": tables.objects.num_rows,
         "object_pairs_tested": int(tables.objects.schema.metadata[b"bh_family"]) if tables.objects.schema.metadata else 0,
         "object_triggers": int(sum(tables.objects.column("flagged").to_pylist())),
-        "flagged_prompts": tables.prompts.num_rows, "duplicate_groups_with_captions": len(counts.grp),
+        "flagged_prompts": tables.prompts.num_rows, "duplicate_groups_with_captions": int(duplicate_groups),
         "increment": {"parts": parts, "rows": int((stats if increment is None else increment).get("rows", 0)),
                       "changed_rows": int((increment or {}).get("changed_rows", 0))},
         "previous": previous,

@@ -27,7 +27,7 @@ from models.mine.statistics import (
     same_length,
 )
 
-__all__ = ["MULTIPLICITY", "WordTriggerConfig", "word_trigger_table"]
+__all__ = ["MULTIPLICITY", "WordTriggerConfig", "group_size_histogram", "word_flags", "word_pvalues", "word_trigger_table"]
 
 MULTIPLICITY = ("union", "touched", "none")
 
@@ -121,6 +121,78 @@ def _union_pvalues(
         lo = hi
     return np.minimum(out, 1.0)
 
+
+def group_size_histogram(group_sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(G,) int group sizes -> (S,) ascending distinct sizes and (S,) int64 groups of each size.
+
+    All the union bound needs of the groups (S <= sqrt(2 * rows in groups), since sizes sum to at most N).
+    """
+    sizes, counts = np.unique(np.asarray(group_sizes, np.int64), return_counts=True)
+    return sizes, counts.astype(np.int64)
+
+
+def word_pvalues(n_top: np.ndarray, n_w: np.ndarray, top_size: np.ndarray, n_groups: np.ndarray, n_total: int,
+                 sizes: np.ndarray, size_counts: np.ndarray, cfg: WordTriggerConfig) -> tuple[np.ndarray, ...]:
+    """Per-keyword statistics of the top group (any subset of the keywords: each row only reads its own numbers).
+
+    Args:
+        n_top, n_w, top_size, n_groups: (K,) int64 n_{w,G*} (0: no group), n_w, n_{G*}, groups w touches.
+        n_total: N.
+        sizes, size_counts: (S,) the groups' size histogram (:func:`group_size_histogram`).
+
+    Returns:
+        (share, lift, p): (K,) float64 concentration n_{w,G*}/n_w, lift n_{w,G*} N / (n_w n_{G*}), and the
+        p-value of ``cfg.multiplicity`` (1 where there is no group). O(K * S) hypergeometric terms at most.
+    """
+    N = int(n_total)
+    has = n_top > 0
+    share = np.zeros(n_top.size)
+    lift = np.zeros(n_top.size)
+    share[has] = n_top[has] / n_w[has]
+    lift[has] = n_top[has] * float(N) / (n_w[has].astype(np.float64) * top_size[has])
+    p_raw = np.ones(n_top.size)
+    if np.any(has):
+        p_raw[has] = hypergeom_sf_pvalue(n_top[has], N, top_size[has], n_w[has])
+    if cfg.multiplicity == "none":
+        return share, lift, p_raw
+    if cfg.multiplicity == "touched":
+        return share, lift, np.minimum(1.0, p_raw * np.maximum(n_groups, 1))
+    p = np.ones(n_top.size)
+    exact = has & (n_top >= cfg.min_support)
+    if np.any(exact):
+        p[exact] = _union_pvalues(n_top[exact], n_w[exact], N, sizes, size_counts.astype(np.float64), cfg.chunk_pairs)
+    rough = has & ~exact
+    if np.any(rough):
+        # groups_at_least[i] = number of groups with size >= sizes[i]
+        groups_at_least = np.append(np.cumsum(size_counts[::-1])[::-1], 0)
+        n_big = groups_at_least[np.searchsorted(sizes, n_top[rough], side="left")]
+        bound = hypergeom_sf_pvalue(n_top[rough], N, sizes[-1], n_w[rough])
+        p[rough] = np.minimum(1.0, n_big * bound)
+    return share, lift, np.maximum(p, p_raw)  # numerical guard: the union bound is >= its own term
+
+
+def word_flags(n_w: np.ndarray, n_top: np.ndarray, share: np.ndarray, lift: np.ndarray, p: np.ndarray,
+               cfg: WordTriggerConfig) -> tuple[np.ndarray, ...]:
+    """BH over the family (keywords with ``n_w >= min_support``), the flag and the rank: needs every keyword at once.
+
+    Args: (K,) arrays, keywords in their index order (the last rank tie-break).
+
+    Returns:
+        (q, score, flagged, rank): (K,) float64 q (NaN outside the family), float64 n_top * ln lift,
+        bool, int64 1-based rank (flagged first, then score descending, then q ascending, then index).
+        O(K log K) time, O(K) memory.
+    """
+    family = n_w >= cfg.min_support
+    q = np.full(n_w.size, np.nan)
+    if np.any(family):
+        q[family] = benjamini_hochberg(p[family])
+    has = n_top > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(has, n_top * np.log(np.where(has, lift, 1.0)), 0.0)
+    flagged = (family & (q <= cfg.fdr) & (n_top >= cfg.min_support) & (share >= cfg.min_concentration)
+               & (lift >= cfg.min_lift))
+    q_key = np.where(np.isnan(q), 2.0, q)
+    return q, score, flagged, rank_rows(flagged, -score, q_key, np.arange(n_w.size))
 
 
 def word_trigger_table(
@@ -225,51 +297,8 @@ def word_trigger_table(
         top_size[kw_first] = n_G_pair[first]
         n_top[kw_first] = pc[first]
 
-    has = n_top > 0
-    share = np.zeros(K)
-    lift = np.zeros(K)
-    share[has] = n_top[has] / n_w_a[has]
-    lift[has] = n_top[has] * float(N) / (n_w_a[has].astype(np.float64) * top_size[has])
-
-    p_raw = np.ones(K)
-    if np.any(has):
-        p_raw[has] = hypergeom_sf_pvalue(n_top[has], N, top_size[has], n_w_a[has])
-    if cfg.multiplicity == "none":
-        p = p_raw
-    elif cfg.multiplicity == "touched":
-        p = np.minimum(1.0, p_raw * np.maximum(n_groups, 1))
-    else:
-        p = np.ones(K)
-        sizes, size_counts = np.unique(gsz, return_counts=True)
-        exact = has & (n_top >= cfg.min_support)
-        if np.any(exact):
-            p[exact] = _union_pvalues(
-                n_top[exact], n_w_a[exact], N, sizes, size_counts.astype(np.float64), cfg.chunk_pairs
-            )
-        rough = has & ~exact
-        if np.any(rough):
-            # groups_at_least[i] = number of groups with size >= sizes[i]
-            groups_at_least = np.append(np.cumsum(size_counts[::-1])[::-1], 0)
-            n_big = groups_at_least[np.searchsorted(sizes, n_top[rough], side="left")]
-            bound = hypergeom_sf_pvalue(n_top[rough], N, sizes[-1], n_w_a[rough])
-            p[rough] = np.minimum(1.0, n_big * bound)
-        p = np.maximum(p, p_raw)  # numerical guard: the union bound is >= its own term
-
-    family = n_w_a >= cfg.min_support
-    q = np.full(K, np.nan)
-    if np.any(family):
-        q[family] = benjamini_hochberg(p[family])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        score = np.where(has, n_top * np.log(np.where(has, lift, 1.0)), 0.0)
-    flagged = (
-        family
-        & (q <= cfg.fdr)
-        & (n_top >= cfg.min_support)
-        & (share >= cfg.min_concentration)
-        & (lift >= cfg.min_lift)
-    )
-    q_key = np.where(np.isnan(q), 2.0, q)
-    rank = rank_rows(flagged, -score, q_key, np.arange(K))
+    share, lift, p = word_pvalues(n_top, n_w_a, top_size, n_groups, N, *group_size_histogram(gsz), cfg)
+    q, score, flagged, rank = word_flags(n_w_a, n_top, share, lift, p, cfg)
     order = np.argsort(rank)
     table = pa.table(
         {

@@ -46,7 +46,7 @@ def test_tables_match_hand_computed_statistics():
     prompts = t.prompts.to_pylist()
     assert [p["kind"] for p in prompts] == ["object-trigger", "duplicate-caption"]
     assert prompts[1]["prompt"] == "the moon over the sea" and json.loads(prompts[1]["evidence"])["group_size"] == 12
-    summary = stage_summary(t, counts, parts=2, increment=None, previous=None)
+    summary = stage_summary(t, counts.stats, len(counts.grp), parts=2, increment=None, previous=None)
     assert summary["rows"] == 101 and summary["rows_analysed"] == 100 and summary["keywords_tested"] == 2
     assert summary["object_triggers"] == 1 and summary["increment"] == {"parts": 2, "rows": 101, "changed_rows": 0}
 
