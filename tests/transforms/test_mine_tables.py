@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -174,3 +175,51 @@ def test_distributed_tables_without_groups_or_objects(tmp_path):
     same_rows(got.objects, want.objects)
     assert got.objects.schema.metadata[b"bh_family"] == b"0" and got.prompts.num_rows == 0
     assert got_summary == want_summary
+
+
+def _ancestors(applied):
+    """Every transform whose output ``applied`` reads, through main and side inputs (the steps Beam runs first)."""
+    seen, todo = {}, [applied]
+    while todo:
+        t = todo.pop()
+        for pc in list(t.main_inputs.values()) + [s.pvalue for s in t.side_inputs]:
+            producer = pc.producer
+            if producer is not None and producer.full_label not in seen:
+                seen[producer.full_label] = producer
+                todo.append(producer)
+    return set(seen)
+
+
+def test_manifest_waits_on_every_file_of_the_run(tmp_path):
+    """``manifest.json`` (the commit point) is written by a step downstream of every step that writes a file."""
+    from models.mine.keywords import KeywordConfig
+    from models.mine.part_counts import COUNT_NAMES
+    from models.mine.plan import MineParams
+    from transforms.mine import FromScratch, Mine
+
+    params = MineParams(embeddings=str(tmp_path / "emb"), groups=None, output=str(tmp_path / "out"), parts=("00000",),
+                        keyword_config=KeywordConfig(), vocab_path=None, tagger_spec="none", model=None, shard_paths=(),
+                        seed=0, calibration_rows=10)
+    settings = TableSettings(output=params.output, word=WordTriggerConfig(), object=ObjectTriggerConfig(),
+                             prompts=PromptConfig(), objects=(), previous=None)
+    folder = layout.EmbeddingFolder(params.embeddings)
+    layout.write_npy(folder.img_emb("00000"), np.zeros((1, 4), "float16"))
+    layout.write_parquet(folder.metadata("00000"), pa.table({"key": ["a"], "caption": ["a cat"]}))
+    p = beam.Pipeline()
+    _ = p | "Mine" >> Mine(params, settings, FromScratch())
+    steps = {}
+
+    class Visit(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            steps[node.full_label] = node
+
+    p.visit(Visit())
+    manifest = steps["Mine/WriteManifest/WriteManifestFile"]
+    writers = {"Mine/WriteTables/KeywordTable/RankKeywords", "Mine/WriteTables/ObjectTable/RankPairs",
+               "Mine/WriteTables/WritePrompts", "Mine/WriteCalibration/WriteCalibrationFile",
+               "Mine/SaveCounts/WriteStatsCounts"} | {f"Mine/SaveCounts/Write{n.capitalize()}" for n in COUNT_NAMES}
+    assert writers <= set(steps)
+    assert writers <= _ancestors(manifest)
+    # the summary (the manifest's main input) comes after both tables are written
+    assert {"Mine/WriteTables/KeywordTable/RankKeywords", "Mine/WriteTables/ObjectTable/RankPairs"} <= _ancestors(
+        steps["Mine/WriteTables/WritePrompts"])
