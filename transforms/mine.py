@@ -9,7 +9,8 @@ Steps (each a labelled composite, see the modules they come from):
    the changed rows' corrections (:class:`FromPrevious`;
    :mod:`transforms.mine_counts` explains why that is exact).
 3. ``SaveCounts``: the whole combined counts, sharded, for the next increment.
-4. ``SupportFilter`` + ``WriteTables`` (:mod:`transforms.mine_tables`).
+4. ``SupportFilter`` + ``WriteTables`` (:mod:`transforms.mine_tables`): the tables computed per key
+   (joins by group id and by keyword, combiners); only one row per tested keyword or pair meets in one place.
 5. ``WriteCalibration`` and, after everything, ``WriteManifest``.
 """
 from __future__ import annotations

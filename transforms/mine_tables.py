@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.metrics import Metrics
 
 from models.mine.keyed_tables import (
     GroupPair,
@@ -45,6 +46,10 @@ from models.storage.folders.mine import MineFolder
 
 CAPTIONS_PER_GROUP = 5
 MAX_BATCH = 4096  # keywords / pairs per p-value batch
+# What each one-worker step holds, as Beam distributions (namespace "mine"): rows of the tested family.
+KEYWORD_ROWS = Metrics.distribution("mine", "keyword_rows_on_one_worker")
+PAIR_ROWS = Metrics.distribution("mine", "pair_rows_on_one_worker")
+PROMPT_GROUPS = Metrics.distribution("mine", "prompt_caption_groups_on_one_worker")
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,7 @@ def _keyword_batch(rows, stats: dict, groups: GroupSizes, cfg: WordTriggerConfig
 
 
 def _write_keyword_table(stats: list, settings: TableSettings):
+    KEYWORD_ROWS.update(len(stats))
     table = keyword_table(stats, settings.word)
     layout.write_parquet(MineFolder(settings.output).keyword_triggers, table)
     return table
@@ -199,6 +205,7 @@ def _explainer(settings: TableSettings):
 
 
 def _write_object_table(stats: list, settings: TableSettings, keywords_tested: int, obj: dict):
+    PAIR_ROWS.update(len(stats))
     naming = None
     if settings.vocab and settings.naming_threshold < 1.0:
         from models.mine.similarity import NamingCheck, minilm_available
@@ -247,6 +254,7 @@ def write_prompts(objects, settings: TableSettings, parts: int, words, captions:
     ``captions``: {group_id: [CaptionCount]} of the groups the prompts can name only; ``largest``: the
     (group_id, size) of the ``duplicate_caption_groups`` largest groups.
     """
+    PROMPT_GROUPS.update(len(captions))
     prompts = flagged_prompts(words, objects, captions, dict(largest), settings.prompts, dict(trigger_captions))
     folder = MineFolder(settings.output)
     layout.write_parquet(folder.flagged_prompts, prompts)
