@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_SPILL, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
+from models.dedup.plan import DEFAULT_EDGES, DEFAULT_VECTORS, EdgeMode, VectorTransport, choice
 from models.storage.folders.dedup import DedupFolder
 from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
@@ -33,8 +34,14 @@ OUTPUTS = list(DedupFolder.OUTPUTS)
 INHERITED = ("threshold", "seed", "max_spill")
 
 
-def _opt(default, help: str, type=None, required: bool = False):
-    return field(default=default, metadata={"help": help, "type": type, "required": required})
+def _opt(default, help: str, type=None, required: bool = False, choices=None):
+    return field(default=default, metadata={"help": help, "type": type, "required": required, "choices": choices})
+
+
+def _choices(enum_type) -> dict:
+    """``type`` and ``choices`` of a flag whose values are the members of ``enum_type`` (converted in
+    :class:`DedupConfig`)."""
+    return {"type": str, "choices": tuple(m.value for m in enum_type)}
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,13 @@ class DedupConfig:
                              "two-level (coarse then fine) quantizer", positive_int)
     nprobe: int = _opt(DEFAULT_NPROBE, "coarse cells scored per row by the two-level quantizer", positive_int)
     block_rows: int = _opt(65536, "rows per in-memory block", positive_int)
+    vectors: VectorTransport = _opt(DEFAULT_VECTORS, "how vectors reach the search tasks: shuffle (in the pieces, "
+                                    "float16 as stored; no task reads another block's part), reread (from the "
+                                    "parts, memory-mapped when local) or auto (reread when every part is local, "
+                                    "else shuffle)", **_choices(VectorTransport))
+    edges: EdgeMode = _opt(DEFAULT_EDGES, "near edges written: spanning (a maximum spanning forest per partition, "
+                           "n - 1 edges for n connected rows; pair counts in the summary) or all (every pair)",
+                           **_choices(EdgeMode))
     nn_sample: int = _opt(10000, "rows whose nearest-neighbour cosine is recorded in nn_similarity.json", int)
     previous: str | None = _opt(None, "previous dedup output: add the parts of --embeddings it has not seen to its "
                                       "groups (frozen centroids, stable group ids, only new and changed rows written)")
@@ -72,6 +86,8 @@ class DedupConfig:
                              f"got {self}")
         if not 0.0 <= self.sample_fraction <= 1.0:
             raise ValueError(f"--sample-fraction {self.sample_fraction} must be in [0, 1]")
+        object.__setattr__(self, "vectors", choice(VectorTransport, self.vectors))
+        object.__setattr__(self, "edges", choice(EdgeMode, self.edges))
 
     def resolve_k(self, n_rows: int) -> int:
         return self.partitions or max(1, math.ceil(n_rows / ROWS_PER_PARTITION))
@@ -90,10 +106,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if meta["required"]:
             parser.add_argument(flag, required=True, help=meta["help"])
             continue
-        help_text = meta["help"] + (f" (default {f.default})" if f.default is not None else "")
+        default = getattr(f.default, "value", f.default)
+        help_text = meta["help"] + (f" (default {default})" if f.default is not None else "")
         if f.name in INHERITED:
             help_text += "; with --previous the previous run's"
         kwargs = {"type": meta["type"]} if meta["type"] else {}
+        if meta["choices"]:
+            kwargs["choices"] = meta["choices"]
         parser.add_argument(flag, default=None if f.name in INHERITED else f.default, help=help_text, **kwargs)
 
 

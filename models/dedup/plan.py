@@ -7,12 +7,68 @@ over all parts would. Both read only ``.npy`` headers and metadata footers.
 """
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from fsspec.utils import get_protocol
 
 from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
 from models.storage import layout, run_chain
 from models.storage.folders.dedup import DedupFolder
+
+
+class VectorTransport(enum.StrEnum):
+    """How the vectors of a partition reach its search task (``--vectors``).
+
+    * ``shuffle``: the assign step reads its block's rows once (from the block's own part) and every
+      :class:`~transforms.dedup.rows.Piece` carries them, as stored (float16 for LAION / dupmine parts),
+      through the shuffle; a search task reads no part. Shuffled: (1 + spill) N D stored bytes.
+    * ``reread``: pieces carry row ids only; a search task reads its rows from their parts (memory-mapped
+      when local, up to 64 parts cached per process). Cheapest on one machine; on an object store every
+      task downloads about the whole dataset (a partition holds rows of nearly every part).
+    * ``auto``: ``reread`` when every part is on a local filesystem, ``shuffle`` otherwise
+      (:meth:`resolve`).
+    """
+
+    AUTO = "auto"
+    SHUFFLE = "shuffle"
+    REREAD = "reread"
+
+    def resolve(self, folders) -> "VectorTransport":
+        """``auto`` -> ``reread`` when every folder in ``folders`` is a plain path or ``file://`` URL, else
+        ``shuffle``; the other two unchanged."""
+        if self is not VectorTransport.AUTO:
+            return self
+        local = all(get_protocol(str(f)) in ("file", "local") for f in folders)
+        return VectorTransport.REREAD if local else VectorTransport.SHUFFLE
+
+
+class EdgeMode(enum.StrEnum):
+    """Which near edges the search writes to ``edges/`` (``--edges``).
+
+    * ``spanning``: per partition a maximum spanning forest of its near pairs (Kruskal on cosine
+      descending), so a component of n rows inside a partition writes n - 1 edges; the union over
+      partitions and exact-hash stars has the components of all pairs. Pairs are counted
+      (``near_pairs``), not written.
+    * ``all``: every near pair once (audits, pair recall; a group of n copies writes n (n - 1) / 2 rows).
+    """
+
+    SPANNING = "spanning"
+    ALL = "all"
+
+
+DEFAULT_VECTORS = VectorTransport.AUTO  # the one home of the defaults (DedupConfig's fields use these)
+DEFAULT_EDGES = EdgeMode.SPANNING
+
+
+def choice(enum_type, value) -> enum.Enum:
+    """``value`` (a member or its string) as a member of ``enum_type``; the error lists every accepted form."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        accepted = ", ".join(m.value for m in enum_type)
+        raise ValueError(f"{value!r} is not a {enum_type.__name__}; expected one of: {accepted}") from None
 
 
 @dataclass(frozen=True)
@@ -54,8 +110,13 @@ class DedupParams:
     max_train_rows: int = DEFAULT_MAX_TRAIN_ROWS
     max_direct_k: int = DEFAULT_MAX_DIRECT_K
     nprobe: int = DEFAULT_NPROBE
+    vectors: VectorTransport = DEFAULT_VECTORS
+    edges: EdgeMode = DEFAULT_EDGES
 
     def __post_init__(self):
+        object.__setattr__(self, "vectors", choice(VectorTransport, self.vectors).resolve(
+            self.folders or (self.embeddings,)))
+        object.__setattr__(self, "edges", choice(EdgeMode, self.edges))
         if self.max_train_rows < 1 or self.max_direct_k < 1 or self.nprobe < 1:
             raise ValueError(f"max_train_rows, max_direct_k and nprobe must be >= 1; got {self.max_train_rows}, "
                              f"{self.max_direct_k} and {self.nprobe}")
@@ -118,11 +179,12 @@ def inspect_parts(embeddings: str) -> tuple[list[str], int, int]:
 
 
 _BOUNDS = ("max_train_rows", "max_direct_k", "nprobe")
+_CHOICES = ("vectors", "edges")
 
 
 def _bounds(cfg) -> dict:
-    """The k-means bounds of ``cfg`` (its fields of the same names)."""
-    return {name: getattr(cfg, name) for name in _BOUNDS}
+    """The k-means bounds and the transport / edge choices of ``cfg`` (its fields of the same names)."""
+    return {name: getattr(cfg, name) for name in _BOUNDS + _CHOICES}
 
 
 def fresh_plan(cfg) -> DedupParams:
@@ -133,7 +195,7 @@ def fresh_plan(cfg) -> DedupParams:
     parts, dim, n = inspect_parts(cfg.embeddings)
     k = cfg.resolve_k(n)
     bounds = _bounds(cfg)
-    cap = bounds.get("max_train_rows", DEFAULT_MAX_TRAIN_ROWS)
+    cap = bounds["max_train_rows"]
     return DedupParams(embeddings=cfg.embeddings, output=cfg.output, parts=tuple(parts), dim=dim, **bounds,
                        threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=min(cfg.sample_size(n, k), cap),
                        seed=cfg.seed, niter=cfg.niter, k=k, block_rows=cfg.block_rows, n_rows=n,
@@ -190,7 +252,7 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         block_rows=cfg.block_rows, n_rows=sum(loc.rows for loc in old) + sum(rows),
         folders=tuple([loc.embeddings for loc in old] + [cfg.embeddings] * len(new)),
         n_old=len(old), part_runs=tuple(loc.runs for loc in old), centroids_path=centroids,
-        slots=tuple(loc.slot for loc in old),
+        slots=tuple(loc.slot for loc in old), vectors=cfg.vectors, edges=cfg.edges,
         nn_rate=_rate(cfg.nn_sample, sum(rows)))
     return params, chain
 

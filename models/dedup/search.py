@@ -146,53 +146,78 @@ def cross_pairs(
 
 def _pairs(home_ids, home_vecs, visitor_ids, visitor_vecs, threshold, block, visitor_homes, centroids, partition,
            self_pairs: bool):
-    t = check_threshold(threshold)
-    block = check_block(block)
+    hv, vv = checked_vectors(home_vecs, visitor_vecs)
+    hid = int_array("home_ids", home_ids, hv.shape[0])
+    vid = int_array("visitor_ids", visitor_ids, vv.shape[0])
+    found = list(tile_pairs(hv, vv, threshold, block, self_pairs, visitor_homes, centroids, partition))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    rows, cols, cos = (np.concatenate(x) for x in zip(*found))
+    all_ids = np.concatenate([hid, vid])
+    return _unique_edges(hid[rows], all_ids[cols], cos)
+
+
+def checked_vectors(home_vecs: np.ndarray, visitor_vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((a, d), (b, d)) unit-row checked float32 homes and visitors (an empty visitor array of any shape is (0, d))."""
     hv = unit_rows("home_vecs", home_vecs)
     d = hv.shape[1]
     vv = np.asarray(visitor_vecs)
-    vv = unit_rows("visitor_vecs", vv.reshape(0, d) if vv.size == 0 else vv, d)
-    hid = int_array("home_ids", home_ids, hv.shape[0])
-    vid = int_array("visitor_ids", visitor_ids, vv.shape[0])
-    a, b = hv.shape[0], vv.shape[0]
+    return hv, unit_rows("visitor_vecs", vv.reshape(0, d) if vv.size == 0 else vv, d)
 
+
+def tile_pairs(hv: np.ndarray, vv: np.ndarray, threshold: float, block: int = 4096, self_pairs: bool = True,
+               visitor_homes=None, centroids=None, partition=None):
+    """Yield the exact pairs tile by tile: ``(rows, cols, cos)`` per tile that has any.
+
+    ``rows`` (m,) int64 index ``hv``; ``cols`` (m,) int64 index the
+    concatenation ``[hv, vv]`` (so visitors are ``cols >= len(hv)``); ``cos``
+    (m,) float32. Each unordered pair appears in exactly one tile (homes x
+    homes: ``cols > rows``), decided as under "Pair decision" (candidates
+    within the band re-decided in float64 per tile). Arguments as
+    :func:`partition_pairs` (``hv``, ``vv`` already unit float32 rows,
+    :func:`checked_vectors`); ``self_pairs=False`` skips homes x homes.
+
+    Memory: one tile (``4 block^2`` bytes) plus its hits; nothing is kept
+    between tiles, so a caller that reduces each tile (e.g.
+    :class:`models.dedup.spanning.PairReducer`) holds O(n + tile), not O(pairs).
+    """
+    t = check_threshold(threshold)
+    block = check_block(block)
+    a, d = hv.shape
     band = decision_band(d)
     lo = np.float32(t - band)
     hi = np.float32(t + band)
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (home row, column into [homes, visitors], cos32)
+
+    def decided(r, c, v):
+        near = np.flatnonzero(v < hi)
+        if near.size:
+            nc = c[near]
+            is_home = nc < a
+            other = np.empty((near.size, d), dtype=np.float64)
+            other[is_home] = hv[nc[is_home]]
+            other[~is_home] = vv[nc[~is_home] - a]
+            exact = np.einsum("ij,ij->i", hv[r[near]].astype(np.float64), other)
+            v = v.copy()
+            v[near] = exact.astype(np.float32)
+            keep = np.ones(v.shape[0], dtype=bool)
+            keep[near] = exact >= t
+            r, c, v = r[keep], c[keep], v[keep]
+        return r.astype(np.int64), c.astype(np.int64), v.astype(np.float32, copy=False)
+
     for s in range(0, a if self_pairs else 0, block):
         q = hv[s : s + block]
         for s2 in range(s, a, block):
             r, c, v = _tile_edges(q, hv[s2 : s2 + block], lo, diagonal=s2 == s)
-            found.append((r + s, c + s2, v))
-    for rows_a, cols_b in _visitor_tasks(hv, b, visitor_homes, centroids, partition, t):
+            if r.size:
+                yield decided(r + s, c + s2, v)
+    for rows_a, cols_b in _visitor_tasks(hv, vv.shape[0], visitor_homes, centroids, partition, t):
         vj = vv[cols_b]
         for s in range(0, rows_a.size, block):
             q = hv[rows_a[s : s + block]]
             for s2 in range(0, cols_b.size, block):
                 r, c, v = _tile_edges(q, vj[s2 : s2 + block], lo, diagonal=False)
-                found.append((rows_a[r + s], cols_b[c + s2] + a, v))
-    if not found:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    rows = np.concatenate([f[0] for f in found])
-    cols = np.concatenate([f[1] for f in found])
-    cos = np.concatenate([f[2] for f in found]).astype(np.float32, copy=False)
-
-    near = np.flatnonzero(cos < hi)
-    if near.size:
-        nc = cols[near]
-        is_home = nc < a
-        other = np.empty((near.size, d), dtype=np.float64)
-        other[is_home] = hv[nc[is_home]]
-        other[~is_home] = vv[nc[~is_home] - a]
-        exact = np.einsum("ij,ij->i", hv[rows[near]].astype(np.float64), other)
-        cos[near] = exact.astype(np.float32)
-        keep = np.ones(cos.shape[0], dtype=bool)
-        keep[near] = exact >= t
-        rows, cols, cos = rows[keep], cols[keep], cos[keep]
-
-    all_ids = np.concatenate([hid, vid])
-    return _unique_edges(hid[rows], all_ids[cols], cos)
+                if r.size:
+                    yield decided(rows_a[r + s], cols_b[c + s2] + a, v)
 
 
 def _visitor_tasks(hv: np.ndarray, b: int, visitor_homes, centroids, partition, t: float):

@@ -60,7 +60,8 @@ def summarize(stats: dict, sizes: list, params: DedupParams, cfg, seconds: float
            "rows_dropped": stats.get("dropped", 0), "rows_changed": stats.get("changed_rows", 0),
            "rows_demoted": stats.get("demoted", 0), "merged_groups": stats.get("merged_groups", 0),
            "duplicate_groups_created_or_grown": sum(hist.values()), "group_size_histogram": dict(sorted(hist.items())),
-           "new_parts": len(params.parts) - params.n_old, "old_parts": params.n_old}
+           "new_parts": len(params.parts) - params.n_old, "old_parts": params.n_old,
+           "near_pairs": stats.get("near_pairs", 0), "near_edges_written": stats.get("near_edges_written", 0)}
     if previous is None:
         state = _group_counts(inc["rows"], inc["rows_grouped"], inc["rejects"], inc["rows_dropped"], hist)
     else:
@@ -77,7 +78,8 @@ def summarize(stats: dict, sizes: list, params: DedupParams, cfg, seconds: float
         "increment": inc,
         "previous": cfg.previous,
         "parameters": asdict(cfg) | {"resolved_partitions": params.k, "resolved_sample_size": params.sample_size,
-                                     "dim": params.dim, "parts": len(params.parts)},
+                                     "resolved_vectors": params.vectors.value, "dim": params.dim,
+                                     "parts": len(params.parts)},
         "seconds": None if seconds is None else round(seconds, 3),
     }
 

@@ -202,11 +202,12 @@ def test_config_validation():
 def test_rerun_with_other_partitions_leaves_no_stale_files(planted, tmp_path):
     emb, truth = planted
     out = str(tmp_path / "dd")
-    dedup.run(["--embeddings", emb, "--output", out, "--partitions", "6", "--max-spill", "5"])
+    # --edges all: every pair is written, so the edge files of two partitionings hold the same pairs
+    dedup.run(["--embeddings", emb, "--output", out, "--partitions", "6", "--max-spill", "5", "--edges", "all"])
     first = pq.read_table(os.path.join(out, "edges")).to_pylist()
     stale = os.path.join(out, "edges", "edges_stale.parquet")
     pq.write_table(pa.table({"key_a": ["x"], "key_b": ["y"], "cosine": [1.0], "kind": ["near"]}), stale)
-    dedup.run(["--embeddings", emb, "--output", out, "--partitions", "1"])
+    dedup.run(["--embeddings", emb, "--output", out, "--partitions", "1", "--edges", "all"])
     assert not os.path.exists(stale)
     again = {(e["key_a"], e["key_b"], e["kind"]): e["cosine"] for e in pq.read_table(os.path.join(out, "edges")).to_pylist()}
     before = {(e["key_a"], e["key_b"], e["kind"]): e["cosine"] for e in first}

@@ -9,6 +9,7 @@ row 5 of part 0 repeats row 4's key in the same part (the same sample id: reject
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 
@@ -19,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from models.dedup.plan import DedupParams
+from models.dedup.plan import DedupParams, EdgeMode, VectorTransport
 from models.storage import ids, layout
 from transforms.dedup.centroids import TrainCentroids
 from transforms.dedup.components import ConnectComponents
@@ -98,21 +99,89 @@ def test_train_centroids_gives_unit_centroids(beam_pipeline, params):
         assert_that(shape_norms, equal_to([((2, D), True)]))
 
 
-def test_assign_and_search_finds_copies_and_hash_pairs(beam_pipeline, params):
+def _search(beam_pipeline, params):
     centroids = np.eye(D, dtype=np.float32)[[0, 1]]  # fixed centroids: the result must not depend on them
+    copies = [_gid(0, 0), _gid(0, 1), _gid(1, 0)]
+    hashed = [_gid(0, 2), _gid(1, 1)]
     with beam_pipeline as p:
         read = p | beam.Create([0, 1]) | ReadParts(params)
         found = ({"blocks": read["blocks"], "centroids": p | "C" >> beam.Create([centroids])}
                  | AssignAndSearch(params, lambda pieces: pieces))
-        copies = [_gid(0, 0), _gid(0, 1), _gid(1, 0)]
-        hashed = [_gid(0, 2), _gid(1, 1)]
         roots = ([(g, copies[0]) for g in copies] + [(g, hashed[0]) for g in hashed])
         assert_that(found["roots"] | beam.Distinct(), equal_to(roots), label="Roots")
         best = found["max_cos"] | beam.CombinePerKey(max) | beam.Map(lambda e: (e[0], round(e[1], 3)))
         assert_that(best, equal_to([(g, 1.0) for g in copies + hashed]), label="MaxCos")
-        assert_that(found["edges_written"], equal_to([3]), label="EdgesWritten")  # 3 pairs among the copies
-    edges = layout.read_parquet(params.out.edges("00000")).to_pylist()
-    assert sorted((e["key_a"], e["key_b"]) for e in edges) == [("k00", "k01"), ("k00", "k10"), ("k01", "k10")]
+        assert_that(found["near_pairs"], equal_to([3]), label="NearPairs")  # 3 pairs among the copies, counted once
+        yield found
+    yield sorted((e["key_a"], e["key_b"]) for e in layout.read_parquet(params.out.edges("00000")).to_pylist())
+
+
+@pytest.mark.parametrize("vectors", [VectorTransport.SHUFFLE, VectorTransport.REREAD])
+def test_assign_and_search_finds_copies_and_hash_pairs(beam_pipeline, params, vectors):
+    params = dataclasses.replace(params, vectors=vectors, edges=EdgeMode.ALL)
+    steps = _search(beam_pipeline, params)
+    found = next(steps)
+    assert_that(found["edges_written"], equal_to([3]), label="EdgesWritten")  # 3 pairs among the copies
+    assert next(steps) == [("k00", "k01"), ("k00", "k10"), ("k01", "k10")]
+
+
+def test_spanning_edges_are_a_forest_of_the_copies(beam_pipeline, params):
+    params = dataclasses.replace(params, edges=EdgeMode.SPANNING)
+    steps = _search(beam_pipeline, params)
+    found = next(steps)
+    assert_that(found["edges_written"], equal_to([2]), label="EdgesWritten")  # 3 connected rows: 2 edges
+    edges = next(steps)
+    assert len(edges) == 2 and {k for e in edges for k in e} == {"k00", "k01", "k10"}
+
+
+def test_shuffle_steps_read_only_the_blocks_own_part(params):
+    """With --vectors shuffle the sample and assign steps read a block's own part only, and the search reads
+    none: they run with every other part's files deleted, and the search with the whole folder deleted gives
+    the reread search's output."""
+    import shutil
+
+    from transforms.dedup import read as read_mod
+    from transforms.dedup.centroids import sample_rows
+    from transforms.dedup.read import ReadPartFn
+    from transforms.dedup.search import SearchPartitionFn, assign
+
+    centroids = np.eye(D, dtype=np.float32)[[0, 1]]
+    outputs = {}
+    for vectors in (VectorTransport.REREAD, VectorTransport.SHUFFLE):
+        pp = dataclasses.replace(params, vectors=vectors, edges=EdgeMode.ALL)
+        outputs[vectors] = [list(_run(pp, centroids, part)) for part in (0, 1)]
+    assert outputs[VectorTransport.REREAD] == outputs[VectorTransport.SHUFFLE]
+    pp = dataclasses.replace(params, vectors=VectorTransport.SHUFFLE)
+    blocks = [b for part in (0, 1) for b in ReadPartFn(pp).process(part) if hasattr(b, "gids")]
+    folder = pp.folder(0)
+    os.remove(folder.img_emb("00001"))
+    read_mod._ARRAYS.clear()
+    own = [b for b in blocks if b.part == 0]
+    assert all(len(sample_rows(b, 1.0, pp)) == len(b.gids) for b in own)  # part 0 only: no error
+    pieces = [piece for b in own for piece in assign(b, centroids, pp)]
+    assert pieces and all(piece.vecs is not None and piece.vecs.dtype == np.float16 for _, piece in pieces)
+    shutil.rmtree(folder.root)
+    read_mod._ARRAYS.clear()
+    by_partition = {}
+    for part, piece in pieces:
+        by_partition.setdefault(part, []).append(piece)
+    for part, group in by_partition.items():
+        list(SearchPartitionFn(pp).process((part, group), centroids))  # no part on disk: runs
+    reread = dataclasses.replace(params, vectors=VectorTransport.REREAD)
+    with pytest.raises(FileNotFoundError):  # the control: the reread search needs the parts
+        list(SearchPartitionFn(reread).process((0, [dataclasses.replace(q, vecs=None) for q in by_partition[0]]),
+                                               centroids))
+
+
+def _run(params, centroids, partition: int):
+    """The search DoFn's tagged outputs for one partition, from blocks read and assigned outside Beam."""
+    from transforms.dedup.read import ReadPartFn
+    from transforms.dedup.search import SearchPartitionFn, assign
+
+    blocks = [b for part in (0, 1) for b in ReadPartFn(params).process(part) if hasattr(b, "gids")]
+    pieces = [piece for b in blocks for part, piece in assign(b, centroids, params) if part == partition]
+    return [(o.tag, o.value) for o in SearchPartitionFn(params).process((partition, pieces), centroids)
+            if o.tag != "nn"]
 
 
 def test_connect_components_merges_through_shared_nodes(beam_pipeline):

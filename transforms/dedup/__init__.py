@@ -41,7 +41,8 @@ def _counts(name: str):
 class WriteOutputs(beam.PTransform):
     """Labelled groups, rejects and part indices -> the files of new parts, changed rows and merges.
 
-    Input: ``{"rows", "sizes", "retired", "merges", "rejects", "parts", "edges_written", "nn_sampled", "k"}``.
+    Input: ``{"rows", "sizes", "retired", "merges", "rejects", "parts", "edges_written", "near_pairs", "nn_sampled",
+    "k"}``.
     Returns :class:`models.dedup.summary.RunResults`' fields as single-element
     PCollections; ``stats`` waits on every write (parts, changed, merges, edges, nn histogram).
     """
@@ -65,6 +66,7 @@ class WriteOutputs(beam.PTransform):
         stats = (
             (part_stats, changed["stats"], merged | "MergeStats" >> beam.Map(_counts("merged_groups")),
              inputs["edges_written"] | "EdgeStats" >> beam.Map(_counts("near_edges_written")),
+             inputs["near_pairs"] | "PairStats" >> beam.Map(_counts("near_pairs")),
              inputs["nn_sampled"] | "NNStats" >> beam.Map(_counts("nn_sampled")))
             | "AllStats" >> beam.Flatten()
             | "SumStats" >> beam.CombineGlobally(sum_counters)
@@ -109,7 +111,8 @@ class Deduplicate(beam.PTransform):
                   | "LabelGroups" >> LabelGroups(p, run.keep_components))
         k = centroids | "WriteCentroids" >> beam.Map(write_centroids, p)
         outputs = {**groups, "rejects": read["rejects"], "parts": part_indices,
-                   "edges_written": found["edges_written"], "nn_sampled": found["nn_sampled"], "k": k}
+                   "edges_written": found["edges_written"], "nn_sampled": found["nn_sampled"],
+                   "near_pairs": found["near_pairs"], "k": k}
         return outputs | "WriteOutputs" >> WriteOutputs(p, run)
 
 

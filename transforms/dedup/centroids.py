@@ -9,15 +9,17 @@ import numpy as np
 from models.dedup import partition
 from models.dedup.plan import DedupParams
 from models.storage import layout
-from transforms.dedup.read import row_vectors
-from transforms.dedup.rows import Block
+from transforms.dedup.read import block_rows
+from transforms.dedup.rows import Block, unit_float32
 
 
 def sample_rows(block: Block, fraction: float, params: DedupParams) -> np.ndarray:
-    """A deterministic Bernoulli sample of a block's vectors for k-means training, (m, D) float16."""
+    """A deterministic Bernoulli sample of a block's vectors for k-means training, (m, D) float16.
+
+    Reads only the block's own part (:func:`transforms.dedup.read.block_rows`)."""
     rng = np.random.default_rng([params.seed, block.part, int(block.gids[0] & 0xFFFFFFFF)])
     # float16 halves the gathered sample (the embeddings are stored as float16 anyway); train() renormalises.
-    return row_vectors(params, block.gids[rng.random(len(block.gids)) < fraction]).astype(np.float16)
+    return unit_float32(block_rows(params, block, rng.random(len(block.gids)) < fraction)).astype(np.float16)
 
 
 class ConcatArrays(beam.CombineFn):

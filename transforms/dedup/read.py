@@ -14,6 +14,7 @@ from transforms.dedup.rows import NAMESPACE, Block, PreviousGroup, Reject, gid_o
 
 _ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys / sample ids
 _KEYS: dict = {}
+_HEADERS: dict = {}  # (shape, dtype, offset) of remote parts read by range
 _CACHE_ENTRIES = 64
 
 
@@ -35,6 +36,51 @@ def _cached(cache: dict, key: tuple, load):
 def _part_array(params: DedupParams, part_index: int) -> np.ndarray:
     path = params.folder(part_index).img_emb(params.parts[part_index])
     return _cached(_ARRAYS, _identity(path), lambda: layout.read_npy(path))
+
+
+def _npy_layout(path: str, size: int) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a ``.npy`` file of ``size`` bytes from range reads of its header."""
+    want = min(size, layout.NPY_HEADER_GUESS)  # an object store refuses a range past the end
+    while True:
+        try:
+            return layout.parse_npy_header(layout.read_bytes(path, 0, want))
+        except layout.ShortNpyHeader as e:
+            if e.need > size:
+                raise ValueError(f"{path}: .npy header needs {e.need} bytes but the file has {size}") from None
+            want = e.need
+
+
+def _npy_row_range(path: str, lo: int, hi: int) -> np.ndarray:
+    """Rows ``[lo, hi)`` of a 2-D ``.npy`` file, as stored, with one range read (remote: no whole-file GET)."""
+    identity = _identity(path)
+    shape, dtype, offset = _cached(_HEADERS, identity, lambda: _npy_layout(path, identity[1]))
+    if len(shape) != 2 or not 0 <= lo <= hi <= shape[0]:
+        raise ValueError(f"{path} has shape {shape}; cannot read rows [{lo}, {hi})")
+    row = shape[1] * dtype.itemsize
+    data = layout.read_bytes(path, offset + lo * row, offset + hi * row) if hi > lo else b""
+    return np.frombuffer(data, dtype).reshape(hi - lo, shape[1])
+
+
+def block_rows(params: DedupParams, block: Block, select: np.ndarray | None = None) -> np.ndarray:
+    """The rows of ``block`` (or ``block.gids[select]``) as stored in the block's own part, (n, D).
+
+    Reads only the block's part: memory-mapped when local, else one range
+    read of the block's row span (a block is at most ``block_rows`` consecutive
+    rows of one part). The sample and assign steps read through here, so no
+    step before the search touches another part. Memory: the returned rows
+    (plus the span when remote).
+    """
+    gids = block.gids if select is None else block.gids[select]
+    parts, rows = split_gid(gids)
+    if len(parts) and (parts != block.part).any():
+        raise ValueError(f"block of part {block.part} holds rows of parts {np.unique(parts).tolist()}")
+    path = params.folder(block.part).img_emb(params.parts[block.part])
+    if layout.is_local(fsspec.core.url_to_fs(path)[0]):
+        return np.asarray(_part_array(params, block.part)[rows])
+    if not len(rows):
+        return _npy_row_range(path, 0, 0)
+    lo = int(rows.min())
+    return _npy_row_range(path, lo, int(rows.max()) + 1)[rows - lo]
 
 
 def row_vectors(params: DedupParams, gids: np.ndarray) -> np.ndarray:

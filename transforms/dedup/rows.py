@@ -50,10 +50,12 @@ class Block:
     gids (n,) int64; keys (n,) str plain keys; sample_ids (n,) str
     (:mod:`models.storage.ids`, the row's identity); hashes (n,) str exact
     hashes ``ALGO:HEX`` ('' when unknown); area (n,) int64 pixel area. The
-    vectors are not carried: on Beam's in-process runner a shuffle of float16
-    vectors held 11.8 GB at 1M x 256 (measured; ids only: 2.2 GB), so workers
-    read the rows they need from the part's ``.npy`` (memory-mapped when local;
-    :func:`transforms.dedup.read.row_vectors`).
+    vectors are never carried in blocks (blocks have several consumers, and
+    Beam's in-process runner holds every consumer's copy: float16 vectors in
+    blocks and pieces held 11.8 GB at 1M x 256, ids only 2.2 GB). The sample
+    and assign steps read the block's rows from its own part
+    (:func:`transforms.dedup.read.block_rows`); with ``--vectors shuffle`` the
+    pieces then carry them to the search.
     """
 
     part: int
@@ -71,15 +73,34 @@ class Role(str, enum.Enum):
     VISIT = "visit"
 
 
+class Spill(NamedTuple):
+    """The partitions a piece's home rows also visit, CSR style: row r visits ``parts[indptr[r]:indptr[r + 1]]``.
+
+    indptr (n + 1,) int32, parts (m,) int32. The search uses it to count a pair found from both of its
+    endpoints' partitions once (:func:`transforms.dedup.search.owned_pairs`).
+    """
+
+    indptr: np.ndarray
+    parts: np.ndarray
+
+
 @dataclass
 class Piece:
-    """The rows of one block that go to one partition: gids (n,) int64 and, for visitors, homes (n,) int32,
-    each row's home partition (None for homes). 8 (+ 4) bytes a row in the shuffle."""
+    """The rows of one block that go to one partition.
+
+    gids (n,) int64; for visitors homes (n,) int32, each row's home partition
+    (None for homes); for homes spill, the partitions each also visits
+    (:class:`Spill`, None for visitors); vecs (n, D) the rows as stored
+    (float16 for LAION / dupmine parts) with ``--vectors shuffle``, None with
+    ``reread``. In the shuffle: 8 bytes a row (+ 4 per visit) plus 2 D with vectors.
+    """
 
     role: Role
     part: int
     gids: np.ndarray
     homes: np.ndarray | None = None
+    spill: Spill | None = None
+    vecs: np.ndarray | None = None
 
 
 class Reject(NamedTuple):

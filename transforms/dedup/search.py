@@ -14,17 +14,33 @@ import numpy as np
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
-from models.dedup import components, nn_similarity, partition, search
-from models.dedup.plan import DedupParams
+from models.dedup import components, nn_similarity, partition, search, spanning
+from models.dedup.plan import DedupParams, EdgeMode, VectorTransport
 from models.storage import layout, schemas
-from transforms.dedup.read import part_ids, row_vectors
-from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, is_new_gid, row_id
+from transforms.dedup.read import block_rows, part_ids, row_vectors
+from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, Spill, is_new_gid, row_id, unit_float32
+
+
+def _spill_of(rows: np.ndarray, indptr: np.ndarray, spill: np.ndarray) -> Spill:
+    """The visits of ``rows`` (indices into a block's assignment CSR ``indptr``, ``spill``) as a :class:`Spill`."""
+    counts = np.diff(indptr)[rows]
+    out_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    at = np.repeat(indptr[rows] - out_ptr[:-1], counts) + np.arange(out_ptr[-1])
+    return Spill(out_ptr, np.asarray(spill[at], np.int32))
 
 
 def assign(block: Block, centroids: np.ndarray, params: DedupParams):
-    """Block -> (partition, Piece) per touched partition and role (row ids, and visitors' home partitions)."""
-    home, (indptr, spill) = partition.assign_with_spill(row_vectors(params, block.gids), centroids, params.threshold,
+    """Block -> (partition, Piece) per touched partition and role.
+
+    Reads the block's rows from its own part only (:func:`transforms.dedup.read.block_rows`).
+    Pieces carry row ids, visitors' home partitions, homes' visited partitions
+    and, with ``--vectors shuffle``, the rows as stored (float16 for LAION /
+    dupmine parts: the search then needs no part).
+    """
+    stored = block_rows(params, block)
+    home, (indptr, spill) = partition.assign_with_spill(unit_float32(stored), centroids, params.threshold,
                                                         params.max_spill)
+    ship = params.vectors is VectorTransport.SHUFFLE
     for role, parts, rows in ((Role.HOME, home, np.arange(len(home))),
                               (Role.VISIT, spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
         if not len(parts):
@@ -34,32 +50,72 @@ def assign(block: Block, centroids: np.ndarray, params: DedupParams):
         bounds = np.flatnonzero(np.diff(parts)) + 1
         for seg in np.split(np.arange(len(parts)), bounds):
             r = rows[seg]
-            homes = home[r].astype(np.int32) if role is Role.VISIT else None
-            yield int(parts[seg[0]]), Piece(role, block.part, block.gids[r], homes)
+            visit = role is Role.VISIT
+            yield int(parts[seg[0]]), Piece(role, block.part, block.gids[r],
+                                            homes=home[r].astype(np.int32) if visit else None,
+                                            spill=None if visit else _spill_of(r, indptr, spill),
+                                            vecs=stored[r] if ship else None)
 
 
-class _Rows(NamedTuple):
-    """Pieces of one partition concatenated: gids (n,) int64, vecs (n, D) float32 unit rows, homes (n,) int64."""
+class PartitionRows:
+    """The rows of one partition in node order: new homes, old homes, new visitors, old visitors.
 
-    gids: np.ndarray
-    vecs: np.ndarray
-    homes: np.ndarray
+    gids (n,) int64; vecs (n, D) float32 unit rows (from the pieces with
+    ``--vectors shuffle``, else read from their parts); home (n,) int64 each
+    row's home partition; ``counts``: rows per section in that order;
+    ``spill_keys``: sorted int64 ``node * M + q`` for every home node that
+    also visits partition q (``M`` = ``self.modulus``). Memory O(n D) float32.
+    """
 
-    @classmethod
-    def of(cls, pieces: list[Piece], params: DedupParams, partition: int) -> "_Rows":
-        if not pieces:
-            return cls(np.zeros(0, np.int64), np.zeros((0, params.dim), np.float32), np.zeros(0, np.int64))
-        gids = np.concatenate([b.gids for b in pieces])
-        homes = [b.homes if b.homes is not None else np.full(len(b.gids), partition) for b in pieces]
-        return cls(gids, row_vectors(params, gids), np.concatenate(homes).astype(np.int64))
+    SECTIONS = ((Role.HOME, True), (Role.HOME, False), (Role.VISIT, True), (Role.VISIT, False))
 
-    def __add__(self, other: "_Rows") -> "_Rows":
-        return _Rows(*(np.concatenate([x, y]) for x, y in zip(self, other)))
+    def __init__(self, pieces: list[Piece], params: DedupParams, partition: int):
+        ordered = [[b for b in pieces if (b.role, params.is_new(b.part)) == key] for key in self.SECTIONS]
+        flat = [b for section in ordered for b in section]
+        self.counts = [sum(len(b.gids) for b in section) for section in ordered]
+        self.gids = np.concatenate([b.gids for b in flat]) if flat else np.zeros(0, np.int64)
+        self.home = np.concatenate([np.full(len(b.gids), partition, np.int64) if b.homes is None
+                                    else b.homes.astype(np.int64) for b in flat] or [np.zeros(0, np.int64)])
+        self.vecs = self._vectors(flat, params)
+        nodes, visited, start = [], [], 0
+        for b in flat:
+            if b.spill is not None:
+                nodes.append(start + np.repeat(np.arange(len(b.gids)), np.diff(b.spill.indptr)))
+                visited.append(b.spill.parts.astype(np.int64))
+            start += len(b.gids)
+        visited = np.concatenate(visited) if visited else np.zeros(0, np.int64)
+        self.modulus = int(max(partition, self.home.max(initial=0), visited.max(initial=0))) + 1
+        self.spill_keys = np.sort(np.concatenate(nodes) * self.modulus + visited) if nodes else visited
+
+    def _vectors(self, flat: list[Piece], params: DedupParams) -> np.ndarray:
+        if params.vectors is not VectorTransport.SHUFFLE:
+            return row_vectors(params, self.gids)
+        if any(b.vecs is None for b in flat):
+            raise ValueError("--vectors shuffle: a piece arrived without its vectors (was it assigned with reread?)")
+        if not flat:
+            return np.zeros((0, params.dim), np.float32)
+        return unit_float32(np.concatenate([b.vecs for b in flat]))
+
+
+def owned_pairs(rows: "PartitionRows", x: np.ndarray, y: np.ndarray, partition: int) -> np.ndarray:
+    """(m,) bool: which pairs (home node ``x``, node ``y``) this partition counts, so each pair counts once.
+
+    Home x home pairs are found only here. A pair of home x and visitor y
+    homed in q is also found in q exactly when x visits q (q then holds y as
+    a home and x as a visitor, and searches homes x visitors: also in
+    increments, see :meth:`transforms.dedup.strategy.IncrementalRun.select_pieces`);
+    then the smaller partition index counts it.
+    """
+    q = rows.home[y]
+    visitor = q != partition
+    twice = visitor & np.isin(x * rows.modulus + q, rows.spill_keys)
+    return ~twice | (partition < q)
 
 
 class SearchPartitionFn(beam.DoFn):
     """(partition, pieces) -> ``((gid_a, gid_b), cos)`` (tag ``edges``), ``(gid, local_root)`` (tag ``roots``)
-    and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge; a nearest-neighbour histogram (tag ``nn``).
+    and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge; a nearest-neighbour histogram (tag ``nn``);
+    the number of near pairs it owns (tag ``pairs``, :func:`owned_pairs`).
 
     Searched: new homes x (new homes, old homes, all visitors), and old homes x
     new visitors -- every pair the one-shot search would find that has at
@@ -68,8 +124,13 @@ class SearchPartitionFn(beam.DoFn):
     :func:`models.dedup.search.partition_pairs` is not used: it cut the pair
     work 2.7x on the 64-d planted test set, but on 1M x 256 topic-clustered
     rows its per-source small GEMMs made the search slower (measured).
-    Memory: the partition's homes and visitors, O((a + b) D) float32 read
-    from their parts, plus an O(block^2) tile inside :func:`models.dedup.search.partition_pairs`.
+    Edges: with ``--edges spanning`` a maximum spanning forest of the
+    partition's pairs (:class:`models.dedup.spanning.PairReducer`, reduced
+    tile by tile), with ``all`` every pair; ``max_cos`` is the maximum over
+    every pair either way. Vectors come in the pieces (``--vectors shuffle``:
+    no part is read) or from the parts (``reread``).
+    Memory: the partition's rows, O(n D) float32, plus one O(block^2) tile and
+    the forest (O(n)); with ``--edges all`` also every pair.
     """
 
     def __init__(self, params: DedupParams):
@@ -80,52 +141,46 @@ class SearchPartitionFn(beam.DoFn):
     def process(self, element, centroids):
         part, pieces = element
         p = self.params
-        pieces = list(pieces)
-        rows = {(role, new): _Rows.of([b for b in pieces if b.role == role and p.is_new(b.part) == new], p, part)
-                for role in Role for new in (True, False)}
-        homes_new, homes_old = rows[(Role.HOME, True)], rows[(Role.HOME, False)]
-        visits = rows[(Role.VISIT, True)] + rows[(Role.VISIT, False)]
-        visits_new = rows[(Role.VISIT, True)]
-        if not len(homes_new.gids) and not (len(homes_old.gids) and len(visits_new.gids)):
+        rows = PartitionRows(list(pieces), p, part)
+        n_hn, n_ho, n_vn, _ = rows.counts
+        if not n_hn and not (n_ho and n_vn):
             return
-        self.sizes.update(len(homes_new.gids) + len(homes_old.gids))
-        found = []
-        if len(homes_new.gids):
-            others = homes_old + visits  # old homes are homed here: never pruned
-            found.append(search.partition_pairs(homes_new.gids, homes_new.vecs, others.gids, others.vecs, p.threshold))
-            yield from self._nn_histogram(homes_new, homes_new + others)
-        if len(homes_old.gids) and len(visits_new.gids):
-            found.append(search.cross_pairs(homes_old.gids, homes_old.vecs, visits_new.gids, visits_new.vecs,
-                                            p.threshold))
-        i, j, cos = (np.concatenate(x) for x in zip(*found))
-        if len(found) > 1 and len(i):
-            _, first = np.unique(np.stack([i, j], axis=1), axis=0, return_index=True)
-            i, j, cos = i[first], j[first], cos[first]
-        self.edges.inc(len(i))
-        if not len(i):
+        self.sizes.update(n_hn + n_ho)
+        reducer = spanning.PairReducer(len(rows.gids), keep_all=p.edges is EdgeMode.ALL)
+        searches = []
+        if n_hn:  # new homes x (old homes, all visitors); old homes are homed here: never pruned
+            searches.append((0, n_hn, len(rows.gids), True))
+            yield from self._nn_histogram(rows.gids[:n_hn], rows.vecs[:n_hn], rows.gids, rows.vecs)
+        if n_ho and n_vn:  # old homes x new visitors
+            searches.append((n_hn, n_hn + n_ho, n_hn + n_ho + n_vn, False))
+        for base, split, stop, self_pairs in searches:
+            for r, c, cos in search.tile_pairs(rows.vecs[base:split], rows.vecs[split:stop], p.threshold,
+                                               self_pairs=self_pairs):
+                x, y = r + base, c + base
+                reducer.add(x, y, cos, owned_pairs(rows, x, y, part))
+        found = reducer.result()
+        self.edges.inc(found.n_pairs)
+        yield pvalue.TaggedOutput("pairs", found.n_pairs)
+        if not found.n_pairs:
             return
+        ga, gb = rows.gids[found.a], rows.gids[found.b]
         # A pair of rows homed in different partitions can be found in both (each visits the other's home):
         # edges leave as elements and are made distinct by a CombinePerKey before they are written.
-        for a, b, c in zip(i.tolist(), j.tolist(), cos.tolist()):
+        for a, b, c in zip(np.minimum(ga, gb).tolist(), np.maximum(ga, gb).tolist(), found.cos.tolist()):
             yield pvalue.TaggedOutput("edges", ((a, b), c))
-        nodes, roots = components.local_components(np.zeros(0, np.int64), i, j)
+        nodes, roots = components.local_components(np.zeros(0, np.int64), ga, gb)
         for node, root in zip(nodes.tolist(), roots.tolist()):
             yield pvalue.TaggedOutput("roots", (node, root))
-        both = np.concatenate([i, j])
-        best = np.concatenate([cos, cos])
-        order = np.lexsort((-best, both))
-        first = np.ones(len(order), bool)
-        first[1:] = both[order][1:] != both[order][:-1]
-        for node, c in zip(both[order][first].tolist(), best[order][first].tolist()):
+        paired = np.flatnonzero(found.max_cos > -np.inf)
+        for node, c in zip(rows.gids[paired].tolist(), found.max_cos[paired].tolist()):
             yield pvalue.TaggedOutput("max_cos", (node, c))
 
-    def _nn_histogram(self, queries: "_Rows", candidates: "_Rows"):
-        """Nearest-neighbour cosines of the sampled new homes among ``candidates``, as one histogram (tag ``nn``)."""
-        pick = nn_similarity.sampled(queries.gids, self.params.nn_rate, self.params.seed)
+    def _nn_histogram(self, gids: np.ndarray, vecs: np.ndarray, cand_gids: np.ndarray, cand_vecs: np.ndarray):
+        """Nearest-neighbour cosines of the sampled new homes among the candidates, as one histogram (tag ``nn``)."""
+        pick = nn_similarity.sampled(gids, self.params.nn_rate, self.params.seed)
         if not pick.any():
             return
-        best = nn_similarity.nearest_similarities(queries.gids[pick], queries.vecs[pick], candidates.gids,
-                                                  candidates.vecs)
+        best = nn_similarity.nearest_similarities(gids[pick], vecs[pick], cand_gids, cand_vecs)
         yield pvalue.TaggedOutput("nn", nn_similarity.histogram(best))
 
 
@@ -200,7 +255,8 @@ class AssignAndSearch(beam.PTransform):
 
     ``roots``: (gid, local root) from partitions and hash groups; ``max_cos``:
     (gid, cosine) per edge endpoint (not yet maximised over partitions);
-    ``edges_written``: one count per written near-edges file; ``nn_sampled``:
+    ``edges_written``: one count per written near-edges file; ``near_pairs``:
+    the number of distinct near pairs found (one element); ``nn_sampled``:
     the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`). ``select``
     (from the run strategy) chooses the pieces worth searching.
     """
@@ -218,8 +274,9 @@ class AssignAndSearch(beam.PTransform):
             self.select(pieces)
             | "GroupByPartition" >> beam.GroupByKey()
             | "SearchPartitions" >> beam.ParDo(SearchPartitionFn(p), pvalue.AsSingleton(inputs["centroids"])).with_outputs(
-                "roots", "max_cos", "edges", "nn")
+                "roots", "max_cos", "edges", "nn", "pairs")
         )
+        near_pairs = searched.pairs | "CountNearPairs" >> beam.CombineGlobally(sum)
         nn_sampled = (searched.nn | "SumNNHistograms" >> beam.CombineGlobally(SumHistograms())
                       | "WriteNNHistogram" >> beam.Map(write_nn_histogram, p))
         edges_written = (
@@ -239,4 +296,5 @@ class AssignAndSearch(beam.PTransform):
         )
         roots = (searched.roots, exact.roots) | "SearchAndHashRoots" >> beam.Flatten()
         max_cos = (searched.max_cos, exact.max_cos) | "SearchAndHashCosines" >> beam.Flatten()
-        return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written, "nn_sampled": nn_sampled}
+        return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written, "nn_sampled": nn_sampled,
+                "near_pairs": near_pairs}

@@ -1,0 +1,150 @@
+"""--vectors {shuffle,reread} x --edges {spanning,all} on the planted set (groups, chains, straddle pairs
+spilled across partitions): identical results between the transports, spanning edges with the components
+of all pairs, pair counts equal to the distinct pairs, and the whole pipeline's groups and drop keys equal."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from models.dedup import kernels
+from models.dedup.plan import DedupParams, EdgeMode, VectorTransport
+from models.storage import layout
+from pipelines import dedup
+from tests.models.dedup.planted import K, T, _pair_keys, _pipeline_edges, make_planted
+from tests.pipelines.test_dedup_pipeline import planted_folder
+from transforms.dedup.read import ReadPartFn
+from transforms.dedup.rows import split_gid
+from transforms.dedup.search import SearchPartitionFn, assign
+
+PARTS = 4
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return make_planted()
+
+
+@pytest.fixture(scope="module")
+def folder(planted, tmp_path_factory):
+    """The planted rows as 4 float32 parts (stored float32: shuffled as stored, so exactly the reread rows)."""
+    root = str(tmp_path_factory.mktemp("planted") / "emb")
+    f = layout.EmbeddingFolder(root)
+    chunks = np.array_split(np.arange(len(planted["x"])), PARTS)
+    for p, rows in enumerate(chunks):
+        layout.write_npy(f.img_emb(f"{p:05d}"), planted["x"][rows])
+        os.makedirs(os.path.dirname(f.metadata(f"{p:05d}")), exist_ok=True)
+        pq.write_table(pa.table({"key": [str(r) for r in rows]}), f.metadata(f"{p:05d}"))
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in chunks])])
+    return root, offsets
+
+
+def _search(root, offsets, centroids, vectors, edges):
+    """Every partition's search outputs, outside Beam: (distinct edges {(row, row): cos}, roots, max_cos, pairs)."""
+    params = DedupParams(embeddings=root, output=root + "_out", parts=tuple(f"{p:05d}" for p in range(PARTS)),
+                         dim=64, threshold=T, max_spill=kernels.DEFAULT_MAX_SPILL, sample_size=0, seed=0, niter=1,
+                         k=K, block_rows=4096, n_rows=int(offsets[-1]), vectors=vectors, edges=edges)
+    by_partition: dict = {}
+    for part in range(PARTS):
+        for block in ReadPartFn(params).process(part):
+            for partition, piece in assign(block, centroids, params):
+                by_partition.setdefault(partition, []).append(piece)
+    out = {"edges": {}, "roots": [], "max_cos": {}, "pairs": 0}
+    for partition, pieces in sorted(by_partition.items()):
+        for o in SearchPartitionFn(params).process((partition, pieces), centroids):
+            if o.tag == "edges":
+                (a, b), c = o.value
+                key = (_row(a, offsets), _row(b, offsets))
+                out["edges"][key] = max(out["edges"].get(key, -1.0), c)
+            elif o.tag == "roots":
+                out["roots"].append((_row(o.value[0], offsets), _row(o.value[1], offsets)))
+            elif o.tag == "max_cos":
+                node = _row(o.value[0], offsets)
+                out["max_cos"][node] = max(out["max_cos"].get(node, -1.0), o.value[1])
+            elif o.tag == "pairs":
+                out["pairs"] += o.value
+    return out
+
+
+def _row(gid: int, offsets) -> int:
+    part, row = split_gid(np.asarray([gid]))
+    return int(offsets[part[0]] + row[0])
+
+
+def _components(n, pairs) -> np.ndarray:
+    a, b = np.asarray(list(pairs), np.int64).reshape(-1, 2).T
+    return connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)[1]
+
+
+@pytest.fixture(scope="module")
+def results(planted, folder):
+    root, offsets = folder
+    return {(v, e): _search(root, offsets, planted["centroids"], v, e) for v in (VectorTransport.SHUFFLE, VectorTransport.REREAD)
+            for e in EdgeMode}
+
+
+def test_shuffle_and_reread_give_identical_outputs(results):
+    for edges in EdgeMode:
+        assert results[(VectorTransport.SHUFFLE, edges)] == results[(VectorTransport.REREAD, edges)], edges
+
+
+def test_all_edges_are_the_partitioned_pairs_and_counted_once(planted, results):
+    got = results[(VectorTransport.SHUFFLE, EdgeMode.ALL)]
+    i, j, _, _ = _pipeline_edges(planted["ids"], planted["x"], planted["centroids"], kernels.DEFAULT_MAX_SPILL)
+    want = set(np.unique(_pair_keys(i, j)).tolist())
+    keys = set(_pair_keys(*np.asarray(list(got["edges"]), np.int64).T).tolist())
+    assert keys == want and np.isin(list(keys), planted["ref"]).all()
+    assert got["pairs"] == len(got["edges"])  # a pair found from both partitions is counted once
+    assert np.isin(planted["straddle_keys"], list(keys)).mean() >= 0.99  # spilled pairs are in
+
+
+def test_spanning_edges_have_the_components_of_all_pairs(planted, results):
+    n = len(planted["x"])
+    every = results[(VectorTransport.SHUFFLE, EdgeMode.ALL)]
+    span = results[(VectorTransport.SHUFFLE, EdgeMode.SPANNING)]
+    assert set(span["edges"]) <= set(every["edges"]) and len(span["edges"]) < len(every["edges"]) / 3
+    # a pair found from two partitions may differ in the last float32 bits there (tile layout): 1e-6
+    assert all(abs(span["edges"][k] - every["edges"][k]) < 1e-6 for k in span["edges"])
+    a, b = _components(n, every["edges"]), _components(n, span["edges"])
+    assert len(set(zip(a.tolist(), b.tolist()))) == len(set(a.tolist())) == len(set(b.tolist()))
+    assert all(len(set(b[g].tolist())) == 1 for g in planted["chains"])  # chains stay connected through their links
+    assert span["pairs"] == every["pairs"] and span["max_cos"] == every["max_cos"]  # over ALL pairs
+    assert sorted(set(span["roots"])) == sorted(set(every["roots"]))
+
+
+@pytest.mark.parametrize("edges", ["spanning", "all"])
+def test_pipeline_groups_and_drop_keys_equal_between_transports(tmp_path, edges):
+    emb = tmp_path / "emb"
+    planted_folder(emb)
+    tables = {}
+    for vectors in ("shuffle", "reread"):
+        out = str(tmp_path / vectors)
+        summary = dedup.run(["--embeddings", str(emb), "--output", out, "--partitions", "6", "--max-spill", "3",
+                             "--vectors", vectors, "--edges", edges])
+        assert summary["parameters"]["resolved_vectors"] == vectors
+        tables[vectors] = [pq.read_table(os.path.join(out, name)).sort_by("sample_id").to_pylist()
+                           for name in ("groups", "drop_keys.parquet")] + [summary["increment"]["near_pairs"]]
+        if edges == "all":
+            assert summary["increment"]["near_pairs"] == summary["increment"]["near_edges_written"]
+    assert tables["shuffle"] == tables["reread"]
+    assert tables["shuffle"][-1] > 0
+
+
+def test_auto_resolves_by_filesystem(tmp_path):
+    local = VectorTransport.AUTO.resolve([str(tmp_path), "file:///data/emb"])
+    assert local is VectorTransport.REREAD
+    assert VectorTransport.AUTO.resolve([str(tmp_path), "s3://bucket/emb"]) is VectorTransport.SHUFFLE
+    assert VectorTransport.AUTO.resolve(["gs://bucket/emb"]) is VectorTransport.SHUFFLE
+    assert VectorTransport.SHUFFLE.resolve([str(tmp_path)]) is VectorTransport.SHUFFLE
+    with pytest.raises(ValueError, match="expected one of: auto, shuffle, reread"):
+        dedup.DedupConfig(embeddings="e", output="o", vectors="copy")
+    with pytest.raises(ValueError, match="expected one of: spanning, all"):
+        dedup.DedupConfig(embeddings="e", output="o", edges="tree")
+    assert dataclasses.replace(dedup.DedupConfig(embeddings="e", output="o"), vectors="shuffle").vectors is \
+        VectorTransport.SHUFFLE
