@@ -78,9 +78,8 @@ class SupportFilter(beam.PTransform):
     """Whole counts -> what the tables read.
 
     ``kw`` keywords with ``n >= min_support``; ``kwg`` pairs with at least 2 rows; ``kwo`` pairs with
-    ``max(tagged, mentioning) >= max(1, min_support // 2)``; ``cap`` as (group_id, its
-    ``CAPTIONS_PER_GROUP`` most repeated :class:`CaptionCount`, count descending then caption), combined per
-    group (O(5) state per group, whatever its number of distinct captions); the rest unchanged.
+    ``max(tagged, mentioning) >= max(1, min_support // 2)``; the rest unchanged (``cap`` is reduced to the
+    groups the prompts name, then to their top captions, inside :class:`WriteTables`).
     """
 
     def __init__(self, min_support: int):
@@ -89,15 +88,22 @@ class SupportFilter(beam.PTransform):
 
     def expand(self, counts: dict):
         min_support, support = self.min_support, max(1, self.min_support // 2)
-        out = {name: counts[name] for name in ("kwin", "grp", "obj", "woc", "stats", "increment_stats")}
+        out = {name: counts[name] for name in ("kwin", "grp", "cap", "obj", "woc", "stats", "increment_stats")}
         out["kw"] = counts["kw"] | "KeywordSupport" >> beam.FlatMapTuple(
             lambda _, block: ((w, int(n)) for w, n in zip(block.keywords, block.n.tolist()) if n >= min_support))
         out["kwg"] = counts["kwg"] | "KeywordGroupSupport" >> beam.Filter(lambda e: e[1].n >= 2)
         out["kwo"] = counts["kwo"] | "KeywordObjectSupport" >> beam.Filter(lambda e: max(e[1]) >= support)
-        out["cap"] = (counts["cap"]
-                      | "ByGroup" >> beam.Map(lambda e: (e[0].group_id, CaptionCount(e[0].caption, int(e[1]))))
-                      | "TopCaptions" >> beam.combiners.Top.PerKey(CAPTIONS_PER_GROUP, key=_caption_order, reverse=True))
         return out
+
+
+class TopCaptions(beam.PTransform):
+    """``cap`` elements ((GroupCaption, rows)) -> (group_id, its ``CAPTIONS_PER_GROUP`` most repeated
+    :class:`CaptionCount`, rows descending then caption), combined per group: O(5) state per group, however
+    many distinct captions it has."""
+
+    def expand(self, cap):
+        return (cap | "ByGroup" >> beam.Map(lambda e: (e[0].group_id, CaptionCount(e[0].caption, int(e[1]))))
+                | "TopPerGroup" >> beam.combiners.Top.PerKey(CAPTIONS_PER_GROUP, key=_caption_order, reverse=True))
 
 
 # --------------------------------------------------------------------------- keyword table
@@ -272,7 +278,8 @@ class WriteTables(beam.PTransform):
     """Filtered counts -> trigger tables, then the prompts and ``_stage/summary.json`` (one element: the summary).
 
     Only the captions the prompts can use reach the one writer: ``cap`` of the flagged keywords' top groups and
-    of the largest groups, ``woc`` of the flagged pairs, each filtered by a small side input where it lies.
+    of the largest groups (filtered where it lies, then reduced to their top captions), ``woc`` of the flagged
+    pairs, each filtered by a small side input (O(flagged + ``duplicate_caption_groups``)).
     """
 
     def __init__(self, settings: TableSettings, parts: int):
@@ -287,7 +294,9 @@ class WriteTables(beam.PTransform):
         named = ((words | "FlaggedGroups" >> beam.FlatMap(_flagged_groups),
                   largest | "LargestGroupIds" >> beam.FlatMap(lambda top: ((g, True) for g, _ in top)))
                  | "PromptGroups" >> beam.Flatten())
-        captions = tables["cap"] | "PromptCaptions" >> beam.Filter(lambda e, keep: e[0] in keep, pvalue.AsDict(named))
+        captions = (tables["cap"] | "PromptGroupCaptions" >> beam.Filter(lambda e, keep: e[0].group_id in keep,
+                                                                         pvalue.AsDict(named))
+                    | "PromptCaptions" >> TopCaptions())
         flagged = objects | "FlaggedPairs" >> beam.FlatMap(lambda t: ((k, True) for k in flagged_pairs(t)))
         trigger = tables["woc"] | "TriggerCaptions" >> beam.Filter(lambda e, f: e[0] in f, pvalue.AsDict(flagged))
         n_groups = tables["grp"] | "CountGroups" >> beam.combiners.Count.Globally()

@@ -15,7 +15,7 @@ from models.storage import layout
 from models.storage.folders.mine import MineFolder
 from transforms.mine_analyze import AnalyzeParts
 from transforms.mine_counts import CombineCounts, ReadCounts, WriteCounts, count_shard
-from transforms.mine_tables import SupportFilter
+from transforms.mine_tables import SupportFilter, TopCaptions
 
 KG = KeywordGroup
 
@@ -135,7 +135,8 @@ def test_support_filter_keeps_only_supported_keys():
         assert_that(out["kw"], equal_to([("a", 10)]), label="kw")
         assert_that(out["kwg"], equal_to([(KG("a", "H"), Examples(2, ("k",)))]), label="kwg")
         assert_that(out["kwo"], equal_to([(KeywordObject("a", 1), TagMention(0, 5))]), label="kwo")
-        assert_that(out["cap"] | beam.MapTuple(lambda g, cs: (g, [tuple(c) for c in cs])),
+        top = out["cap"] | TopCaptions()
+        assert_that(top | beam.MapTuple(lambda g, cs: (g, [tuple(c) for c in cs])),
                     equal_to([("G", [("y", 3), ("z", 3), ("u", 1), ("v", 1), ("w", 1)])]), label="cap")
 
 
