@@ -9,7 +9,12 @@ whose process tree passes ``--mem-limit-gb``):
 
 * ``dupmine``   ``pipelines.dedup.run`` with default flags (threshold 0.95,
   auto partitions K = ceil(N / 2000), max spill 4) on Beam's in-process
-  FnApiRunner; its edges are read back from ``edges/*.parquet``.
+  FnApiRunner, plus ``--edges all`` (unless ``--dedup-args`` names
+  ``--edges``): pair recall needs every pair, and the default ``spanning``
+  writes only a spanning forest (its pair count is in the summary,
+  ``near_pairs``); its edges are read back from ``edges/*.parquet``. Pass
+  ``--dedup-args '--vectors shuffle'`` (or ``reread``) to pick the vector
+  transport (the planted folders are local, so ``auto`` is ``reread``).
 * ``faiss-brute`` exact reference: faiss ``IndexFlatIP.range_search`` over all
   rows, near-threshold candidates re-decided in float64 (the same pair rule as
   the pipeline), for N <= ``--brute-max`` (default 100k; at 1M it would need
@@ -379,7 +384,8 @@ def worker_pipeline(root: str, t: float, info: dict, out: str, extra: list[str],
     if trace:
         trace_stages(trace)
     t0 = time.perf_counter()
-    summary = stage.run(["--embeddings", root, "--output", out, "--threshold", str(t)] + extra)
+    edges = [] if any(a == "--edges" or a.startswith("--edges=") for a in extra) else ["--edges", "all"]
+    summary = stage.run(["--embeddings", root, "--output", out, "--threshold", str(t)] + edges + extra)
     info["compute_s"] = time.perf_counter() - t0
     info["summary"] = summary
     import pyarrow.parquet as pq
@@ -582,7 +588,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  dupmine summary: seconds {sm['seconds']}, K={sm['parameters']['resolved_partitions']},"
                       f" sample {sm['parameters']['resolved_sample_size']}, duplicate groups {sm['duplicate_groups']},"
                       f" rows in dup groups {sm['rows_in_duplicate_groups']}, dropped {sm['rows_dropped']},"
-                      f" edge rows {r.get('edge_rows')} (exact {r.get('exact_edges')})")
+                      f" edge rows {r.get('edge_rows')} (exact {r.get('exact_edges')}), near pairs"
+                      f" {sm['increment'].get('near_pairs')}, vectors {sm['parameters'].get('resolved_vectors')},"
+                      f" edges {sm['parameters'].get('edges')}")
             if method == "dupmine":
                 rep = stage_report(os.path.join(work, method) + ".stages")
                 if rep:
