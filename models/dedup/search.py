@@ -3,6 +3,8 @@
 * :func:`partition_pairs` -- inside one partition, exact all-pairs search over
   homes x homes and homes x visitors (never visitors x visitors).
 * :func:`cross_pairs` -- pairs between two sets only (increments: old homes x new visitors).
+* :func:`tile_pairs` -- the same pairs yielded tile by tile, for callers that reduce them as they come
+  (:mod:`models.dedup.spanning`: a spanning forest in O(n + tile) memory).
 * :func:`brute_force_pairs` -- the same kernel over a whole set (reference).
 * :func:`search_partitioned` -- assign + spill (:mod:`models.dedup.partition`)
   then pairs per partition, in one process (tests, benchmark, small local runs).

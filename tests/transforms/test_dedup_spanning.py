@@ -148,3 +148,25 @@ def test_auto_resolves_by_filesystem(tmp_path):
         dedup.DedupConfig(embeddings="e", output="o", edges="tree")
     assert dataclasses.replace(dedup.DedupConfig(embeddings="e", output="o"), vectors="shuffle").vectors is \
         VectorTransport.SHUFFLE
+
+
+def test_a_dense_group_writes_n_minus_one_edges_and_counts_every_pair(tmp_path):
+    """600 near-copies of one placeholder plus 200 unrelated rows: spanning writes 599 edges, counts
+    600 * 599 / 2 pairs, and groups every copy once; all writes every pair."""
+    rng = np.random.default_rng(3)
+    d, n = 32, 600
+    base = rng.standard_normal(d)
+    x = np.concatenate([base + 0.01 * rng.standard_normal((n, d)), rng.standard_normal((200, d))])
+    f = layout.EmbeddingFolder(str(tmp_path / "emb"))
+    layout.write_npy(f.img_emb("00000"), x.astype(np.float16))
+    os.makedirs(os.path.dirname(f.metadata("00000")), exist_ok=True)
+    pq.write_table(pa.table({"key": [f"k{i}" for i in range(len(x))]}), f.metadata("00000"))
+    counts = {}
+    for edges in ("spanning", "all"):
+        out = str(tmp_path / edges)
+        summary = dedup.run(["--embeddings", f.root, "--output", out, "--partitions", "2", "--edges", edges])
+        written = pq.read_table(os.path.join(out, "edges")).num_rows
+        counts[edges] = (written, summary["increment"]["near_pairs"], summary["increment"]["near_edges_written"])
+        assert summary["group_size_histogram"] == {n: 1}
+    assert counts["spanning"] == (n - 1, n * (n - 1) // 2, n - 1)
+    assert counts["all"] == (n * (n - 1) // 2,) * 3

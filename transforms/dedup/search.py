@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
@@ -21,7 +22,8 @@ from models.dedup import components, nn_similarity, partition, search, spanning
 from models.dedup.plan import DedupParams, EdgeMode, VectorTransport
 from models.storage import layout, schemas
 from transforms.dedup.read import block_rows, part_ids, row_vectors
-from transforms.dedup.rows import NAMESPACE, Block, Edge, Piece, Role, Spill, is_new_gid, row_id, unit_float32
+from transforms.dedup.rows import (NAMESPACE, Block, Edge, Piece, Role, Spill, is_new_gid, row_id, split_gid,
+                                   unit_float32)
 
 
 def _spill_of(rows: np.ndarray, indptr: np.ndarray, spill: np.ndarray) -> Spill:
@@ -217,16 +219,27 @@ def edge_of(element) -> Edge:
     return Edge(int(pair[0]), int(pair[1]), float(cos))
 
 
+def _keys_of(params: DedupParams, gids: np.ndarray) -> np.ndarray:
+    """(n,) gids -> (n,) object array of their plain keys (one metadata read per part and process)."""
+    out = np.empty(len(gids), object)
+    parts, rows = split_gid(gids)
+    for part in np.unique(parts).tolist():
+        sel = np.flatnonzero(parts == part)
+        out[sel] = np.asarray(part_ids(params, part).keys, object)[rows[sel]]
+    return out
+
+
 def write_edges(element, params: DedupParams) -> int:
-    """(part of gid_a, [Edge]) -> ``edges/edges_{part}.parquet`` (near edges, each pair once); returns the count."""
+    """(part of gid_a, [Edge]) -> ``edges/edges_{part}.parquet`` (near edges, each pair once, sorted by gids);
+    returns the count."""
     part_index, edges = element
-    rows = []
-    for e in sorted(edges):
-        ra, rb = row_id(e.a), row_id(e.b)
-        rows.append({"key_a": part_ids(params, ra.part).keys[ra.row], "key_b": part_ids(params, rb.part).keys[rb.row],
-                     "cosine": e.cosine, "kind": "near"})
-    layout.write_parquet(params.out.edges(params.parts[part_index]), schemas.table(rows, schemas.DEDUP_EDGES))
-    return len(rows)
+    edges = sorted(edges)
+    a = np.fromiter((e.a for e in edges), np.int64, len(edges))
+    b = np.fromiter((e.b for e in edges), np.int64, len(edges))
+    columns = {"key_a": _keys_of(params, a).tolist(), "key_b": _keys_of(params, b).tolist(),
+               "cosine": [e.cosine for e in edges], "kind": ["near"] * len(edges)}
+    layout.write_parquet(params.out.edges(params.parts[part_index]), pa.table(columns, schema=schemas.DEDUP_EDGES))
+    return len(edges)
 
 
 def exact_groups(element, params: DedupParams):
