@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from models.mine.keyed_tables import (GroupPair, GroupSizes, TopGroup, keyword_row, keyword_stats, pair_row,
-                                      pair_stats, top_group)
+                                      pair_stats, pair_table, top_group)
 from models.mine.word_triggers import WordTriggerConfig, word_trigger_table
 
 
@@ -70,3 +70,49 @@ def test_bad_counts_are_errors_that_name_the_key():
     with pytest.raises(ValueError, match="N - n_w"):
         pair_stats([pair_row("w", 0, 8, 5, 2, 0, 1)], 10)
     assert pair_stats([], 10) == []
+
+
+class FakeNaming:
+    """Says the keyword names the object for the listed pairs (a stand-in for the MiniLM check)."""
+
+    threshold = 0.5
+
+    def __init__(self, named):
+        self.named = named
+
+    def __call__(self, keywords, objects):
+        return np.asarray([0.9 if (k, o) in self.named else 0.1 for k, o in zip(keywords, objects)])
+
+
+def test_pair_table_with_naming_and_explain_equals_the_one_writer_table():
+    from models.mine.object_triggers import ObjectTriggerConfig
+    from models.mine.part_counts import KeywordObject, TagMention
+    from models.mine.tables import TableCounts, object_table
+
+    rng = np.random.default_rng(3)
+    N, objects = 2000, ["flag", "tree", "dog", "moon"]
+    obj = {o: int(rng.integers(60, 300)) for o in range(4)}
+    kw = {f"w{k}": int(rng.integers(20, 200)) for k in range(15)}
+    kwo = []
+    for w, n in kw.items():
+        for o in rng.choice(4, 2, replace=False):
+            tagged = int(min(n, obj[o]) * rng.uniform(0.2, 1.0))
+            kwo.append((KeywordObject(w, int(o)), TagMention(tagged, int(rng.integers(0, max(1, n // 20))))))
+    counts = TableCounts(kw=kw, kwin={}, kwg=[], grp={}, obj=obj, kwo=sorted(kwo), captions={}, stats={"rows_analysed": N})
+    cfg = ObjectTriggerConfig(min_support=10)
+    want0 = object_table(counts, objects, cfg)
+    flagged = [(r["keyword"], r["object_index"]) for r in want0.to_pylist() if r["flagged"]]
+    assert len(flagged) >= 3
+    naming = FakeNaming(set(flagged[:2]))
+
+    def explain(k, o):
+        return f"{k} never names {objects[o]}"
+
+    want = object_table(counts, objects, cfg, explain, naming)
+    rows = [pair_row(k.keyword, k.object, kw[k.keyword], obj[k.object], v.tagged, v.mentioned, 4) for k, v in kwo]
+    n_tests = sum(n >= 10 for n in kw.values()) * sum(n >= 10 for n in obj.values())
+    got = pair_table(pair_stats(rows[:7], N) + pair_stats(rows[7:], N), objects, n_tests, cfg, explain, naming)
+    assert got.to_pylist() == want.to_pylist() and got.schema == want.schema
+    reasons = {(r["keyword"], r["object_index"]): r["unmentioned_reason"] for r in got.to_pylist()}
+    assert all(reasons[c].startswith("not flagged: the keyword names the object") for c in flagged[:2])
+    assert reasons[flagged[2]] == f"{flagged[2][0]} never names {objects[flagged[2][1]]}"
