@@ -396,7 +396,7 @@ def star_components(a: np.ndarray, b: np.ndarray, rounds: int = DEFAULT_STAR_ROU
         finish had to resolve with union-find (0 when the rounds converged).
 
     Cost: O(rounds * l) time and O(l) memory here; in Beam, 2 GroupByKeys per
-    round plus 2 for the finish, each key holding nothing beyond a counter.
+    round plus 2 for the finish, no key listing its values.
     """
     a = np.asarray(a, dtype=np.int64).ravel()
     b = np.asarray(b, dtype=np.int64).ravel()

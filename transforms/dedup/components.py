@@ -21,9 +21,13 @@ resolution with the very per-node functions used here):
 5. every node joins its smallest local root's global root, keyed by root
    (a GroupByKey read in two passes; Beam's CoGroupByKey would list each key's nodes).
 
-No step holds more than one element per key in memory: grouped values are
-iterated (twice at most), never listed, so per-worker memory does not grow
-with the number of links or with a component's size.
+Apart from one node's local roots (at most its spill memberships + 2) and
+the residual links of step 4, grouped values are iterated (twice at most),
+never listed, so per-worker memory does not grow with the number of links or
+with a component's size. Cost: ``2 * rounds + 3`` shuffles of the distinct
+links (each round keeps their count), one of every (gid, local root) pair and
+one of the duplicate nodes; in one process (FnApiRunner, 200k nodes in 8
+sources, 30k links) about 3x the former gather-and-broadcast.
 """
 from __future__ import annotations
 
