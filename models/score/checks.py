@@ -7,14 +7,16 @@ Targets and conditions: :mod:`models.score.conditioning`.
 Checks (each returns a :class:`CheckResult`):
 
 * ``plaplace``: generate ``n_samples`` with the prompt (seeded DDIM) and
-  measure, around each, the p = 1 flux of the learned score at small t in its
+  measure, around each, the p = 1 flux of the learned score at ``t_small`` in its
   noise form E[cos(eps_hat(x_t, t, c), eps)] (Brokman et al., arXiv:2505.08246:
   memorized samples are sharp maxima, the score points inward, the statistic
-  -> 1). The item's statistic is the mean over samples; ``spread`` their std.
+  -> 1). The item's statistic is the max over samples (``plaplace_aggregate``;
+  the sweep behind it is in :class:`ScoreConfig`); ``spread`` their std.
   ``plaplace-train``: the same statistic around given training images
   (:func:`plaplace_at_points`).
-* ``wen``: Wen et al.'s text-conditional noise-difference magnitude at the
-  first DDIM step (arXiv:2407.21720, Sec. 3.1), a cheap first pass.
+* ``wen``: Wen et al.'s text-conditional noise-difference magnitude averaged over
+  the early DDIM steps down to timestep ``wen_until`` (arXiv:2407.21720, Sec. 3.1;
+  the first step alone is their cheapest form), a cheap first pass.
 * ``jeon``: Jeon et al.'s sharpness ||H^Delta s^Delta||^2 at x_T (arXiv:2412.04140,
   Sec. 4), one forward-mode JVP per generation.
 
@@ -72,16 +74,63 @@ class Role(str, enum.Enum):
     REFERENCE = "reference"
 
 
+class Aggregate(str, enum.Enum):
+    """How an item's per-point p-Laplace values (its generations or its training images) become one statistic."""
+
+    MEAN = "mean"
+    MAX = "max"
+
+    @classmethod
+    def parse(cls, value: "str | Aggregate") -> "Aggregate":
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"plaplace_aggregate must be one of {[a.value for a in cls]}, got {value!r}") from None
+
+    def apply(self, values: np.ndarray) -> float:
+        return float(np.max(values) if self is Aggregate.MAX else np.mean(values))
+
+
+HORIZON = 1000  # the training horizon t_small is written on (DDPM, SD and the models of models/score/training)
+
+
 @dataclass(frozen=True)
 class ScoreConfig:
-    """Sampling sizes of the per-item checks (all seeded)."""
+    """Sampling sizes and statistics of the per-item checks (all seeded).
+
+    ``t_small`` and ``plaplace_aggregate`` were chosen from a sweep (benchmarks/bench_memorization.py: 16 px
+    text-conditional and unconditional DDPMs on the planted MNIST set, 17 of 108 prompts and 6 of 78 groups
+    verifiably memorized by Carlini et al.'s criterion): t in {10, 50, 100, 200, 400} x p in {1, 2} x
+    {mean, max} over the item's points, chosen by the mean AUC over the three places the statistic runs
+    (generated samples, a prompt's training images, an unconditional group's images) on one seeded half of
+    the items and reported on the other half. Chosen: p = 1 (the cosine form), t = 200, the max. Report-half
+    AUC 0.983 / 1.0 / 0.991 against 0.48 / 0.80 / 0.79 (whole set) for the former t = 10 with the mean. Why:
+    at t = 10 the noise (sqrt(1 - abar) = 0.045 per pixel) is denoised almost perfectly near any digit, so
+    the statistic is ~1 everywhere it is on the data manifold; at t = 200 (0.44 per pixel) only an isolated
+    training image (a memorized copy) still has its whole noise predicted. Only some of a memorized
+    prompt's CFG generations are copies (median 10 of 16), so the mean over generations dilutes the copies
+    with the rest (AUC 0.48 at t = 200) while the max keeps them (0.985).
+
+    ``t_small`` is a timestep of a :data:`HORIZON`-step schedule; a target trained with T steps is
+    evaluated at the same fraction of its horizon (:func:`statistic_timestep`).
+
+    ``wen_until``: Wen's magnitude is averaged over the DDIM steps at timesteps >= 600 (20 of the default 50
+    steps; :func:`wen_steps_used`), chosen from the sweep k in {1, 3, 5, 10} of 25 steps on the select half
+    (k = 10, t 960 -> 600) of both caption designs. The first step alone: AUC 0.59 (labelled ordinary
+    captions) / 0.94 (unlabelled); down to t = 600: 0.85 / 0.99 (at 50 steps, k = 20: 0.84 / 0.99). Early
+    in sampling the text-conditional noise is sqrt(abar_t / (1 - abar_t)) * |x0_hat(c) - x0_hat(null)|,
+    ~0.01 x the distance between the prompt's and the null mean image at t = 980: a caption naming the
+    digit moves that mean as far as a memorized prompt does; only later, when the trajectory has committed,
+    does a memorized prompt keep its larger difference.
+    """
 
     n_samples: int = 8
     steps: int = 50
-    t_small: int = 10
+    t_small: int = 200
+    plaplace_aggregate: str = Aggregate.MAX.value
     n_dirs: int = 64
     wen_n: int = 4
-    wen_steps: int = 1
+    wen_until: int = 600
     jeon_n: int = 4
     guidance_scale: float = 7.5
     fpr: float = 0.05
@@ -90,7 +139,15 @@ class ScoreConfig:
     def __post_init__(self):
         if not np.isfinite(self.guidance_scale) or self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be finite and >= 0, got {self.guidance_scale}")
-        for name in ("n_samples", "steps", "n_dirs", "wen_n", "wen_steps", "jeon_n"):
+        if isinstance(self.t_small, bool) or not isinstance(self.t_small, (int, np.integer)) \
+                or not 1 <= self.t_small < HORIZON:
+            raise ValueError(f"t_small must be an integer in [1, {HORIZON - 1}] (a timestep of a {HORIZON}-step "
+                             f"schedule), got {self.t_small!r}")
+        object.__setattr__(self, "plaplace_aggregate", Aggregate.parse(self.plaplace_aggregate).value)
+        if isinstance(self.wen_until, bool) or not isinstance(self.wen_until, (int, np.integer)) \
+                or not 0 <= self.wen_until < HORIZON:
+            raise ValueError(f"wen_until must be an integer timestep in [0, {HORIZON - 1}], got {self.wen_until!r}")
+        for name in ("n_samples", "steps", "n_dirs", "wen_n", "jeon_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.n_dirs < 2:
@@ -178,27 +235,47 @@ def plaplace_check(target, cond, prompt: str | None, cfg: ScoreConfig, null=None
                        time.monotonic() - started)
 
 
+def statistic_timestep(cfg: ScoreConfig, target) -> int:
+    """The timestep of the p-Laplace statistic on ``target``'s schedule: ``t_small`` for a :data:`HORIZON`-step
+    target, else the same fraction of its T steps, round(t_small * T / HORIZON), kept in [1, T - 1]."""
+    T = int(target.schedule.T)
+    return int(min(T - 1, max(1, round(cfg.t_small * T / HORIZON))))
+
+
+def wen_steps_used(cfg: ScoreConfig, target) -> int:
+    """How many of the ``cfg.steps`` DDIM steps Wen's metric averages: those at timesteps >= ``wen_until`` (on
+    :data:`HORIZON`, scaled to the target's T), at least 1 (Wen's first-step detector)."""
+    from models.score.wen import ddim_timesteps
+
+    T = int(target.schedule.T)
+    until = cfg.wen_until * T / HORIZON
+    return max(1, int(np.sum(ddim_timesteps(target, cfg.steps) >= until)))
+
+
 def plaplace_at_points(target, cond, prompt: str | None, x0: np.ndarray, cfg: ScoreConfig,
                        check: str = "plaplace-train") -> CheckResult:
-    """E[cos(eps_hat(x_t, t_small, c), eps)] around given points x0 (B, d) (by default the training images of
-    the item's duplicate groups), the mean over points; ``spread`` their std. Cost: B * n_dirs evaluations."""
+    """E[cos(eps_hat(x_t, t, c), eps)] around given points x0 (B, d) (by default the training images of the
+    item's duplicate groups; t = :func:`statistic_timestep`), aggregated over points by
+    ``cfg.plaplace_aggregate`` (see :class:`ScoreConfig` for why the max); ``spread`` their std.
+    Cost: B * n_dirs evaluations."""
     from models.score.plaplace import noise_cosine_statistic
 
     started = time.monotonic()
     rng = item_rng(cfg, prompt, check + ":directions")  # never the sampler's stream (same seed, same check)
-    mean, _ = noise_cosine_statistic(target, x0, cfg.t_small, cfg.n_dirs, rng, cond=cond)
-    return CheckResult(prompt, check, float(np.mean(mean)), float(np.std(mean)), len(x0),
-                       len(x0) * cfg.n_dirs, time.monotonic() - started)
+    mean, _ = noise_cosine_statistic(target, x0, statistic_timestep(cfg, target), cfg.n_dirs, rng, cond=cond)
+    return CheckResult(prompt, check, Aggregate.parse(cfg.plaplace_aggregate).apply(mean), float(np.std(mean)),
+                       len(x0), len(x0) * cfg.n_dirs, time.monotonic() - started)
 
 
 def wen_check(target, cond, null, prompt: str | None, cfg: ScoreConfig) -> CheckResult:
-    """Wen et al. noise-difference magnitude over the first ``wen_steps`` steps (arXiv:2407.21720)."""
+    """Wen et al. noise-difference magnitude (arXiv:2407.21720, Sec. 3.1) averaged over the DDIM steps at
+    timesteps >= ``wen_until`` (scaled to the target's horizon as :func:`statistic_timestep`), at least the first."""
     from models.score.wen import wen_metric
 
     started = time.monotonic()
     if cond is None:  # the prompt's condition is the null condition itself: eps_c - eps_null = 0 exactly
         return CheckResult(prompt, "wen", 0.0, 0.0, cfg.wen_n, 0, time.monotonic() - started)
-    result = wen_metric(target, [cond], null, n=cfg.wen_n, steps_used=cfg.wen_steps,
+    result = wen_metric(target, [cond], null, n=cfg.wen_n, steps_used=wen_steps_used(cfg, target),
                         rng=item_rng(cfg, prompt, "wen"), num_inference_steps=cfg.steps,
                         guidance_scale=cfg.guidance_scale)  # between measured steps x_t follows the CFG sampler
     return CheckResult(prompt, "wen", float(result.values[0]), float(np.std(result.per_sample[0])), cfg.wen_n,

@@ -53,12 +53,12 @@ def planted(tmp_path_factory):
             "truth": truth, "copy_group": groups[copy_key], "copy_caption": data.captions[data.keys.index(copy_key)]}
 
 
-def trained(planted, conditional: bool):
+def trained(planted, conditional: bool, clip_sample: bool = True):
     from models.score.training.config import TrainConfig
     from models.score.training.trainer import train
 
     cfg = TrainConfig(resolution=8, channels=1, conditional=conditional, steps=800, batch_size=32,
-                      block_out_channels=(16, 32), seed=0)
+                      block_out_channels=(16, 32), clip_sample=clip_sample, seed=0)
     return train(planted["data"], cfg, str(planted["root"] / ("cond" if conditional else "uncond")))
 
 
@@ -113,13 +113,15 @@ def test_unconditional_model_x50_copy_is_memorized_and_the_stage_separates_it(pl
 def test_conditional_model_x50_prompt_is_memorized_and_the_checks_separate_it(planted, tmp_path):
     from models.score.targets.loading import load_target
 
-    model = trained(planted, conditional=True)
+    # DDIM's x0 clip off: with it, CFG-3 generations of MNIST models lose their copies (benchmarks/bench_memorization.py)
+    model = trained(planted, conditional=True, clip_sample=False)
     target = load_target(model.spec, device="cpu")
     copy_prompt = planted["copy_caption"]
     unique = [r["caption"] for r in planted["truth"] if r["group"] == "unique"][:20]
     gen = target.generate([copy_prompt], n_per_prompt=32, steps=25, guidance_scale=3.0,
                           generator=torch.Generator().manual_seed(0))
-    assert memorized_share(gen.images, planted).get("exact:x50", 0) >= 1  # verifiably memorized (measured 1/16)
+    # verifiably memorized: measured 11 of 32 without the x0 clip, 1 with it
+    assert memorized_share(gen.images, planted).get("exact:x50", 0) >= 5
     gen_u = target.generate(unique[:8], n_per_prompt=2, steps=25, guidance_scale=3.0,
                             generator=torch.Generator().manual_seed(1))
     assert sum(memorized_share(gen_u.images, planted).values()) == 0
@@ -140,7 +142,7 @@ def test_conditional_model_x50_prompt_is_memorized_and_the_checks_separate_it(pl
         ref_stats = [r["statistic"] for r in rows if r["check"] == check and r["role"] == "reference"]
         assert len(copy) == 1 and len(ref_stats) == 20 and np.isfinite(copy[0]), check
     # at its own training images the memorized prompt's score points inward more than at ordinary images
-    # (measured AUC 0.95 at this size: second of 21; Wen, Jeon and the generated-sample statistic are measured
+    # (at the defaults, t = 200 and the max over images; Wen, Jeon and the generated-sample statistic are measured
     # on larger models in benchmarks/bench_memorization.py)
     from models.score.plaplace import roc_auc
 

@@ -14,6 +14,8 @@ from models.score.checks import (
     decide,
     item_rng,
     plaplace_at_points,
+    statistic_timestep,
+    wen_steps_used,
     plaplace_check,
     wen_check,
 )
@@ -74,7 +76,9 @@ def test_item_rng_depends_on_seed_prompt_and_check_only():
 
 def test_plaplace_and_wen_separate_the_duplicated_condition():
     target, x = memorizer()
-    cfg = ScoreConfig(n_samples=4, steps=20, n_dirs=32, wen_n=4)
+    # t = 10 of this target's 200 steps (t_small is on a 1000-step horizon), the mean over points
+    cfg = ScoreConfig(n_samples=4, steps=20, n_dirs=32, wen_n=4, t_small=50, plaplace_aggregate="mean")
+    assert statistic_timestep(cfg, target) == 10
     mem = plaplace_at_points(target, 0, "m", x[:3], cfg)
     gen = plaplace_at_points(target, None, "g", x[10:13] + 0.7, cfg)
     assert mem.statistic > 0.95 and gen.statistic < 0.5
@@ -175,3 +179,46 @@ def test_calibrated_bands_put_planted_copies_high_and_ordinary_neighbours_below(
     assert l2.measure == "normalized_l2" and l2.band_of(0.2) == "high" and l2.band_of(0.25) == "mid" and l2.band_of(0.35) == "low"
     with pytest.raises(ValueError, match="no duplicate group"):
         calibrated_cosine_bands(x, by_group, [])
+
+
+def test_statistic_timestep_aggregate_and_their_errors():
+    """t_small is a timestep of a 1000-step horizon, mapped to the same fraction of a target's T; the item
+    statistic is the max (default) or the mean of its points' values; bad values list what is accepted."""
+    target, x = memorizer()  # T = 200
+    assert statistic_timestep(ScoreConfig(), target) == 40  # the default t = 200 of 1000
+    assert statistic_timestep(ScoreConfig(t_small=1), target) == 1  # never t = 0
+    assert statistic_timestep(ScoreConfig(t_small=999), target) == 199
+    pts = np.concatenate([x[:1], x[10:11] + 0.7])  # one memorized point, one generic
+    both = {a: plaplace_at_points(target, None, "p", pts, ScoreConfig(n_dirs=64, plaplace_aggregate=a))
+            for a in ("mean", "max")}
+    from models.score.plaplace import noise_cosine_statistic
+
+    per_point, _ = noise_cosine_statistic(target, pts, 40, 64, item_rng(ScoreConfig(), "p", "plaplace-train:directions"))
+    assert both["max"].statistic == pytest.approx(per_point.max()) and both["mean"].statistic == pytest.approx(per_point.mean())
+    assert both["max"].statistic > both["mean"].statistic
+    with pytest.raises(ValueError, match="mean.*max"):
+        ScoreConfig(plaplace_aggregate="median")
+    with pytest.raises(ValueError, match="1000-step"):
+        ScoreConfig(t_small=1000)
+    with pytest.raises(ValueError, match="t_small"):
+        ScoreConfig(t_small=0)
+
+
+def test_wen_averages_the_steps_down_to_wen_until():
+    """Wen's metric covers the DDIM steps at timesteps >= wen_until (scaled to the target's T), at least one; the
+    statistic is then the per-step mean wen_metric reports over exactly those steps."""
+    from models.score.wen import ddim_timesteps, wen_metric
+
+    target, _ = memorizer()  # T = 200: wen_until 600 -> timesteps >= 120
+    cfg = ScoreConfig(steps=20, wen_n=3)
+    ts = ddim_timesteps(target, 20)
+    k = wen_steps_used(cfg, target)
+    assert k == int(np.sum(ts >= 120)) and 1 < k < 20
+    assert wen_steps_used(ScoreConfig(steps=20, wen_until=999), target) == 1  # Wen's first-step form
+    assert wen_steps_used(ScoreConfig(steps=20, wen_until=0), target) == 20
+    r = wen_check(target, 0, None, "m", cfg)
+    ref = wen_metric(target, [0], None, n=3, steps_used=k, rng=item_rng(cfg, "m", "wen"), num_inference_steps=20,
+                     guidance_scale=cfg.guidance_scale)
+    assert r.statistic == pytest.approx(float(ref.values[0])) and r.cost_evals == 2 * 3 * k
+    with pytest.raises(ValueError, match="wen_until"):
+        ScoreConfig(wen_until=1000)
