@@ -22,7 +22,6 @@ comparison). Precision = TP / (TP + FP) over these pairs; recall per transform.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys

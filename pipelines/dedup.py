@@ -22,7 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_SPILL, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
-from models.dedup.plan import DEFAULT_EDGES, DEFAULT_VECTORS, EdgeMode, VectorTransport, choice
+from models.dedup.plan import (DEFAULT_EDGES, DEFAULT_MAX_PARTITION_ROWS, DEFAULT_VECTORS, EdgeMode, VectorTransport,
+                               choice)
 from models.storage.folders.dedup import DedupFolder
 from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 
@@ -64,6 +65,9 @@ class DedupConfig:
     max_direct_k: int = _opt(DEFAULT_MAX_DIRECT_K, "most partitions trained and searched directly; above it a "
                              "two-level (coarse then fine) quantizer", positive_int)
     nprobe: int = _opt(DEFAULT_NPROBE, "coarse cells scored per row by the two-level quantizer", positive_int)
+    max_partition_rows: int = _opt(DEFAULT_MAX_PARTITION_ROWS, "homes above which a partition's search is cut into "
+                                   "block-pair tasks of at most 2x this many rows (a hot partition is not one hot "
+                                   "key; 0: never split)", int)
     block_rows: int = _opt(65536, "rows per in-memory block", positive_int)
     vectors: VectorTransport = _opt(DEFAULT_VECTORS, "how vectors reach the search tasks: shuffle (in the pieces, "
                                     "float16 as stored; no task reads another block's part), reread (from the "
@@ -81,9 +85,10 @@ class DedupConfig:
             raise ValueError(f"--embeddings and --output are required; got {self.embeddings!r} and {self.output!r}")
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError(f"--threshold {self.threshold} must be in (0, 1]")
-        if self.partitions < 0 or self.max_spill < 0 or self.nn_sample < 0 or self.niter <= 0 or self.block_rows <= 0:
-            raise ValueError(f"--partitions, --max-spill, --nn-sample must be >= 0 and --niter, --block-rows > 0; "
-                             f"got {self}")
+        if (self.partitions < 0 or self.max_spill < 0 or self.nn_sample < 0 or self.max_partition_rows < 0
+                or self.niter <= 0 or self.block_rows <= 0):
+            raise ValueError(f"--partitions, --max-spill, --nn-sample, --max-partition-rows must be >= 0 and "
+                             f"--niter, --block-rows > 0; got {self}")
         if not 0.0 <= self.sample_fraction <= 1.0:
             raise ValueError(f"--sample-fraction {self.sample_fraction} must be in [0, 1]")
         object.__setattr__(self, "vectors", choice(VectorTransport, self.vectors))

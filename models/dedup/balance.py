@@ -32,11 +32,23 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing (Knuth, TAOCP 6.4):
 
 
 class TaskKey(NamedTuple):
-    """One search task of a partition: home chunk ``a`` against chunk ``b`` (see the module docstring)."""
+    """One search task of a partition: home chunk ``a`` against chunk ``b`` of a partition cut into
+    ``home_chunks`` (1: not split; see the module docstring)."""
 
     partition: int
     a: int = 0
     b: int = 0
+    home_chunks: int = 1
+
+    @property
+    def diagonal(self) -> bool:
+        """Homes x homes (and x visitors when not split) are searched here; elsewhere homes x visitors only."""
+        return self.a == self.b
+
+    @property
+    def home_block(self) -> bool:
+        """Off the diagonal, the "visitors" are another home chunk (``b < home_chunks``), not real visitors."""
+        return not self.diagonal and self.b < self.home_chunks
 
 
 class Split(NamedTuple):
@@ -78,9 +90,9 @@ def home_placements(partition: int, a: int, split: Split) -> list[Placement]:
     m, mv = split
     if m == 1:
         return [Placement(TaskKey(partition, 0, 0), True)]
-    out = [Placement(TaskKey(partition, a, b), True) for b in range(a, m)]
-    out += [Placement(TaskKey(partition, c, a), False) for c in range(a)]
-    out += [Placement(TaskKey(partition, a, m + j), True) for j in range(mv)]
+    out = [Placement(TaskKey(partition, a, b, m), True) for b in range(a, m)]
+    out += [Placement(TaskKey(partition, c, a, m), False) for c in range(a)]
+    out += [Placement(TaskKey(partition, a, m + j, m), True) for j in range(mv)]
     return out
 
 
@@ -89,7 +101,7 @@ def visitor_placements(partition: int, j: int, split: Split) -> list[TaskKey]:
     m, _ = split
     if m == 1:
         return [TaskKey(partition, 0, 0)]
-    return [TaskKey(partition, a, m + j) for a in range(m)]
+    return [TaskKey(partition, a, m + j, m) for a in range(m)]
 
 
 def task_pairs(split: Split) -> int:

@@ -60,6 +60,7 @@ class EdgeMode(enum.StrEnum):
 
 DEFAULT_VECTORS = VectorTransport.AUTO  # the one home of the defaults (DedupConfig's fields use these)
 DEFAULT_EDGES = EdgeMode.SPANNING
+DEFAULT_MAX_PARTITION_ROWS = 16384  # ~8x the auto partition size; a task then holds <= 2 x 16384 rows
 
 
 def choice(enum_type, value) -> enum.Enum:
@@ -112,11 +113,14 @@ class DedupParams:
     nprobe: int = DEFAULT_NPROBE
     vectors: VectorTransport = DEFAULT_VECTORS
     edges: EdgeMode = DEFAULT_EDGES
+    max_partition_rows: int = DEFAULT_MAX_PARTITION_ROWS  # homes above which a partition is split (models.dedup.balance)
 
     def __post_init__(self):
         object.__setattr__(self, "vectors", choice(VectorTransport, self.vectors).resolve(
             self.folders or (self.embeddings,)))
         object.__setattr__(self, "edges", choice(EdgeMode, self.edges))
+        if self.max_partition_rows < 0:
+            raise ValueError(f"max_partition_rows must be >= 0 (0: never split), got {self.max_partition_rows}")
         if self.max_train_rows < 1 or self.max_direct_k < 1 or self.nprobe < 1:
             raise ValueError(f"max_train_rows, max_direct_k and nprobe must be >= 1; got {self.max_train_rows}, "
                              f"{self.max_direct_k} and {self.nprobe}")
@@ -178,7 +182,7 @@ def inspect_parts(embeddings: str) -> tuple[list[str], int, int]:
     return parts, next(iter(dims)), int(sum(s[0] for s in shapes.values()))
 
 
-_BOUNDS = ("max_train_rows", "max_direct_k", "nprobe")
+_BOUNDS = ("max_train_rows", "max_direct_k", "nprobe", "max_partition_rows")
 _CHOICES = ("vectors", "edges")
 
 
@@ -253,7 +257,7 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         folders=tuple([loc.embeddings for loc in old] + [cfg.embeddings] * len(new)),
         n_old=len(old), part_runs=tuple(loc.runs for loc in old), centroids_path=centroids,
         slots=tuple(loc.slot for loc in old), vectors=cfg.vectors, edges=cfg.edges,
-        nn_rate=_rate(cfg.nn_sample, sum(rows)))
+        nn_rate=_rate(cfg.nn_sample, sum(rows)), max_partition_rows=cfg.max_partition_rows)
     return params, chain
 
 

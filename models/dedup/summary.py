@@ -61,7 +61,9 @@ def summarize(stats: dict, sizes: list, params: DedupParams, cfg, seconds: float
            "rows_demoted": stats.get("demoted", 0), "merged_groups": stats.get("merged_groups", 0),
            "duplicate_groups_created_or_grown": sum(hist.values()), "group_size_histogram": dict(sorted(hist.items())),
            "new_parts": len(params.parts) - params.n_old, "old_parts": params.n_old,
-           "near_pairs": stats.get("near_pairs", 0), "near_edges_written": stats.get("near_edges_written", 0)}
+           "near_pairs": stats.get("near_pairs", 0), "near_edges_written": stats.get("near_edges_written", 0),
+           "partitions_split": stats.get("partitions_split", 0),
+           "component_residual_links": stats.get("component_residual_links", 0)}
     if previous is None:
         state = _group_counts(inc["rows"], inc["rows_grouped"], inc["rejects"], inc["rows_dropped"], hist)
     else:

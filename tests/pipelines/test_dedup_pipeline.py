@@ -323,3 +323,29 @@ def test_increment_with_a_new_folder_whose_parts_are_named_like_the_chains(tmp_p
                    folder_b.metadata("00000"))
     with pytest.raises(ValueError, match="changed since"):
         dedup.run(["--embeddings", folder_b.root, "--output", str(tmp_path / "ddB3"), "--previous", dd_b])
+
+
+def test_split_partitions_give_the_same_groups_pairs_and_nn_histogram(planted, tmp_path):
+    """One partition of ~1,200 rows cut into block-pair tasks of <= 2 x 150 rows (a hot key made many): the same
+    components, near pairs, edges and nearest-neighbour histogram as the whole partition searched in one task."""
+    emb, truth = planted
+    runs = {}
+    for cap in (0, 150):
+        out = str(tmp_path / f"cap{cap}")
+        summary = dedup.run(["--embeddings", emb, "--output", out, "--partitions", "1", "--nn-sample", "100000",
+                             "--edges", "all", "--max-partition-rows", str(cap)])
+        edges = pq.read_table(os.path.join(out, "edges")).to_pylist()
+        runs[cap] = (components_from_output(out, truth)[0], summary["increment"]["near_pairs"],
+                     sorted((e["key_a"], e["key_b"], e["kind"]) for e in edges),
+                     layout.read_json(os.path.join(out, "nn_similarity.json"))["counts"],
+                     summary["increment"]["partitions_split"])
+    assert (runs[0][4], runs[150][4]) == (0, 1)
+    assert runs[0][0] == runs[150][0] == expected_components(truth)
+    assert runs[0][1] == runs[150][1] > 0
+    assert runs[0][2] == runs[150][2]
+    assert runs[0][3] == runs[150][3]
+    # incremental split: with spill too (several partitions, one of them over the cap)
+    out = str(tmp_path / "spill")
+    dedup.run(["--embeddings", emb, "--output", out, "--partitions", "3", "--max-spill", "2",
+               "--max-partition-rows", "100"])
+    assert components_from_output(out, truth)[0] == expected_components(truth)

@@ -274,3 +274,19 @@ def test_report_of_an_increment_shows_the_whole_chain(runs, tmp_path):
         return sorted(re.findall(r"group id <span class=\"key\">([^<]+)<", open(path, encoding="utf-8").read()))
 
     assert groups_shown(index) and groups_shown(index) == groups_shown(one_shot)
+
+
+def test_increment_with_split_partitions_equals_the_unsplit_increment(runs):
+    """Block-pair tasks of oversized partitions (models.dedup.balance) keep the new x old search of an increment."""
+    root, folders, _, out, summaries = runs
+    split = str(root / "ddB_split")
+    summary = dedup.run(["--embeddings", folders["B"], "--output", split, "--previous", out["ddA"],
+                         "--max-partition-rows", "8"])
+    assert summary["increment"]["partitions_split"] > 0 == summaries["ddB"]["increment"]["partitions_split"]
+    fields = ("group_id", "group_size", "is_representative", "representative_key")
+    got, want = _state(split), _state(out["ddB"])
+    assert {k: tuple(r[f] for f in fields) for k, r in got.items()} == {k: tuple(r[f] for f in fields) for k, r in want.items()}
+    for k, r in want.items():  # float32 tiles of other shapes round the same cosine differently (decisions are float64)
+        assert (got[k]["max_cosine"] is None) == (r["max_cosine"] is None)
+        assert r["max_cosine"] is None or got[k]["max_cosine"] == pytest.approx(r["max_cosine"], abs=1e-5)
+    assert summary["increment"]["near_pairs"] == summaries["ddB"]["increment"]["near_pairs"]

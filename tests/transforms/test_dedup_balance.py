@@ -21,7 +21,7 @@ def _flatten(elements):
     """-> {TaskKey: {"home": sorted gids, "visit": sorted gids}}."""
     out: dict = {}
     for key, piece in elements:
-        out.setdefault(key, {"home": [], "visit": []})[piece.role.value] += piece.gids.tolist()
+        out.setdefault(TaskKey(*key), {"home": [], "visit": []})[piece.role.value] += piece.gids.tolist()
     return {k: {r: sorted(v) for r, v in d.items()} for k, d in out.items()}
 
 
@@ -41,7 +41,7 @@ def _expected():
 
 def test_hot_partition_becomes_block_pair_tasks():
     with TestPipeline() as p:
-        out = p | beam.Create(_pieces()) | BalancePartitions(cap=20) | beam.combiners.ToList()
+        out = (p | beam.Create(_pieces()) | BalancePartitions(cap=20))["tasks"] | beam.combiners.ToList()
 
         def check(lists):
             got = _flatten(lists[0])

@@ -138,12 +138,3 @@ def test_support_filter_keeps_only_supported_keys():
         top = out["cap"] | TopCaptions()
         assert_that(top | beam.MapTuple(lambda g, cs: (g, [tuple(c) for c in cs])),
                     equal_to([("G", [("y", 3), ("z", 3), ("u", 1), ("v", 1), ("w", 1)])]), label="cap")
-
-
-def test_manifest_is_written_after_calibration_and_counts(tmp_path):
-    """WriteManifest takes the written calibration and count paths as side inputs: Beam runs it after both."""
-    from models.storage import mine_chain
-    from transforms.mine_tables import WriteCalibration, WriteManifest
-
-    out = str(tmp_path / "m")
-    entry = mine_chain.MineEntry(run=out, embeddings=str(tmp_path / "emb"), parts=("00000",), groups=None)

@@ -42,7 +42,7 @@ class WriteOutputs(beam.PTransform):
     """Labelled groups, rejects and part indices -> the files of new parts, changed rows and merges.
 
     Input: ``{"rows", "sizes", "retired", "merges", "rejects", "parts", "edges_written", "near_pairs", "nn_sampled",
-    "k"}``.
+    "search_stats", "k"}`` (``search_stats``: Counters of the search and component steps).
     Returns :class:`models.dedup.summary.RunResults`' fields as single-element
     PCollections; ``stats`` waits on every write (parts, changed, merges, edges, nn histogram).
     """
@@ -67,7 +67,7 @@ class WriteOutputs(beam.PTransform):
             (part_stats, changed["stats"], merged | "MergeStats" >> beam.Map(_counts("merged_groups")),
              inputs["edges_written"] | "EdgeStats" >> beam.Map(_counts("near_edges_written")),
              inputs["near_pairs"] | "PairStats" >> beam.Map(_counts("near_pairs")),
-             inputs["nn_sampled"] | "NNStats" >> beam.Map(_counts("nn_sampled")))
+             inputs["nn_sampled"] | "NNStats" >> beam.Map(_counts("nn_sampled")), inputs["search_stats"])
             | "AllStats" >> beam.Flatten()
             | "SumStats" >> beam.CombineGlobally(sum_counters)
         )
@@ -105,14 +105,16 @@ class Deduplicate(beam.PTransform):
         centroids = run.centroids(read["blocks"])
         found = ({"blocks": read["blocks"], "centroids": centroids}
                  | "AssignAndSearch" >> AssignAndSearch(p, run.select_pieces))
-        labels = (tuple([found["roots"]] + run.previous_roots(read["old_state"]))
-                  | "ConnectComponents" >> ConnectComponents())
-        groups = ({"labels": labels, "max_cos": found["max_cos"], "previous": run.previous_state(read["old_state"])}
+        connected = (tuple([found["roots"]] + run.previous_roots(read["old_state"]))
+                     | "ConnectComponents" >> ConnectComponents(with_stats=True))
+        groups = ({"labels": connected["labels"], "max_cos": found["max_cos"], "previous": run.previous_state(read["old_state"])}
                   | "LabelGroups" >> LabelGroups(p, run.keep_components))
         k = centroids | "WriteCentroids" >> beam.Map(write_centroids, p)
         outputs = {**groups, "rejects": read["rejects"], "parts": part_indices,
                    "edges_written": found["edges_written"], "nn_sampled": found["nn_sampled"],
-                   "near_pairs": found["near_pairs"], "k": k}
+                   "near_pairs": found["near_pairs"], "k": k,
+                   "search_stats": (connected["stats"], found["partitions_split"] | "SplitStats" >> beam.Map(
+                       _counts("partitions_split"))) | "SearchStats" >> beam.Flatten()}
         return outputs | "WriteOutputs" >> WriteOutputs(p, run)
 
 

@@ -83,6 +83,14 @@ class Spill(NamedTuple):
     indptr: np.ndarray
     parts: np.ndarray
 
+    @classmethod
+    def of_rows(cls, indptr: np.ndarray, parts: np.ndarray, rows: np.ndarray) -> "Spill":
+        """The CSR rows ``rows`` of (``indptr``, ``parts``), e.g. a block's assignment or another Spill."""
+        counts = np.diff(indptr)[rows]
+        out_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        at = np.repeat(indptr[rows] - out_ptr[:-1], counts) + np.arange(out_ptr[-1])
+        return cls(out_ptr, np.asarray(parts[at], np.int32))
+
 
 @dataclass
 class Piece:

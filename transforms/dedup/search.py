@@ -19,19 +19,13 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from models.dedup import components, nn_similarity, partition, search, spanning
+from models.dedup.balance import TaskKey
 from models.dedup.plan import DedupParams, EdgeMode, VectorTransport
 from models.storage import layout, schemas
+from transforms.dedup.balance import BalancePartitions
 from transforms.dedup.read import block_rows, part_ids, row_vectors
 from transforms.dedup.rows import (NAMESPACE, Block, Edge, Piece, Role, Spill, is_new_gid, row_id, split_gid,
                                    unit_float32)
-
-
-def _spill_of(rows: np.ndarray, indptr: np.ndarray, spill: np.ndarray) -> Spill:
-    """The visits of ``rows`` (indices into a block's assignment CSR ``indptr``, ``spill``) as a :class:`Spill`."""
-    counts = np.diff(indptr)[rows]
-    out_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    at = np.repeat(indptr[rows] - out_ptr[:-1], counts) + np.arange(out_ptr[-1])
-    return Spill(out_ptr, np.asarray(spill[at], np.int32))
 
 
 def assign(block: Block, centroids: np.ndarray, params: DedupParams):
@@ -58,7 +52,7 @@ def assign(block: Block, centroids: np.ndarray, params: DedupParams):
             visit = role is Role.VISIT
             yield int(parts[seg[0]]), Piece(role, block.part, block.gids[r],
                                             homes=home[r].astype(np.int32) if visit else None,
-                                            spill=None if visit else _spill_of(r, indptr, spill),
+                                            spill=None if visit else Spill.of_rows(indptr, spill, r),
                                             vecs=stored[r] if ship else None)
 
 
@@ -144,7 +138,9 @@ class SearchPartitionFn(beam.DoFn):
         self.sizes = Metrics.distribution(NAMESPACE, "partition_rows")
 
     def process(self, element, centroids):
-        part, pieces = element
+        key, pieces = element
+        task = TaskKey(*key) if isinstance(key, tuple) else TaskKey(int(key))
+        part = task.partition
         p = self.params
         rows = PartitionRows(list(pieces), p, part)
         n_hn, n_ho, n_vn, _ = rows.counts
@@ -152,16 +148,23 @@ class SearchPartitionFn(beam.DoFn):
             return
         self.sizes.update(n_hn + n_ho)
         reducer = spanning.PairReducer(len(rows.gids), keep_all=p.edges is EdgeMode.ALL)
-        searches = []
-        if n_hn:  # new homes x (old homes, all visitors); old homes are homed here: never pruned
-            searches.append((0, n_hn, len(rows.gids), True))
-            yield from self._nn_histogram(rows.gids[:n_hn], rows.vecs[:n_hn], rows.gids, rows.vecs)
-        if n_ho and n_vn:  # old homes x new visitors
-            searches.append((n_hn, n_hn + n_ho, n_hn + n_ho + n_vn, False))
-        for base, split, stop, self_pairs in searches:
-            for r, c, cos in search.tile_pairs(rows.vecs[base:split], rows.vecs[split:stop], p.threshold,
-                                               self_pairs=self_pairs):
-                x, y = r + base, c + base
+        homes, n = n_hn + n_ho, len(rows.gids)
+        searches = []  # (query rows q0:q1, candidate rows c0:c1, whether the queries also meet each other)
+        if task.diagonal:
+            if n_hn:  # new homes x (new and old homes, all visitors); old homes are homed here: never pruned
+                searches.append((0, n_hn, n_hn, n, True))
+            if n_ho and n_vn:  # old homes x new visitors
+                searches.append((n_hn, homes, homes, homes + n_vn, False))
+        else:  # a block of a split partition: homes x "visitors" only (models.dedup.balance)
+            if n_hn:
+                searches.append((0, n_hn, homes, n, False))
+            if n_ho and n_vn:
+                searches.append((n_hn, homes, homes, homes + n_vn, False))
+        yield from self._nn(task, rows)
+        for q0, q1, c0, c1, self_pairs in searches:
+            for r, c, cos in search.tile_pairs(rows.vecs[q0:q1], rows.vecs[c0:c1], p.threshold, self_pairs=self_pairs):
+                x = r + q0
+                y = np.where(c < q1 - q0, c + q0, c - (q1 - q0) + c0)
                 reducer.add(x, y, cos, owned_pairs(rows, x, y, part))
         found = reducer.result()
         self.edges.inc(found.n_pairs)
@@ -180,13 +183,40 @@ class SearchPartitionFn(beam.DoFn):
         for node, c in zip(rows.gids[paired].tolist(), found.max_cos[paired].tolist()):
             yield pvalue.TaggedOutput("max_cos", (node, c))
 
-    def _nn_histogram(self, gids: np.ndarray, vecs: np.ndarray, cand_gids: np.ndarray, cand_vecs: np.ndarray):
-        """Nearest-neighbour cosines of the sampled new homes among the candidates, as one histogram (tag ``nn``)."""
+    def _nn(self, task: TaskKey, rows: "PartitionRows"):
+        """Nearest-neighbour cosines of the sampled new homes among the task's rows.
+
+        A partition searched whole gives one histogram (tag ``nn``). A split
+        one (:mod:`models.dedup.balance`) gives, per sampled row and task,
+        ``(gid, best cosine)`` (tag ``nn_best``) against every row of the task,
+        to be maximised per row: a home of chunk a is a query in the tasks of
+        chunk a (against itself, the chunks above and the visitors) and, as a
+        presented visitor, in the tasks of the chunks below, so the maximum
+        over its tasks is over the whole partition, as unsplit.
+        """
+        n_hn, n_ho, n_vn, _ = rows.counts
+        homes = n_hn + n_ho
+        if task.home_chunks == 1:
+            if n_hn:
+                best = self._nearest(rows.gids[:n_hn], rows.vecs[:n_hn], rows.gids, rows.vecs)
+                if best is not None:
+                    yield pvalue.TaggedOutput("nn", nn_similarity.histogram(best[1]))
+            return
+        queries = [(0, n_hn)]
+        if task.home_block:  # the other chunk's new homes, presented as visitors, meet this chunk here
+            queries.append((homes, homes + n_vn))
+        for q0, q1 in queries:
+            found = self._nearest(rows.gids[q0:q1], rows.vecs[q0:q1], rows.gids, rows.vecs) if q1 > q0 else None
+            if found is not None:
+                for gid, best in zip(*(x.tolist() for x in found)):
+                    yield pvalue.TaggedOutput("nn_best", (gid, best))
+
+    def _nearest(self, gids: np.ndarray, vecs: np.ndarray, cand_gids: np.ndarray, cand_vecs: np.ndarray):
+        """(sampled gids, their nearest-neighbour cosines among the candidates), or None when none is sampled."""
         pick = nn_similarity.sampled(gids, self.params.nn_rate, self.params.seed)
         if not pick.any():
-            return
-        best = nn_similarity.nearest_similarities(gids[pick], vecs[pick], cand_gids, cand_vecs)
-        yield pvalue.TaggedOutput("nn", nn_similarity.histogram(best))
+            return None
+        return gids[pick], nn_similarity.nearest_similarities(gids[pick], vecs[pick], cand_gids, cand_vecs)
 
 
 class SumHistograms(beam.CombineFn):
@@ -272,7 +302,7 @@ def exact_groups(element, params: DedupParams):
 # at 1M x 256 with --vectors shuffle: 12.0 GB through one GroupByKey, 6.9 GB through 8). Distributed
 # runners shuffle each one as they would the whole.
 SHUFFLES = 8
-_TAGS = ("roots", "max_cos", "edges", "nn", "pairs")
+_TAGS = ("roots", "max_cos", "edges", "nn", "nn_best", "pairs")
 
 
 class AssignAndSearch(beam.PTransform):
@@ -296,14 +326,18 @@ class AssignAndSearch(beam.PTransform):
         blocks = inputs["blocks"]
         centroids = pvalue.AsSingleton(inputs["centroids"])
         pieces = blocks | "AssignPartitions" >> beam.FlatMap(assign, centroids, p)
-        shares = self.select(pieces) | "SplitShuffle" >> beam.Partition(lambda e, n: e[0] % n, SHUFFLES)
+        balanced = self.select(pieces) | "BalancePartitions" >> BalancePartitions(p.max_partition_rows)
+        shares = balanced["tasks"] | "SplitShuffle" >> beam.Partition(lambda e, n: e[0][0] % n, SHUFFLES)
         outputs = [share | f"GroupByPartition{s}" >> beam.GroupByKey()
                    | f"SearchPartitions{s}" >> beam.ParDo(SearchPartitionFn(p), centroids).with_outputs(*_TAGS)
                    for s, share in enumerate(shares)]
         searched = SimpleNamespace(**{tag: tuple(o[tag] for o in outputs) | f"All_{tag}" >> beam.Flatten()
                                       for tag in _TAGS})
         near_pairs = searched.pairs | "CountNearPairs" >> beam.CombineGlobally(sum)
-        nn_sampled = (searched.nn | "SumNNHistograms" >> beam.CombineGlobally(SumHistograms())
+        split_nn = (searched.nn_best | "BestOverTasks" >> beam.CombinePerKey(max)
+                    | "SplitNNHistograms" >> beam.Map(lambda e: nn_similarity.histogram(np.asarray([e[1]]))))
+        nn_sampled = ((searched.nn, split_nn) | "AllNNHistograms" >> beam.Flatten()
+                      | "SumNNHistograms" >> beam.CombineGlobally(SumHistograms())
                       | "WriteNNHistogram" >> beam.Map(write_nn_histogram, p))
         edges_written = (
             searched.edges
@@ -323,4 +357,4 @@ class AssignAndSearch(beam.PTransform):
         roots = (searched.roots, exact.roots) | "SearchAndHashRoots" >> beam.Flatten()
         max_cos = (searched.max_cos, exact.max_cos) | "SearchAndHashCosines" >> beam.Flatten()
         return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written, "nn_sampled": nn_sampled,
-                "near_pairs": near_pairs}
+                "near_pairs": near_pairs, "partitions_split": balanced["partitions_split"]}

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from models.dedup import components as comp
 from models.dedup import kernels as dedup
-from tests.models.dedup.planted import N_BASE, T, _pipeline_edges
+from tests.models.dedup.planted import N_BASE, _pipeline_edges
 
 
 def test_components_on_planted_edges(planted):
@@ -45,8 +45,8 @@ def _nx_labels(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     g.add_nodes_from(range(n))
     g.add_edges_from(zip(a.tolist(), b.tolist()))
     labels = np.empty(n, dtype=np.int64)
-    for comp in nx.connected_components(g):
-        labels[list(comp)] = min(comp)
+    for members in nx.connected_components(g):
+        labels[list(members)] = min(members)
     return labels
 
 

@@ -1,7 +1,6 @@
 """Tests for models.storage.mine_chain: manifests round-trip, parts identified by folder + name + content."""
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from models.storage import layout, mine_chain

@@ -1,7 +1,6 @@
 """Tests for models.mine.taggers (base, calibration, zero_shot, classifier, spec): calibrated zero-shot tagging and the ONNX classifier tagger."""
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import tarfile
@@ -15,7 +14,7 @@ from models.storage.imaging import decode_image
 from models.mine.mentions import VocabMatcher
 from models.mine.vocab import VocabEntry
 from models.mine.taggers.base import select_tags
-from models.mine.taggers.calibration import ScoreSketch, ZeroShotCalibration
+from models.mine.taggers.calibration import ZeroShotCalibration
 from models.mine.taggers.classifier import (
     MOBILENET_PREPROCESS,
     ClassifierConfig,

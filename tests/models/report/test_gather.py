@@ -100,7 +100,7 @@ def test_same_key_in_two_downloads_stays_two_rows(tmp_path):
 
     emb = tmp_path / "emb"
     colours = {"a": (220, 0, 0), "b": (0, 0, 220)}
-    shards, meta_rows, sids = [], {}, {}
+    shards, sids = [], {}
     for i, (folder, colour) in enumerate(colours.items()):
         (tmp_path / folder).mkdir()
         shard = tmp_path / folder / "00000.tar"

@@ -5,7 +5,6 @@ import io
 from collections import Counter
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from models.report.generations import (GenerationId, by_group, by_prompt, generation_images, grid_run, grid_tile,
