@@ -48,9 +48,14 @@ class ScoreStageConfig:
     device: str = _opt("auto", "torch device of diffusers targets", choices=("auto", "cpu", "cuda"))
     n_samples: int = _opt(_SCORE.n_samples, "generations per prompt (p-Laplace)")
     steps: int = _opt(_SCORE.steps, "DDIM steps")
-    t_small: int = _opt(_SCORE.t_small, "timestep of the p-Laplace statistic")
+    t_small: int = _opt(_SCORE.t_small, "timestep of the p-Laplace statistic, on a 1000-step schedule (scaled to "
+                                        "the target's)")
+    plaplace_aggregate: str = _opt(_SCORE.plaplace_aggregate, "an item's p-Laplace statistic over its samples or "
+                                                              "images", choices=("max", "mean"))
     n_dirs: int = _opt(_SCORE.n_dirs, "noise directions per sample")
     wen_n: int = _opt(_SCORE.wen_n, "generations per prompt (Wen)")
+    wen_until: int = _opt(_SCORE.wen_until, "Wen's magnitude is averaged over the DDIM steps at timesteps >= this "
+                                            "(1000-step schedule)")
     jeon_n: int = _opt(_SCORE.jeon_n, "draws of x_T per prompt (Jeon)")
     guidance_scale: float = _opt(_SCORE.guidance_scale, "classifier-free guidance scale of the p-Laplace generations "
                                                         "(conditional targets)")
@@ -79,9 +84,10 @@ class ScoreStageConfig:
 
     @property
     def score(self) -> ScoreConfig:
-        return ScoreConfig(n_samples=self.n_samples, steps=self.steps, t_small=self.t_small, n_dirs=self.n_dirs,
-                           wen_n=self.wen_n, jeon_n=self.jeon_n, guidance_scale=self.guidance_scale, fpr=self.fpr,
-                           seed=self.seed)
+        return ScoreConfig(n_samples=self.n_samples, steps=self.steps, t_small=self.t_small,
+                           plaplace_aggregate=self.plaplace_aggregate, n_dirs=self.n_dirs, wen_n=self.wen_n,
+                           wen_until=self.wen_until, jeon_n=self.jeon_n, guidance_scale=self.guidance_scale,
+                           fpr=self.fpr, seed=self.seed)
 
     @property
     def side(self):
