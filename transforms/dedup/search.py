@@ -112,10 +112,14 @@ def owned_pairs(rows: "PartitionRows", x: np.ndarray, y: np.ndarray, partition: 
 
 
 class SearchPartitionFn(beam.DoFn):
-    """(partition, pieces) -> ``((gid_a, gid_b), cos)`` (tag ``edges``), ``(gid, local_root)`` (tag ``roots``)
+    """(task key, pieces) -> ``((gid_a, gid_b), cos)`` (tag ``edges``), ``(gid, local_root)`` (tag ``roots``)
     and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge; a nearest-neighbour histogram (tag ``nn``);
     the number of near pairs it owns (tag ``pairs``, :func:`owned_pairs`).
 
+    The key is a :class:`models.dedup.balance.TaskKey` (as a tuple): a whole
+    partition, or one block pair of a split one, where off the diagonal only
+    homes x "visitors" are searched (nearest neighbours then leave per row,
+    tag ``nn_best``, to be maximised over the row's tasks).
     Searched: new homes x (new homes, old homes, all visitors), and old homes x
     new visitors -- every pair the one-shot search would find that has at
     least one new row, never old x old (in a from-scratch run every row is
