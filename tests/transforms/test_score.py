@@ -73,7 +73,7 @@ def test_argparse_is_built_from_the_config_and_every_field_reaches_it(tmp_path):
     changed = {"n_reference": 3, "max_prompts": 4, "n_samples": 5, "steps": 6, "t_small": 7, "n_dirs": 9, "wen_n": 2,
                "fpr": 0.25, "seed": 11, "side_k": 12, "side_tau": 0.3, "side_lambda": 5.0, "side_n_syn": 13,
                "side_n_g": 14, "side_prompts": 2, "device": "cpu", "checks": "wen", "reference": "r.txt",
-               "jeon_n": 3, "guidance_scale": 2.5,
+               "jeon_n": 3, "guidance_scale": 2.5, "plaplace_aggregate": "mean", "wen_until": 700,
                "train": "emb", "groups": "dd"}
     missing = {f.name for f in dataclasses.fields(score_pipeline.ScoreStageConfig)} - set(changed) - {"flagged", "target", "output"}
     assert not missing, f"fields not covered by this test: {missing}"
@@ -85,7 +85,7 @@ def test_argparse_is_built_from_the_config_and_every_field_reaches_it(tmp_path):
         assert getattr(cfg, k) == (("wen",) if k == "checks" else v), k
     s, side = cfg.score, cfg.side
     assert (s.n_samples, s.steps, s.t_small, s.n_dirs, s.wen_n, s.fpr, s.seed) == (5, 6, 7, 9, 2, 0.25, 11)
-    assert (s.jeon_n, s.guidance_scale) == (3, 2.5)
+    assert (s.jeon_n, s.guidance_scale, s.plaplace_aggregate, s.wen_until) == (3, 2.5, "mean", 700)
     assert (side.k, side.tau, side.lambda_, side.n_syn, side.n_g, side.steps, side.seed) == (12, 0.3, 5.0, 13, 14, 6, 11)
 
 
