@@ -35,9 +35,10 @@ def drawing(rng: np.random.Generator, size: int = 256) -> Image.Image:
     bg = (c0[None, None, :] * (1 - ramp) + c1[None, None, :] * ramp) * np.ones((size, size, 1))
     img = Image.fromarray(bg.astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
+    lo = min(16, size // 4)  # smallest shape side: 16 px (the demo's 256 px drawings), less on tiny canvases
     for _ in range(int(rng.integers(3, 9))):
-        x0, y0 = rng.integers(0, size - 16, 2)
-        x1, y1 = x0 + rng.integers(16, size // 2), y0 + rng.integers(16, size // 2)
+        x0, y0 = rng.integers(0, size - lo, 2)
+        x1, y1 = x0 + rng.integers(lo, size // 2), y0 + rng.integers(lo, size // 2)
         color = tuple(int(v) for v in rng.integers(0, 256, 3))
         kind = rng.integers(0, 3)
         if kind == 0:
