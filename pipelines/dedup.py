@@ -22,8 +22,8 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_SPILL, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
-from models.dedup.plan import (DEFAULT_EDGES, DEFAULT_MAX_PARTITION_ROWS, DEFAULT_VECTORS, EdgeMode, VectorTransport,
-                               choice)
+from models.closed_sets import choice
+from models.dedup.plan import DEFAULT_EDGES, DEFAULT_MAX_PARTITION_ROWS, DEFAULT_VECTORS, EdgeMode, VectorTransport
 from models.storage.folders.dedup import DedupFolder
 from pipelines.common import make_pipeline, positive_int, setup_logging, split_args, stage_parser
 

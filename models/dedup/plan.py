@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 from fsspec.utils import get_protocol
 
+from models.closed_sets import choice
 from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
 from models.storage import layout, run_chain
 from models.storage.folders.dedup import DedupFolder
@@ -61,15 +62,6 @@ class EdgeMode(enum.StrEnum):
 DEFAULT_VECTORS = VectorTransport.AUTO  # the one home of the defaults (DedupConfig's fields use these)
 DEFAULT_EDGES = EdgeMode.SPANNING
 DEFAULT_MAX_PARTITION_ROWS = 16384  # ~8x the auto partition size; a task then holds <= 2 x 16384 rows
-
-
-def choice(enum_type, value) -> enum.Enum:
-    """``value`` (a member or its string) as a member of ``enum_type``; the error lists every accepted form."""
-    try:
-        return enum_type(value)
-    except ValueError:
-        accepted = ", ".join(m.value for m in enum_type)
-        raise ValueError(f"{value!r} is not a {enum_type.__name__}; expected one of: {accepted}") from None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from models.closed_sets import choice
 from models.demo.mnist import Digits
 from models.demo.synthetic import SyntheticSample, write_webdataset_shard
 
@@ -63,10 +64,7 @@ class CaptionStyle(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | CaptionStyle") -> "CaptionStyle":
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"caption style must be one of {[c.value for c in cls]}, got {value!r}") from None
+        return choice(cls, value, "caption style")
 
 
 @dataclass(frozen=True)

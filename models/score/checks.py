@@ -44,6 +44,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from models.closed_sets import choice
+
 
 class Check(str, enum.Enum):
     """The ``--checks`` names."""
@@ -82,10 +84,7 @@ class Aggregate(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | Aggregate") -> "Aggregate":
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"plaplace_aggregate must be one of {[a.value for a in cls]}, got {value!r}") from None
+        return choice(cls, value, "plaplace_aggregate")
 
     def apply(self, values: np.ndarray) -> float:
         return float(np.max(values) if self is Aggregate.MAX else np.mean(values))

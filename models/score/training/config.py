@@ -4,6 +4,8 @@ from __future__ import annotations
 import enum
 from dataclasses import asdict, dataclass, field
 
+from models.closed_sets import choice
+
 
 class TextEncoderKind(str, enum.Enum):
     """Frozen caption encoders the conditional trainer can use.
@@ -16,10 +18,7 @@ class TextEncoderKind(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | TextEncoderKind") -> "TextEncoderKind":
-        try:
-            return cls(value)
-        except ValueError:
-            raise ValueError(f"text_encoder must be one of {[k.value for k in cls]}, got {value!r}") from None
+        return choice(cls, value, "text_encoder")
 
 
 @dataclass(frozen=True)
