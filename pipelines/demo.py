@@ -123,17 +123,21 @@ def truth_of_keys(items, run_dir: str) -> dict[str, str]:
     return {m["key"]: truth.get(m["url"].rsplit("/", 1)[-1], "") for m in meta}
 
 
-def detection_report(items, run_dir: str) -> list[str]:
-    """Per check: how many flagged and reference prompts it calls memorized, and its calls on each planted group."""
-    from models.storage import layout, run_chain
+def detection_report(truth_of_key: dict[str, str], run_dir: str) -> list[str]:
+    """Per check: how many flagged and reference prompts it calls memorized, and its calls on each planted group.
 
-    path = os.path.join(run_dir, "score", "prompt_scores.parquet")
+    ``truth_of_key``: :func:`truth_of_keys` of the run.
+    """
+    from models.storage import layout, run_chain
+    from models.storage.folders.score import ScoreFolder
+
+    path = ScoreFolder(os.path.join(run_dir, "score")).prompt_scores
     if not layout.exists(path):
         return ["(no score output)"]
     rows = layout.read_parquet(path).to_pylist()
     group_of = {g["key"]: g["group_id"] for g in run_chain.load_groups(os.path.join(run_dir, "dedup"), ["key", "group_id"]).to_pylist()}
     planted: dict = {}
-    for key, truth in truth_of_keys(items, run_dir).items():
+    for key, truth in truth_of_key.items():
         if truth.startswith(("exact:", "near:", "word:", "object:")) and key in group_of:
             planted.setdefault(truth, set()).add(group_of[key])
     lines = []
@@ -195,7 +199,7 @@ def run(argv: list[str] | None = None) -> dict:
         print(f"  {g.truth:<20} {g.memorized:>3}/{g.generations} generations of {g.prompts} caption(s) copy the "
               f"group's images ({g.other} copy another image)")
     print("\ndetection (score stage, calibrated on reference prompts):")
-    for line in detection_report(items, run_dir):
+    for line in detection_report(truth, run_dir):
         print("  " + line)
     print(f"\nreport: {os.path.join(run_dir, 'report', 'index.html')}")
     return summary
