@@ -8,6 +8,7 @@ over all parts would. Both read only ``.npy`` headers and metadata footers.
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -64,6 +65,21 @@ DEFAULT_EDGES = EdgeMode.SPANNING
 DEFAULT_MAX_PARTITION_ROWS = 16384  # ~8x the auto partition size; a task then holds <= 2 x 16384 rows
 
 
+INDEX_BUCKET_ROWS = 65536  # new rows per increment-index bucket: a lookup reads about this many rows per chain run
+
+
+def index_buckets(new_rows: int) -> int:
+    """Increment-index buckets of a run that adds ``new_rows`` rows (>= 1; :mod:`transforms.dedup.store`)."""
+    return max(1, math.ceil(new_rows / INDEX_BUCKET_ROWS))
+
+
+class ChainRun(NamedTuple):
+    """One run of the chain as an increment reads it: its folder and its increment-index bucket count."""
+
+    run: str
+    buckets: int
+
+
 @dataclass(frozen=True)
 class DedupParams:
     """What the transforms need (picklable, resolved once on the driver).
@@ -106,6 +122,8 @@ class DedupParams:
     vectors: VectorTransport = DEFAULT_VECTORS
     edges: EdgeMode = DEFAULT_EDGES
     max_partition_rows: int = DEFAULT_MAX_PARTITION_ROWS  # homes above which a partition is split (models.dedup.balance)
+    index_buckets: int = 1  # this run's increment-index buckets (index_buckets of its new rows)
+    chain: tuple[ChainRun, ...] = ()  # increments: the previous runs whose increment index is read, oldest first
 
     def __post_init__(self):
         object.__setattr__(self, "vectors", choice(VectorTransport, self.vectors).resolve(
@@ -124,6 +142,9 @@ class DedupParams:
             raise ValueError(f"{len(self.slots)} slots for {self.n_old} old parts")
         if self.n_old and self.centroids_path is None:
             raise ValueError("an incremental run (n_old > 0) needs the previous run's centroids_path")
+        if self.index_buckets < 1 or (self.centroids_path is not None and not self.chain):
+            raise ValueError(f"index_buckets must be >= 1 and an increment needs its chain; got {self.index_buckets} "
+                             f"and {len(self.chain)} chain runs")
 
     @property
     def incremental(self) -> bool:
@@ -195,7 +216,7 @@ def fresh_plan(cfg) -> DedupParams:
     return DedupParams(embeddings=cfg.embeddings, output=cfg.output, parts=tuple(parts), dim=dim, **bounds,
                        threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=min(cfg.sample_size(n, k), cap),
                        seed=cfg.seed, niter=cfg.niter, k=k, block_rows=cfg.block_rows, n_rows=n,
-                       nn_rate=_rate(cfg.nn_sample, n))
+                       nn_rate=_rate(cfg.nn_sample, n), index_buckets=index_buckets(n))
 
 
 def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
@@ -220,20 +241,16 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
     centroids = DedupFolder(cfg.previous).centroids
     if not layout.exists(centroids):
         raise ValueError(f"--previous {cfg.previous} has no {DedupFolder.CENTROIDS}; run dedup on it again from scratch")
+    for entry in chain:
+        if not entry.index_buckets:
+            raise ValueError(f"{entry.run} of the --previous chain has no increment index (it was written before "
+                             f"increments read one); run dedup from scratch to start a new chain")
     locations = run_chain.part_locations(chain)
-    for loc in locations.values():
-        shape = _shape(layout.EmbeddingFolder(loc.embeddings), loc.part)
-        if shape[0] != loc.rows or shape[1:] != (last.dim,):
-            raise ValueError(f"part {loc.part} of {loc.embeddings} has shape {shape}, but the chain of "
-                             f"{cfg.previous} recorded ({loc.rows}, {last.dim}); old parts must not change")
-        if loc.content is not None and loc.content != run_chain.part_identity(loc.embeddings, loc.part):
-            raise ValueError(f"part {loc.part} of {loc.embeddings} changed since {loc.run} deduplicated it (content "
-                             f"{loc.content} -> {run_chain.part_identity(loc.embeddings, loc.part)}); old parts must "
-                             f"not change (run dedup from scratch)")
     folder = layout.EmbeddingFolder(cfg.embeddings)
     emb = run_chain.normalize_path(cfg.embeddings)
     seen = {(run_chain.normalize_path(loc.embeddings), loc.part) for loc in locations.values()}
     new, rows = [], []
+    by_source = {(run_chain.normalize_path(loc.embeddings), loc.part): loc for loc in locations.values()}
     for part in folder.parts():
         shape = _shape(folder, part)
         if len(shape) != 2 or shape[1] != last.dim:
@@ -241,6 +258,15 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         if (emb, part) not in seen:
             new.append(part)
             rows.append(shape[0])
+            continue
+        loc = by_source[(emb, part)]  # already in the chain: it must be what the chain deduplicated
+        if shape[0] != loc.rows:
+            raise ValueError(f"part {loc.part} of {loc.embeddings} has {shape[0]} rows, but the chain of "
+                             f"{cfg.previous} recorded {loc.rows}; old parts must not change")
+        current = run_chain.part_identity(loc.embeddings, loc.part)
+        if not run_chain.same_content(loc.content, current):
+            raise ValueError(f"part {loc.part} of {loc.embeddings} changed since {loc.run} deduplicated it (content "
+                             f"{loc.content} -> {current}); old parts must not change (run dedup from scratch)")
     old = sorted(locations.values(), key=lambda loc: loc.index)
     params = DedupParams(
         embeddings=cfg.embeddings, output=cfg.output, parts=tuple([loc.part for loc in old] + new), dim=last.dim,
@@ -249,7 +275,8 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         folders=tuple([loc.embeddings for loc in old] + [cfg.embeddings] * len(new)),
         n_old=len(old), part_runs=tuple(loc.runs for loc in old), centroids_path=centroids,
         slots=tuple(loc.slot for loc in old), vectors=cfg.vectors, edges=cfg.edges,
-        nn_rate=_rate(cfg.nn_sample, sum(rows)), max_partition_rows=cfg.max_partition_rows)
+        nn_rate=_rate(cfg.nn_sample, sum(rows)), max_partition_rows=cfg.max_partition_rows,
+        index_buckets=index_buckets(sum(rows)), chain=tuple(ChainRun(e.run, e.index_buckets) for e in chain))
     return params, chain
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 from models.storage import layout
 from models.storage.folders.mine import MineFolder
-from models.storage.run_chain import MANIFEST, _normalized, normalize_path, part_identity
+from models.storage.run_chain import MANIFEST, _normalized, normalize_path, part_identity, same_content
 
 COUNTS_DIR = MineFolder.COUNTS
 
@@ -64,9 +64,9 @@ def uncounted_parts(chain: list[MineEntry], embeddings: str, parts: list[str]) -
     for part in parts:
         if part not in seen:
             new.append(part)
-        elif seen[part] is not None and seen[part] != part_identity(embeddings, part):
+        elif not same_content(seen[part], current := part_identity(embeddings, part)):
             raise ValueError(f"part {part} of {embeddings} changed since the mine chain counted it (content "
-                             f"{seen[part]} -> {part_identity(embeddings, part)}); run mine from scratch")
+                             f"{seen[part]} -> {current}); run mine from scratch")
     return new
 
 

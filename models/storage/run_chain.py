@@ -100,6 +100,7 @@ class ChainEntry:
     changed_parts: tuple[str, ...] = ()
     previous: str | None = None
     contents: tuple[str, ...] = ()  # per part, :func:`part_identity` (empty in manifests made before it existed)
+    index_buckets: int = 0  # buckets of its increment index (transforms/dedup/store.py); 0: none (older runs)
 
     def __post_init__(self):
         if len(self.parts) != len(self.rows):
@@ -111,14 +112,14 @@ class ChainEntry:
         return {"run": self.run, "embeddings": self.embeddings, "parts": list(self.parts), "rows": list(self.rows),
                 "threshold": self.threshold, "seed": self.seed, "max_spill": self.max_spill, "k": self.k,
                 "dim": self.dim, "changed_parts": list(self.changed_parts), "previous": self.previous,
-                "contents": list(self.contents)}
+                "contents": list(self.contents), "index_buckets": self.index_buckets}
 
     @classmethod
     def from_json(cls, d: dict) -> "ChainEntry":
         return cls(run=d["run"], embeddings=d["embeddings"], parts=tuple(d["parts"]), rows=tuple(int(r) for r in d["rows"]),
                    threshold=float(d["threshold"]), seed=int(d["seed"]), max_spill=int(d["max_spill"]), k=int(d["k"]),
                    dim=int(d["dim"]), changed_parts=tuple(d.get("changed_parts", ())), previous=d.get("previous"),
-                   contents=tuple(d.get("contents") or ()))
+                   contents=tuple(d.get("contents") or ()), index_buckets=int(d.get("index_buckets") or 0))
 
 
 def read_chain(run_dir: str) -> list[ChainEntry]:
@@ -151,18 +152,45 @@ def write_manifest(run_dir: str, chain: list[ChainEntry], **extra) -> None:
     layout.write_json(DedupFolder(run_dir).manifest, {"chain": [e.to_json() for e in chain], **extra})
 
 
-def part_identity(embeddings: str, part: str) -> str:
-    """Content identity of one embedding part: the byte sizes of its metadata and image-embedding files.
+_STAMPS = ("ETag", "md5Hash", "crc32c", "mtime", "LastModified", "updated")  # content hashes first, then times
 
-    Two ``info`` calls, no read. A part rewritten with other rows changes at least one size (parquet and
-    ``.npy`` sizes follow the row count and the data).
+
+def _stamp(info: dict) -> str:
+    """A file's content stamp from its ``info``: an object store's hash (ETag, md5Hash, crc32c) or its time."""
+    for name in _STAMPS:
+        if info.get(name) is not None:
+            return str(info[name]).strip('"')
+    return ""
+
+
+def part_identity(embeddings: str, part: str) -> str:
+    """Content identity of one embedding part: the byte sizes of its metadata and image-embedding files, then
+    their content stamps (``SIZE:SIZE|STAMP:STAMP``).
+
+    Two ``info`` calls, no read. A rewrite can keep both sizes (same row
+    count, dictionary-encoded keys of the same length); it changes the stamp:
+    an object store's ETag / md5Hash / crc32c, or a local file's mtime.
     """
     folder = layout.EmbeddingFolder(embeddings)
-    sizes = []
+    sizes, stamps = [], []
     for path in (folder.metadata(part), folder.img_emb(part)):
-        fs, stripped = layout._fs(path)
-        sizes.append(str(fs.size(stripped)))
-    return ":".join(sizes)
+        fs, stripped = layout.filesystem(path)
+        info = fs.info(stripped)
+        sizes.append(str(info.get("size")))
+        stamps.append(_stamp(info))
+    return ":".join(sizes) + "|" + ":".join(stamps)
+
+
+def same_content(recorded: str | None, current: str) -> bool:
+    """Whether a part's recorded :func:`part_identity` matches its current one (None: nothing recorded).
+
+    Identities recorded before stamps existed (``SIZE:SIZE``) are compared on the sizes.
+    """
+    if recorded is None:
+        return True
+    if "|" not in recorded:
+        return recorded == current.split("|", 1)[0]
+    return recorded == current
 
 
 _SLOT = re.compile(r"(.+)@run(\d+)")

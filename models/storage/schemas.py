@@ -54,6 +54,33 @@ DEDUP_GROUPS = pa.schema([
     ("part", pa.string()),
 ])
 
+# The increment index of a dedup run (transforms/dedup/store.py): what the next increment reads instead of
+# re-reading old parts. partitions/{q}/{a}-{b}.parquet: the rows this run added to partition q; "vec" is
+# each row as stored in its part (fixed_size_binary of dim x itemsize bytes; the numpy dtype is the schema
+# metadata b"dtype"), so the schema is completed per file by transforms.dedup.store.partition_schema.
+PARTITION_ROW_FIELDS = [
+    ("gid", pa.int64()),                # part index << 32 | row, stable along a run chain
+    ("is_home", pa.bool_()),            # the row's nearest centroid is q (else a spilled visitor)
+    ("home", pa.int32()),               # the row's home partition
+    ("spill", pa.list_(pa.int32())),    # homes: the partitions the row also visits (empty for visitors)
+]
+# index/hashes/bucket-{b}.parquet: exact hashes of the run's new rows, bucket = crc32(hash) mod buckets
+HASH_INDEX = pa.schema([("hash", pa.string()), ("gid", pa.int64()), ("key", pa.string())])
+# index/rows/bucket-{b}.parquet: the group of every row the run labelled, bucket = hash of gid
+ROW_INDEX = pa.schema([("gid", pa.int64()), ("group_id", pa.string())])
+# index/groups/bucket-{b}.parquet: every member of every group the run labelled, bucket = crc32(group_id)
+GROUP_INDEX = pa.schema([
+    ("group_id", pa.string()),
+    ("gid", pa.int64()),
+    ("key", pa.string()),
+    ("sample_id", pa.string()),
+    ("area", pa.int64()),
+    ("group_size", pa.int64()),
+    ("is_representative", pa.bool_()),
+    ("representative_key", pa.string()),
+    ("max_cosine", pa.float32()),
+])
+
 # edges/edges_{partition}.parquet (near) and edges/exact_{n}.parquet (exact)
 DEDUP_EDGES = pa.schema([
     ("key_a", pa.string()),

@@ -290,3 +290,52 @@ def test_increment_with_split_partitions_equals_the_unsplit_increment(runs):
         assert (got[k]["max_cosine"] is None) == (r["max_cosine"] is None)
         assert r["max_cosine"] is None or got[k]["max_cosine"] == pytest.approx(r["max_cosine"], abs=1e-5)
     assert summary["increment"]["near_pairs"] == summaries["ddB"]["increment"]["near_pairs"]
+
+
+def test_a_chain_of_three_runs_never_reads_old_vectors(runs):
+    """A, then 00002, then 00003, each run's vectors deleted once it is done: an increment reads only its new
+    parts' vectors (old rows come from the chain's increment index, newest run first), and the three-run chain
+    still gives the one-shot groups over all four parts."""
+    root, folders, _, out, summaries = runs
+    base = root / "three"
+    chain_dirs = {}
+    for name, parts in (("A", A_PARTS), ("B2", ("00002",)), ("B3", ("00003",))):
+        src = folders["A"] if name == "A" else folders["B"]
+        dst = layout.EmbeddingFolder(str(base / name))
+        for part in parts:
+            src_f = layout.EmbeddingFolder(src)
+            for a, b in ((src_f.img_emb(part), dst.img_emb(part)), (src_f.metadata(part), dst.metadata(part)),
+                         (src_f.marker(part), dst.marker(part))):
+                os.makedirs(os.path.dirname(b), exist_ok=True)
+                shutil.copy(a, b)
+        chain_dirs[name] = dst
+    previous = None
+    for name in ("A", "B2", "B3"):
+        dd = str(base / f"dd{name}")
+        flags = DEDUP_FLAGS if previous is None else ["--previous", previous]
+        summary = dedup.run(["--embeddings", chain_dirs[name].root, "--output", dd, *flags])
+        for part in layout.EmbeddingFolder(chain_dirs[name].root).parts():
+            os.remove(chain_dirs[name].img_emb(part))  # nothing later may read these vectors
+        previous = dd
+    assert os.listdir(os.path.join(previous, "partitions")) and os.listdir(os.path.join(previous, "index", "groups"))
+    fields = ("group_id", "group_size", "is_representative", "representative_key")
+    got, want = _state(previous), _state(out["ddAB"])
+    assert {k: tuple(r[f] for f in fields) for k, r in got.items()} == {k: tuple(r[f] for f in fields) for k, r in want.items()}
+    for key in ("rows", "rows_grouped", "duplicate_groups", "rows_in_duplicate_groups", "rows_dropped"):
+        assert summary[key] == summaries["ddAB"][key], key
+    drops = run_chain.load_drop_keys(previous).column("sample_id").to_pylist()
+    once = pq.read_table(os.path.join(out["ddAB"], "drop_keys.parquet")).column("sample_id").to_pylist()
+    assert sorted(drops) == sorted(once)
+
+
+def test_a_chain_without_an_increment_index_is_a_clear_error(runs, tmp_path):
+    root, folders, _, out, _ = runs
+    old = tmp_path / "old"
+    shutil.copytree(out["ddA"], old)
+    manifest = layout.read_json(str(old / "manifest.json"))
+    for entry in manifest["chain"]:
+        entry.pop("index_buckets")  # a run written before increments read an index
+        entry["run"] = str(old)
+    layout.write_json(str(old / "manifest.json"), manifest)
+    with pytest.raises(ValueError, match="has no increment index"):
+        dedup.run(["--embeddings", folders["B"], "--output", str(tmp_path / "x"), "--previous", str(old)])

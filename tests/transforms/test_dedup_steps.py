@@ -28,6 +28,7 @@ from transforms.dedup.label import LabelGroups
 from transforms.dedup.read import ReadParts
 from transforms.dedup.rows import GroupRow, Reject, gid_of
 from transforms.dedup.search import AssignAndSearch
+from transforms.dedup.strategy import FreshRun
 from transforms.dedup.write import WriteParts
 
 D = 8
@@ -88,7 +89,6 @@ def test_read_parts_blocks_and_rejects(beam_pipeline, params):
         assert_that(read["rejects"], equal_to([(0, Reject(5, "k04", "duplicate-sample-id: same sample id as row 4")),
                                                (1, Reject(4, "k14", "zero-embedding")),
                                                (1, Reject(5, "k15", "non-finite-embedding"))]), label="Rejects")
-        assert_that(read["old_state"], equal_to([]), label="NoOldState")
 
 
 def test_train_centroids_gives_unit_centroids(beam_pipeline, params):
@@ -106,7 +106,7 @@ def _search(beam_pipeline, params):
     with beam_pipeline as p:
         read = p | beam.Create([0, 1]) | ReadParts(params)
         found = ({"blocks": read["blocks"], "centroids": p | "C" >> beam.Create([centroids])}
-                 | AssignAndSearch(params, lambda pieces: pieces))
+                 | AssignAndSearch(params, lambda pieces: pieces, FreshRun(params).old_hashes))
         roots = ([(g, copies[0]) for g in copies] + [(g, hashed[0]) for g in hashed])
         assert_that(found["roots"] | beam.Distinct(), equal_to(roots), label="Roots")
         best = found["max_cos"] | beam.CombinePerKey(max) | beam.Map(lambda e: (e[0], round(e[1], 3)))
@@ -197,14 +197,15 @@ def test_label_groups_picks_largest_image_and_names_group_by_first_member(beam_p
     with beam_pipeline as p:
         labels = p | "L" >> beam.Create([(g, g00) for g in (g00, g01, g10)])
         max_cos = p | "M" >> beam.Create([(g00, 0.99), (g01, 0.99), (g10, 0.98), (g00, 0.97)])
-        groups = ({"labels": labels, "max_cos": max_cos, "previous": p | "P" >> beam.Create([])}
+        groups = ({"labels": labels, "max_cos": max_cos, "previous": p | "P" >> beam.Create([]),
+                   "meta": p | "Meta" >> beam.Create([])}
                   | LabelGroups(params, lambda labelled: labelled))
         # areas: k00 1000, k01 1010, k10 1000 -> k01 is the representative; k00's sample id names the group
         s00, s01, s10 = _sid(params, "00000", "k00"), _sid(params, "00000", "k01"), _sid(params, "00001", "k10")
         assert_that(groups["rows"], equal_to([
-            (0, GroupRow(0, "k00", s00, s00, 3, False, "k01", 0.99, None)),
-            (0, GroupRow(1, "k01", s01, s00, 3, True, "k01", 0.99, None)),
-            (1, GroupRow(0, "k10", s10, s00, 3, False, "k01", 0.98, None)),
+            (0, GroupRow(0, "k00", s00, s00, 3, False, "k01", 0.99, None, 1000)),
+            (0, GroupRow(1, "k01", s01, s00, 3, True, "k01", 0.99, None, 1010)),
+            (1, GroupRow(0, "k10", s10, s00, 3, False, "k01", 0.98, None, 1000)),
         ]), label="Rows")
         assert_that(groups["sizes"], equal_to([3]), label="Sizes")
         assert_that(groups["merges"], equal_to([]), label="Merges")

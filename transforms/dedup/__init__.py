@@ -11,6 +11,7 @@ exact-hash join). Each step is a composite transform in its own module:
 * :mod:`.components` -- :class:`ConnectComponents`: local roots -> global labels;
 * :mod:`.label` -- :class:`LabelGroups`: representative, group id, merges;
 * :mod:`.write` -- :class:`WriteParts` and the changed / merges files;
+* :mod:`.store` -- the increment index every run writes and increments read instead of the old parts;
 * :mod:`.strategy` -- :class:`FreshRun` / :class:`IncrementalRun`, what differs between the two.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from transforms.dedup.components import ConnectComponents
 from transforms.dedup.label import LabelGroups
 from transforms.dedup.read import ReadParts
 from transforms.dedup.search import AssignAndSearch
+from transforms.dedup.store import WriteIndex
 from transforms.dedup.strategy import strategy_for
 from transforms.dedup.write import WriteParts, write_merges
 
@@ -104,16 +106,19 @@ class Deduplicate(beam.PTransform):
         read = part_indices | "ReadParts" >> ReadParts(p)
         centroids = run.centroids(read["blocks"])
         found = ({"blocks": read["blocks"], "centroids": centroids}
-                 | "AssignAndSearch" >> AssignAndSearch(p, run.select_pieces))
-        connected = (tuple([found["roots"]] + run.previous_roots(read["old_state"]))
+                 | "AssignAndSearch" >> AssignAndSearch(p, run.select_pieces, run.old_hashes))
+        previous = run.previous_groups(found["roots"])
+        connected = (tuple([found["roots"]] + previous["roots"])
                      | "ConnectComponents" >> ConnectComponents(with_stats=True))
-        groups = ({"labels": connected["labels"], "max_cos": found["max_cos"], "previous": run.previous_state(read["old_state"])}
+        groups = ({"labels": connected["labels"], "max_cos": found["max_cos"], "previous": previous["state"],
+                   "meta": previous["meta"]}
                   | "LabelGroups" >> LabelGroups(p, run.keep_components))
+        index = {"hashes": found["hashes"], "rows": groups["rows"]} | "WriteIndex" >> WriteIndex(p)
         k = centroids | "WriteCentroids" >> beam.Map(write_centroids, p)
         outputs = {**groups, "rejects": read["rejects"], "parts": part_indices,
                    "edges_written": found["edges_written"], "nn_sampled": found["nn_sampled"],
                    "near_pairs": found["near_pairs"], "k": k,
-                   "search_stats": (connected["stats"], found["partitions_split"] | "SplitStats" >> beam.Map(
+                   "search_stats": (connected["stats"], index, found["partitions_split"] | "SplitStats" >> beam.Map(
                        _counts("partitions_split"))) | "SearchStats" >> beam.Flatten()}
         return outputs | "WriteOutputs" >> WriteOutputs(p, run)
 

@@ -13,18 +13,29 @@ from transforms.dedup.rows import GroupRow, Labelled, Member, PartRow, gid_of, i
 
 
 def join_label(element):
-    """CoGroupByKey row (gid, {label, max_cos, previous}) -> (gid, Labelled).
+    """CoGroupByKey row (gid, {label, max_cos, previous, meta}) -> (gid, Labelled).
 
     ``max_cos`` is the largest of the new edges' cosines and the previous
     run's value (an old row keeps its old edges); 1.0 when neither exists.
-    ``previous`` is the old row's :class:`PreviousGroup`, or None.
+    ``previous`` is the old row's :class:`PreviousGroup`, or None; ``meta``
+    its key, sample id and area from the increment index, or None (then read
+    from its part).
     """
     gid, value = element
     cosines = list(value["max_cos"])
     prev = next(iter(value["previous"]), None)
+    meta = next(iter(value["meta"]), None)
     if prev is not None and prev.max_cosine is not None:
         cosines.append(float(prev.max_cosine))
-    return gid, Labelled(value["label"][0], max(cosines) if cosines else 1.0, prev)
+    return gid, Labelled(value["label"][0], max(cosines) if cosines else 1.0, prev,
+                         None if meta is None else tuple(meta))
+
+
+def known_member(element):
+    """(gid, Labelled with meta) -> (label, Member): an old member whose metadata came from the index."""
+    gid, value = element
+    key, sample_id, area = value.meta
+    return value.label, Member(gid, key, sample_id, int(area), value.max_cos, value.previous)
 
 
 def keep_touched(element, n_old: int):
@@ -90,16 +101,19 @@ def label_group(element):
                                                  "old_group_size": old_size, "new_group_size": size})
     for m, rep in zip(members, is_rep.tolist()):
         rid = row_id(m.gid)
-        yield rid.part, GroupRow(rid.row, m.key, m.sample_id, group_id, size, rep, rep_key, m.max_cos, m.previous)
+        yield rid.part, GroupRow(rid.row, m.key, m.sample_id, group_id, size, rep, rep_key, m.max_cos, m.previous,
+                                 m.area)
 
 
 class LabelGroups(beam.PTransform):
-    """``{"labels", "max_cos", "previous"}`` -> ``{"rows", "sizes", "retired", "merges"}``.
+    """``{"labels", "max_cos", "previous", "meta"}`` -> ``{"rows", "sizes", "retired", "merges"}``.
 
     ``rows``: (part, GroupRow) for every member of a labelled group; ``sizes``:
     one group size per group; ``retired``: previous group sizes replaced;
     ``merges``: MERGES rows. ``keep`` (from the run strategy) chooses the
-    components to label.
+    components to label. Members with ``meta`` (old members of previous
+    groups, from the increment index) need no part; the others' metadata is
+    read from their parts (one read per part).
     """
 
     def __init__(self, params: DedupParams, keep):
@@ -110,15 +124,23 @@ class LabelGroups(beam.PTransform):
     def expand(self, inputs):
         max_cos = inputs["max_cos"] | "MaxCosine" >> beam.CombinePerKey(max)
         labelled = (
-            {"label": inputs["labels"], "max_cos": max_cos, "previous": inputs["previous"]}
+            {"label": inputs["labels"], "max_cos": max_cos, "previous": inputs["previous"], "meta": inputs["meta"]}
             | "JoinLabelCosine" >> beam.CoGroupByKey()
             | "LabelWithCosine" >> beam.Map(join_label)
         )
-        groups = (
-            self.keep(labelled)
+        kept = self.keep(labelled)
+        known = kept | "MetadataKnown" >> beam.Filter(lambda e: e[1].meta is not None) | "KnownMembers" >> beam.Map(
+            known_member)
+        read = (
+            kept
+            | "MetadataToRead" >> beam.Filter(lambda e: e[1].meta is None)
             | "KeyByPart" >> beam.Map(by_part)
             | "GroupByPartForMetadata" >> beam.GroupByKey()
             | "AttachMetadata" >> beam.ParDo(AttachMetadataFn(self.params))
+        )
+        groups = (
+            (known, read)
+            | "AllMembers" >> beam.Flatten()
             | "GroupByLabel" >> beam.GroupByKey()
             | "NameGroups" >> beam.FlatMap(label_group).with_outputs("sizes", "retired", "merges", main="rows")
         )

@@ -8,9 +8,9 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
 from models.dedup.plan import DedupParams
-from models.storage import layout, run_chain
+from models.storage import layout
 from models.storage.folders.embed import PartIds, exact_hashes
-from transforms.dedup.rows import NAMESPACE, Block, PreviousGroup, Reject, gid_of, split_gid, unit_float32
+from transforms.dedup.rows import NAMESPACE, Block, Reject, gid_of, split_gid, unit_float32
 
 _ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys / sample ids
 _KEYS: dict = {}
@@ -83,19 +83,26 @@ def block_rows(params: DedupParams, block: Block, select: np.ndarray | None = No
     return _npy_row_range(path, lo, int(rows.max()) + 1)[rows - lo]
 
 
-def row_vectors(params: DedupParams, gids: np.ndarray) -> np.ndarray:
-    """(n,) gids -> (n, D) float32 L2-normalised rows, read from their parts (memory-mapped when local).
+def stored_rows(params: DedupParams, gids: np.ndarray) -> np.ndarray:
+    """(n,) gids -> (n, D) rows as stored in their parts (memory-mapped when local; the parts' common dtype).
 
     Memory: the returned rows only; pages of a local ``.npy`` are shared and evictable.
     """
     gids = np.asarray(gids, np.int64)
-    out = np.empty((len(gids), params.dim), np.float32)
     parts, rows = split_gid(gids)
-    for part in np.unique(parts).tolist():
+    arrays = {part: _part_array(params, part) for part in np.unique(parts).tolist()}
+    dtype = np.result_type(*[a.dtype for a in arrays.values()]) if arrays else np.float32
+    out = np.empty((len(gids), params.dim), dtype)
+    for part, array in arrays.items():
         sel = np.flatnonzero(parts == part)
         order = np.argsort(rows[sel], kind="stable")  # sorted reads of the memory map
-        out[sel[order]] = np.asarray(_part_array(params, part)[rows[sel][order]], np.float32)
-    return unit_float32(out)
+        out[sel[order]] = np.asarray(array[rows[sel][order]])
+    return out
+
+
+def row_vectors(params: DedupParams, gids: np.ndarray) -> np.ndarray:
+    """(n,) gids -> (n, D) float32 L2-normalised rows, read from their parts (:func:`stored_rows`)."""
+    return unit_float32(stored_rows(params, gids))
 
 
 def part_ids(params: DedupParams, part_index: int) -> PartIds:
@@ -133,10 +140,9 @@ class ReadPartFn(beam.DoFn):
     """Part index -> Blocks of valid rows (main) and ``(part, Reject)`` rows (tag ``rejects``).
 
     Rejects: ``non-finite-embedding``, ``zero-embedding``, ``duplicate-sample-id``. Memory: one block of
-    the part at a time (the ``.npy`` is memory-mapped when local). For an old
-    part of an incremental run also ``(gid, PreviousGroup)`` (tag
-    ``old_state``) for each of its rows in a previous duplicate group, from
-    :func:`models.storage.run_chain.load_part_state`.
+    the part at a time (the ``.npy`` is memory-mapped when local). Increments
+    read only their new parts: old rows come from the chain's increment index
+    (:mod:`transforms.dedup.store`).
     """
 
     def __init__(self, params: DedupParams):
@@ -159,8 +165,6 @@ class ReadPartFn(beam.DoFn):
         hashes = np.asarray(exact_hashes(meta).values, dtype=object)
         area = row_areas(meta)
         repeated = _repeated_ids(sample_ids)
-        if not p.is_new(part_index):
-            yield from self._old_state(part_index, sample_ids)
         for start in range(0, n, p.block_rows):
             stop = min(n, start + p.block_rows)
             x = np.asarray(emb[start:stop], dtype=np.float32)
@@ -180,24 +184,6 @@ class ReadPartFn(beam.DoFn):
             if len(rows):
                 yield Block(part_index, gid_of(part_index, rows), keys[rows], sample_ids[rows], hashes[rows], area[rows])
 
-    def _old_state(self, part_index: int, sample_ids: np.ndarray):
-        p = self.params
-        part = p.parts[part_index]
-        state = run_chain.load_part_state(p.part_runs[part_index], p.slot(part_index)).to_pylist()
-        row_of: dict = {}
-        for row, sid in enumerate(sample_ids.tolist()):
-            row_of.setdefault(sid, row)
-        for r in state:
-            if r["group_size"] <= 1:
-                continue
-            if r["sample_id"] not in row_of:
-                raise ValueError(f"sample {r['sample_id']!r} of the previous groups of part {part} is not in "
-                                 f"{p.folder(part_index).metadata(part)}; the part changed since the previous run")
-            gid = int(gid_of(part_index, np.asarray([row_of[r["sample_id"]]]))[0])
-            yield pvalue.TaggedOutput("old_state", (gid, PreviousGroup(
-                r["group_id"], int(r["group_size"]), bool(r["is_representative"]), r["representative_key"],
-                r["max_cosine"])))
-
 
 def _repeated_ids(sample_ids: np.ndarray) -> dict:
     """{row: first row with the same sample id} for every repeat inside one part (a part is one shard)."""
@@ -212,12 +198,11 @@ def _repeated_ids(sample_ids: np.ndarray) -> dict:
 
 
 class ReadParts(beam.PTransform):
-    """Part indices -> ``{"blocks", "rejects", "old_state"}``.
+    """Part indices -> ``{"blocks", "rejects"}`` of the new parts (every part in a fresh run).
 
     ``blocks``: Blocks of valid rows; ``rejects``: ``(part, Reject)`` for
     unusable embeddings and sample ids repeated inside a part (decided per
-    part: a sample id names its shard, so it cannot repeat across parts);
-    ``old_state``: ``(gid, PreviousGroup)`` of old rows in previous groups.
+    part: a sample id names its shard, so it cannot repeat across parts).
     Plain keys may repeat (img2dataset restarts them in every download).
     """
 
@@ -226,6 +211,7 @@ class ReadParts(beam.PTransform):
         self.params = params
 
     def expand(self, part_indices):
-        read = part_indices | "ReadPartFiles" >> beam.ParDo(ReadPartFn(self.params)).with_outputs(
-            "rejects", "old_state", main="blocks")
-        return {"blocks": read.blocks, "rejects": read.rejects, "old_state": read.old_state}
+        p = self.params
+        read = (part_indices | "NewPartsOnly" >> beam.Filter(p.is_new)
+                | "ReadPartFiles" >> beam.ParDo(ReadPartFn(p)).with_outputs("rejects", main="blocks"))
+        return {"blocks": read.blocks, "rejects": read.rejects}

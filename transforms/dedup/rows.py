@@ -134,11 +134,13 @@ class PreviousGroup(NamedTuple):
 
 
 class Labelled(NamedTuple):
-    """A node's global component label, largest edge cosine and (old rows) previous group."""
+    """A node's global component label, largest edge cosine, (old rows) previous group and (old members of
+    previous groups) the metadata the increment index holds for it (``(key, sample_id, area)``)."""
 
     label: int
     max_cos: float
     previous: PreviousGroup | None
+    meta: tuple | None = None
 
 
 class PartRow(NamedTuple):
@@ -173,6 +175,7 @@ class GroupRow(NamedTuple):
     representative_key: str
     max_cos: float
     previous: PreviousGroup | None
+    area: int = 0  # pixel area (the representative rule's), kept in the increment index
 
     def fields(self) -> tuple:
         """(group_id, group_size, is_representative, representative_key, max_cosine as float32)."""

@@ -22,8 +22,9 @@ from models.dedup import components, nn_similarity, partition, search, spanning
 from models.dedup.balance import TaskKey
 from models.dedup.plan import DedupParams, EdgeMode, VectorTransport
 from models.storage import layout, schemas
+from transforms.dedup import store
 from transforms.dedup.balance import BalancePartitions
-from transforms.dedup.read import block_rows, part_ids, row_vectors
+from transforms.dedup.read import block_rows, part_ids, row_vectors, stored_rows
 from transforms.dedup.rows import (NAMESPACE, Block, Edge, Piece, Role, Spill, is_new_gid, row_id, split_gid,
                                    unit_float32)
 
@@ -87,13 +88,16 @@ class PartitionRows:
         self.spill_keys = np.sort(np.concatenate(nodes) * self.modulus + visited) if nodes else visited
 
     def _vectors(self, flat: list[Piece], params: DedupParams) -> np.ndarray:
-        if params.vectors is not VectorTransport.SHUFFLE:
-            return row_vectors(params, self.gids)
-        if any(b.vecs is None for b in flat):
+        """Unit rows: the pieces' own vectors (``--vectors shuffle``, and old rows from the increment index), the
+        others read from their parts (``reread``)."""
+        if params.vectors is VectorTransport.SHUFFLE and any(b.vecs is None for b in flat):
             raise ValueError("--vectors shuffle: a piece arrived without its vectors (was it assigned with reread?)")
         if not flat:
             return np.zeros((0, params.dim), np.float32)
-        return unit_float32(np.concatenate([b.vecs for b in flat]))
+        if all(b.vecs is None for b in flat):
+            return row_vectors(params, self.gids)
+        return np.concatenate([unit_float32(b.vecs if b.vecs is not None else stored_rows(params, b.gids))
+                               for b in flat])
 
 
 def owned_pairs(rows: "PartitionRows", x: np.ndarray, y: np.ndarray, partition: int) -> np.ndarray:
@@ -140,13 +144,18 @@ class SearchPartitionFn(beam.DoFn):
         self.params = params
         self.edges = Metrics.counter(NAMESPACE, "near_edges")
         self.sizes = Metrics.distribution(NAMESPACE, "partition_rows")
+        self.stored = Metrics.counter(NAMESPACE, "partition_rows_stored")
 
     def process(self, element, centroids):
         key, pieces = element
         task = TaskKey(*key) if isinstance(key, tuple) else TaskKey(int(key))
         part = task.partition
         p = self.params
-        rows = PartitionRows(list(pieces), p, part)
+        pieces = list(pieces)
+        keep = store.stored_pieces(task, pieces, p)
+        self.stored.inc(store.write_partition_task(
+            task, keep, [b.vecs if b.vecs is not None else stored_rows(p, b.gids) for b in keep], p))
+        rows = PartitionRows(pieces, p, part)
         n_hn, n_ho, n_vn, _ = rows.counts
         if not n_hn and not (n_ho and n_vn):
             return
@@ -316,14 +325,17 @@ class AssignAndSearch(beam.PTransform):
     (gid, cosine) per edge endpoint (not yet maximised over partitions);
     ``edges_written``: one count per written near-edges file; ``near_pairs``:
     the number of distinct near pairs found (one element); ``nn_sampled``:
-    the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`). ``select``
-    (from the run strategy) chooses the pieces worth searching.
+    the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`); ``hashes``:
+    ``(hash, (gid, key))`` of the rows read (for the increment index). From the run strategy,
+    ``select`` chooses the pieces worth searching (adding old ones), ``old_hashes`` gives the old rows
+    whose exact hash equals a new row's.
     """
 
-    def __init__(self, params: DedupParams, select):
+    def __init__(self, params: DedupParams, select, old_hashes):
         super().__init__()
         self.params = params
         self.select = select
+        self.old_hashes = old_hashes
 
     def expand(self, inputs):
         p = self.params
@@ -351,14 +363,14 @@ class AssignAndSearch(beam.PTransform):
             | "GroupEdgesByPart" >> beam.GroupByKey()
             | "WriteEdges" >> beam.Map(write_edges, p)
         )
+        new_hashes = blocks | "HashKeys" >> beam.FlatMap(store.hash_rows)
         exact = (
-            blocks
-            | "HashKeys" >> beam.FlatMap(lambda b: [(s, (g, k)) for s, g, k in
-                                                    zip(b.hashes.tolist(), b.gids.tolist(), b.keys.tolist()) if s])
+            (new_hashes, self.old_hashes(new_hashes))
+            | "NewAndOldHashes" >> beam.Flatten()
             | "GroupByHash" >> beam.GroupByKey()
             | "ExactGroups" >> beam.FlatMap(exact_groups, p).with_outputs("max_cos", main="roots")
         )
         roots = (searched.roots, exact.roots) | "SearchAndHashRoots" >> beam.Flatten()
         max_cos = (searched.max_cos, exact.max_cos) | "SearchAndHashCosines" >> beam.Flatten()
         return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written, "nn_sampled": nn_sampled,
-                "near_pairs": near_pairs, "partitions_split": balanced["partitions_split"]}
+                "near_pairs": near_pairs, "partitions_split": balanced["partitions_split"], "hashes": new_hashes}

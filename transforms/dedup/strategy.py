@@ -2,27 +2,30 @@
 
 Incremental runs: part indices ``[0, n_old)`` are the previous chain's parts
 (in chain order), the rest are new, so gid order is the order a one-shot run
-over all parts would use. Centroids are frozen (read, not trained); old rows
-are assigned with them but shipped only to partitions that hold new rows,
-and only pairs with at least one new row are searched. Previous duplicate
-groups enter as local components (root = smallest gid of the group), so the
-usual node-roots / links / resolve machinery labels old and new rows
-together; only components that contain a new row are relabelled, and of
-those only new rows (``groups/``) and old rows whose fields changed
-(``changed/``) are written.
+over all parts would use. An increment reads and assigns only its new parts
+(with the frozen centroids); the old rows it needs come from the chain's
+increment index (:mod:`transforms.dedup.store`): the stored rows of the
+partitions its new rows reach, the old rows with a new row's exact hash, and
+the previous groups its new edges reach, each with all its members (root =
+smallest gid of the group), so the usual node-roots / links / resolve
+machinery labels old and new rows together. Only pairs with a new row are
+searched, only components with a new row are relabelled, and of those only
+new rows (``groups/``) and old rows whose fields changed (``changed/``) are
+written. Cost: O(new rows + rows of the partitions they reach + members of
+the groups they touch), never a pass over the old parts.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import apache_beam as beam
-from apache_beam import pvalue
 
 from models.dedup.plan import DedupParams
 from transforms.dedup.centroids import FrozenCentroids, TrainCentroids
 from transforms.dedup.components import old_group_roots
 from transforms.dedup.label import keep_touched
-from transforms.dedup.rows import Role
+from transforms.dedup.rows import is_new_gid
+from transforms.dedup.store import LookupOldHashes, LookupPreviousGroups, ReadStoredPieces
 from transforms.dedup.write import WriteChangedFn
 
 
@@ -38,12 +41,14 @@ class FreshRun:
     def select_pieces(self, pieces):
         return pieces
 
-    def previous_roots(self, old_state) -> list:
-        return []
+    def old_hashes(self, new_hashes):
+        """No old rows: an empty collection."""
+        return new_hashes.pipeline | "NoOldHashes" >> beam.Create([])
 
-    def previous_state(self, old_state):
-        """No previous groups: an empty collection (not the read step's empty tag, which DaskRunner mis-routes)."""
-        return old_state.pipeline | "NoPreviousState" >> beam.Create([])
+    def previous_groups(self, roots) -> dict:
+        """No previous groups: no roots, empty state and metadata collections."""
+        empty = roots.pipeline | "NoPreviousState" >> beam.Create([])
+        return {"roots": [], "state": empty, "meta": roots.pipeline | "NoPreviousMeta" >> beam.Create([])}
 
     def keep_components(self, labelled):
         return labelled
@@ -61,28 +66,28 @@ class IncrementalRun(FreshRun):
         return blocks.pipeline | "FrozenCentroids" >> FrozenCentroids(self.params.centroids_path)
 
     def select_pieces(self, pieces):
-        """Ship an old row's piece only where it can meet a new row.
+        """The new rows' pieces plus the old rows the chain stored where they can meet a new row.
 
-        Old homes go to every partition with new homes or visitors (new homes x
+        Old homes of every partition with new homes or visitors (new homes x
         old homes, new visitors x old homes); old visitors only where new rows
         are homed (new homes x old visitors).
         """
-        p = self.params
-        new_pieces = pieces | "NewPieces" >> beam.Filter(lambda e: p.is_new(e[1].part))
-        touched = (new_pieces | "NewRoles" >> beam.Map(lambda e: (e[0], e[1].role == Role.HOME))
-                   | "TouchedPartitions" >> beam.CombinePerKey(any))
-        old_pieces = (pieces | "OldPieces" >> beam.Filter(lambda e: not p.is_new(e[1].part))
-                      | "OldPiecesWhereNeeded" >> beam.Filter(old_piece_needed, pvalue.AsDict(touched)))
-        return (new_pieces, old_pieces) | "PiecesToSearch" >> beam.Flatten()
+        old = pieces | "ReadOldPieces" >> ReadStoredPieces(self.params)
+        return (pieces, old) | "PiecesToSearch" >> beam.Flatten()
 
-    def previous_roots(self, old_state) -> list:
-        return [old_state
-                | "ByPreviousGroup" >> beam.Map(lambda e: (e[1].group_id, e[0]))
-                | "GroupByPreviousGroup" >> beam.GroupByKey()
-                | "PreviousGroupRoots" >> beam.FlatMap(old_group_roots)]
+    def old_hashes(self, new_hashes):
+        return new_hashes | "OldRowsWithNewHashes" >> LookupOldHashes(self.params)
 
-    def previous_state(self, old_state):
-        return old_state
+    def previous_groups(self, roots) -> dict:
+        """The previous groups of the old rows with a new edge: members' state, metadata, and their roots."""
+        n_old = self.params.n_old
+        found = (roots | "OldEndpoints" >> beam.FlatMap(lambda e: [e[0]] if not is_new_gid(e[0], n_old) else [])
+                 | "LookupPreviousGroups" >> LookupPreviousGroups(self.params))
+        group_roots = (found["state"]
+                       | "ByPreviousGroup" >> beam.Map(lambda e: (e[1].group_id, e[0]))
+                       | "GroupByPreviousGroup" >> beam.GroupByKey()
+                       | "PreviousGroupRoots" >> beam.FlatMap(old_group_roots))
+        return {"roots": [group_roots], "state": found["state"], "meta": found["meta"]}
 
     def keep_components(self, labelled):
         return (labelled
@@ -97,12 +102,6 @@ class IncrementalRun(FreshRun):
                | "GroupChangedByPart" >> beam.GroupByKey()
                | "WriteChanged" >> beam.ParDo(WriteChangedFn(p)).with_outputs("parts", main="stats"))
         return {"stats": out.stats, "parts": out.parts}
-
-
-def old_piece_needed(element, touched: dict) -> bool:
-    """``touched``: {partition: whether a new row is homed there} for partitions with new homes or visitors."""
-    partition, piece = element
-    return partition in touched and (piece.role == Role.HOME or touched[partition])
 
 
 def strategy_for(params: DedupParams) -> FreshRun:

@@ -15,6 +15,12 @@ Layout (``{part}`` is the embedding part suffix)::
     merges.parquet                       increments: previous groups merged into others
     centroids.npy                        (K, D) float32 partition centroids (frozen by increments)
     nn_similarity.json                   histogram of sampled nearest-neighbour cosines
+    partitions/{q}/{a}-{b}.parquet       PARTITION_ROWS: the rows this run added to partition q (search
+                                         task (a, b)), vectors as stored; the next increment reads only
+                                         the partitions its new rows reach
+    index/{kind}/bucket-{b}.parquet      hash buckets an increment looks rows up in: "hashes" (exact
+                                         hashes of this run's new rows), "rows" (row -> group, for the
+                                         rows this run labelled) and "groups" (group -> members)
     config.json, summary.json            resolved config; counts and timings
     manifest.json                        the run chain; written last (the commit point)
 
@@ -43,9 +49,13 @@ class DedupFolder(StageFolder):
     SUMMARY = "summary.json"
     CONFIG = "config.json"
     NN_SIMILARITY = "nn_similarity.json"
+    PARTITIONS = "partitions"
+    INDEX = "index"
+    INDEX_KINDS = ("hashes", "rows", "groups")
 
     # Cleared before a run; manifest.json first: it is the commit point an increment builds on.
-    OUTPUTS = (MANIFEST, GROUPS, CHANGED, EDGES, DROP_KEYS, REJECTS, STAGE, MERGES, CENTROIDS, NN_SIMILARITY, SUMMARY)
+    OUTPUTS = (MANIFEST, GROUPS, CHANGED, EDGES, DROP_KEYS, REJECTS, STAGE, MERGES, CENTROIDS, NN_SIMILARITY, SUMMARY,
+               PARTITIONS, INDEX)
 
     # per-part files
     def groups(self, part: str) -> str:
@@ -68,6 +78,17 @@ class DedupFolder(StageFolder):
 
     def changed(self, part: str) -> str:
         return self._at(self.CHANGED, f"changed_{part}.parquet")
+
+    def partition_dir(self, partition: int) -> str:
+        return self._at(self.PARTITIONS, f"{partition:07d}")
+
+    def partition_task(self, partition: int, a: int, b: int) -> str:
+        return self._at(self.PARTITIONS, f"{partition:07d}", f"{a}-{b}.parquet")
+
+    def index_bucket(self, kind: str, bucket: int) -> str:
+        if kind not in self.INDEX_KINDS:
+            raise ValueError(f"index kind {kind!r} is not one of {self.INDEX_KINDS}")
+        return self._at(self.INDEX, kind, f"bucket-{bucket:05d}.parquet")
 
     # folders and single files
     @property

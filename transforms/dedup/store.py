@@ -1,0 +1,369 @@
+"""The increment index of a dedup run: what the next increment reads instead of every old part.
+
+Every run (fresh or increment) writes, beside its outputs:
+
+* ``partitions/{q}/{a}-{b}.parquet`` -- the rows it added to partition q
+  (search task (a, b)), as the search saw them: home or visitor, home
+  partition, visited partitions, vector as stored in its part. An increment
+  assigns only its new rows, then reads the files of the partitions those
+  reach (one listing and the files per chain run and touched partition):
+  old vectors are never re-read from their parts nor re-assigned.
+* ``index/hashes/bucket-{b}.parquet`` -- (hash, gid, key) of its new rows;
+  an increment reads only the buckets of its new rows' hashes.
+* ``index/rows/bucket-{b}.parquet`` (gid -> group id) and
+  ``index/groups/bucket-{b}.parquet`` (group id -> members, with key, sample
+  id, area and group fields) for every row it labelled (a fresh run: every
+  grouped row; an increment: every member of the components it relabelled,
+  so the whole current membership of each such group). An increment looks
+  up the old rows its new edges reach, then the members of their groups:
+  the newest run of the chain holding a row (a group) has its current state,
+  because a run that changes a group rewrites all of its members.
+
+``b`` is a hash of the key modulo the run's bucket count
+(:func:`models.dedup.plan.index_buckets` of its new rows, recorded in its manifest entry), so a
+lookup costs one read per chain run and touched bucket, never a scan of the
+chain. Every bucket file is written, empty ones too: a missing one is an
+error, not "no rows".
+"""
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from typing import NamedTuple
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from models.dedup.balance import TaskKey
+from models.dedup.plan import ChainRun, DedupParams
+from models.storage import layout, schemas
+from models.storage.folders.dedup import DedupFolder
+from transforms.dedup.rows import Piece, PreviousGroup, Role, Spill, gid_of, split_gid
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def gid_buckets(gids: np.ndarray, buckets: int) -> np.ndarray:
+    """(n,) int64 gids -> (n,) int64 buckets in [0, buckets) (Fibonacci hashing, the same on every worker)."""
+    g = np.asarray(gids, np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return (((g * _GOLDEN) >> np.uint64(29)) % np.uint64(buckets)).astype(np.int64)
+
+
+def text_bucket(text: str, buckets: int) -> int:
+    """A string key's bucket in [0, buckets): crc32 of its UTF-8 bytes."""
+    return zlib.crc32(text.encode()) % buckets
+
+
+# --- partition files --------------------------------------------------------------------------------------
+
+def partition_schema(width: int, dtype: np.dtype) -> pa.Schema:
+    """PARTITION_ROW_FIELDS plus ``vec`` (``width`` bytes a row) and the vectors' dtype as metadata."""
+    return pa.schema(schemas.PARTITION_ROW_FIELDS + [("vec", pa.binary(width))],
+                     metadata={b"dtype": np.dtype(dtype).str.encode()})
+
+
+def stored_pieces(task: TaskKey, pieces: list[Piece], params: DedupParams) -> list[Piece]:
+    """The pieces of a search task that this run stores: its new rows, each once over the partition's tasks.
+
+    A whole partition (one task) stores its new homes and visitors; a split one
+    (:mod:`models.dedup.balance`) stores home chunk a in task (a, a) and visitor
+    chunk j in task (0, m + j); other tasks hold copies of those rows.
+    """
+    new = [b for b in pieces if params.is_new(b.part)]
+    if task.home_chunks == 1:
+        return new
+    if task.diagonal:
+        return [b for b in new if b.role is Role.HOME]
+    if not task.home_block and task.a == 0:
+        return [b for b in new if b.role is Role.VISIT]
+    return []
+
+
+def encode_pieces(pieces: list[Piece], partition: int, raw: list[np.ndarray]) -> pa.Table:
+    """Pieces of one partition and their stored rows (``raw[i]``: (n_i, D) as stored) -> a PARTITION_ROWS table."""
+    raw = [np.ascontiguousarray(r) for r in raw]
+    dtype = np.result_type(*[r.dtype for r in raw]) if raw else np.dtype(np.float16)
+    width = (raw[0].shape[1] if raw else 0) * dtype.itemsize
+    gids, homes, is_home, spills, vecs = [], [], [], [], []
+    for b, r in zip(pieces, raw):
+        n = len(b.gids)
+        gids.append(b.gids)
+        is_home.append(np.full(n, b.role is Role.HOME))
+        homes.append(np.full(n, partition, np.int32) if b.homes is None else b.homes.astype(np.int32))
+        if b.spill is not None:
+            spills += [b.spill.parts[b.spill.indptr[i]:b.spill.indptr[i + 1]].tolist() for i in range(n)]
+        else:
+            spills += [[]] * n
+        vecs.append(r.astype(dtype, copy=False))
+    flat = np.ascontiguousarray(np.concatenate(vecs)) if vecs else np.zeros((0, 0), dtype)
+    vec = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(flat), [None, pa.py_buffer(flat.tobytes())])
+    schema = partition_schema(width, dtype)
+    return pa.table({"gid": pa.array(np.concatenate(gids) if gids else np.zeros(0, np.int64), pa.int64()),
+                     "is_home": pa.array(np.concatenate(is_home) if is_home else np.zeros(0, bool)),
+                     "home": pa.array(np.concatenate(homes) if homes else np.zeros(0, np.int32), pa.int32()),
+                     "spill": pa.array(spills, pa.list_(pa.int32())), "vec": vec}, schema=schema)
+
+
+def decode_pieces(table: pa.Table, dim: int, visitors: bool = True) -> list[Piece]:
+    """A PARTITION_ROWS table -> Pieces (one per role and part, vectors as stored); ``visitors=False`` keeps homes."""
+    dtype = np.dtype((table.schema.metadata or {}).get(b"dtype", b"<f2").decode())
+    if not table.num_rows:
+        return []
+    vec = table.column("vec").combine_chunks()
+    width = vec.type.byte_width
+    data = np.frombuffer(vec.buffers()[1], np.uint8, count=len(vec) * width, offset=vec.offset * width)
+    x = data.view(dtype).reshape(len(vec), dim)
+    gids = table.column("gid").to_numpy()
+    is_home = table.column("is_home").to_numpy(zero_copy_only=False)
+    home = table.column("home").to_numpy()
+    spill = table.column("spill").combine_chunks()
+    offsets = spill.offsets.to_numpy()
+    values = spill.values.to_numpy() if len(spill.values) else np.zeros(0, np.int32)
+    parts = split_gid(gids)[0]
+    out = []
+    for role in (Role.HOME, Role.VISIT) if visitors else (Role.HOME,):
+        for part in np.unique(parts[is_home == (role is Role.HOME)]).tolist():
+            idx = np.flatnonzero((parts == part) & (is_home == (role is Role.HOME)))
+            if role is Role.HOME:
+                counts = offsets[idx + 1] - offsets[idx]
+                indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+                at = np.repeat(offsets[idx] - indptr[:-1], counts) + np.arange(indptr[-1])
+                out.append(Piece(role, int(part), gids[idx], spill=Spill(indptr, values[at].astype(np.int32)),
+                                 vecs=x[idx]))
+            else:
+                out.append(Piece(role, int(part), gids[idx], homes=home[idx].astype(np.int32), vecs=x[idx]))
+    return out
+
+
+def write_partition_task(task: TaskKey, pieces: list[Piece], raw: list[np.ndarray], params: DedupParams) -> int:
+    """``partitions/{q}/{a}-{b}.parquet`` of this run (nothing when the task stores no rows); returns rows written."""
+    if not pieces:
+        return 0
+    table = encode_pieces(pieces, task.partition, raw)
+    layout.write_parquet(params.out.partition_task(task.partition, task.a, task.b), table)
+    return table.num_rows
+
+
+def read_stored_partition(element, params: DedupParams):
+    """(partition, whether a new row is homed there) -> (partition, Piece) for the old rows the chain stored there.
+
+    Old homes always (new homes and new visitors meet them); old visitors only
+    where a new row is homed (new homes x old visitors). Cost: one listing and
+    the partition's files per chain run.
+    """
+    partition, new_home = element
+    for run in params.chain:
+        folder = DedupFolder(run.run)
+        for name in sorted(layout.list_names(folder.partition_dir(partition))):
+            if not name.endswith(".parquet"):
+                continue
+            table = layout.read_parquet(layout.join(folder.partition_dir(partition), name))
+            for piece in decode_pieces(table, params.dim, visitors=new_home):
+                yield partition, piece
+
+
+class ReadStoredPieces(beam.PTransform):
+    """New pieces -> the old pieces the chain stored in the partitions they reach (``(partition, Piece)``)."""
+
+    def __init__(self, params: DedupParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, new_pieces):
+        return (new_pieces
+                | "NewRoles" >> beam.Map(lambda e: (e[0], e[1].role is Role.HOME))
+                | "TouchedPartitions" >> beam.CombinePerKey(any)
+                | "ReadStoredPartitions" >> beam.FlatMap(read_stored_partition, self.params))
+
+
+# --- index buckets ----------------------------------------------------------------------------------------
+
+def _write_bucket(element, params: DedupParams, kind: str, schema: pa.Schema) -> int:
+    """(bucket, {"rows": [dict], "bucket": [None]}) -> ``index/{kind}/bucket-{b}.parquet`` (sorted); returns rows."""
+    bucket, grouped = element
+    rows = sorted(grouped["rows"], key=lambda r: tuple(r[f] for f in schema.names[:2]))
+    layout.write_parquet(params.out.index_bucket(kind, bucket), schemas.table(rows, schema))
+    return len(rows)
+
+
+class WriteIndexBuckets(beam.PTransform):
+    """``(bucket, row dict)`` -> every ``index/{kind}/bucket-{b}.parquet`` of this run; returns a Counter."""
+
+    def __init__(self, params: DedupParams, kind: str, schema: pa.Schema):
+        super().__init__()
+        self.params, self.kind, self.schema = params, kind, schema
+
+    def expand(self, keyed):
+        p, kind = self.params, self.kind
+        every = (keyed.pipeline | "EveryBucket" >> beam.Create(list(range(p.index_buckets)))
+                 | "BucketKeys" >> beam.Map(lambda b: (b, None)))
+        return ({"rows": keyed, "bucket": every}
+                | "GroupByBucket" >> beam.CoGroupByKey()
+                | "WriteBuckets" >> beam.Map(_write_bucket, p, kind, self.schema)
+                | "IndexRows" >> beam.CombineGlobally(sum)
+                | "IndexStat" >> beam.Map(lambda n: Counter({f"index_{kind}_rows": n})))
+
+
+def hash_rows(block) -> list:
+    """Block -> ``(hash, (gid, key))`` for its rows with an exact hash."""
+    return [(s, (g, k)) for s, g, k in zip(block.hashes.tolist(), block.gids.tolist(), block.keys.tolist()) if s]
+
+
+def group_index_rows(element):
+    """(part, GroupRow) -> ("rows", gid, ROW_INDEX row) and ("groups", group id, GROUP_INDEX row)."""
+    part, row = element
+    gid = int(gid_of(part, np.asarray([row.row]))[0])
+    yield "rows", gid, {"gid": gid, "group_id": row.group_id}
+    yield "groups", row.group_id, {"group_id": row.group_id, "gid": gid, "key": row.key, "sample_id": row.sample_id,
+                                   "area": row.area, "group_size": row.group_size,
+                                   "is_representative": row.is_representative,
+                                   "representative_key": row.representative_key, "max_cosine": row.max_cos}
+
+
+class WriteIndex(beam.PTransform):
+    """``{"hashes": (hash, (gid, key)) of new rows, "rows": (part, GroupRow) labelled}`` -> the index buckets.
+
+    Returns one stats Counter per kind (rows written); each waits on its files.
+    """
+
+    def __init__(self, params: DedupParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, inputs):
+        p = self.params
+        n = p.index_buckets
+        hashes = (inputs["hashes"]
+                  | "HashBuckets" >> beam.Map(lambda e: (text_bucket(e[0], n),
+                                                         {"hash": e[0], "gid": e[1][0], "key": e[1][1]}))
+                  | "WriteHashIndex" >> WriteIndexBuckets(p, "hashes", schemas.HASH_INDEX))
+        split = inputs["rows"] | "GroupIndexRows" >> beam.FlatMap(group_index_rows)
+        rows = (split | "RowKind" >> beam.Filter(lambda e: e[0] == "rows")
+                | "RowBuckets" >> beam.Map(lambda e: (int(gid_buckets(np.asarray([e[1]]), n)[0]), e[2]))
+                | "WriteRowIndex" >> WriteIndexBuckets(p, "rows", schemas.ROW_INDEX))
+        groups = (split | "GroupKind" >> beam.Filter(lambda e: e[0] == "groups")
+                  | "GroupBuckets" >> beam.Map(lambda e: (text_bucket(e[1], n), e[2]))
+                  | "WriteGroupIndex" >> WriteIndexBuckets(p, "groups", schemas.GROUP_INDEX))
+        return (hashes, rows, groups) | "IndexStats" >> beam.Flatten()
+
+
+def _read_bucket(run: ChainRun, kind: str, bucket: int, column: str, wanted: list) -> pa.Table:
+    """The rows of a chain run's bucket whose ``column`` is in ``wanted``."""
+    path = DedupFolder(run.run).index_bucket(kind, bucket)
+    if not layout.exists(path):
+        raise ValueError(f"{path} is missing: the runs of a chain must stay where they were written")
+    table = layout.read_parquet(path)
+    return table.filter(pc.is_in(table.column(column), value_set=pa.array(wanted, table.schema.field(column).type)))
+
+
+def _by_run_bucket(value, chain: tuple[ChainRun, ...], bucket_of):
+    """A lookup key -> ((run index, bucket), key) for every run of the chain."""
+    for r, run in enumerate(chain):
+        yield (r, bucket_of(value, run.buckets)), value
+
+
+def _gid_bucket(gid: int, buckets: int) -> int:
+    return int(gid_buckets(np.asarray([gid]), buckets)[0])
+
+
+def lookup_rows(element, params: DedupParams):
+    """((run index, bucket), [gid]) -> (gid, (run index, group id)) for the gids that run labelled."""
+    (r, bucket), gids = element
+    table = _read_bucket(params.chain[r], "rows", bucket, "gid", sorted(set(gids)))
+    for gid, group_id in zip(table.column("gid").to_pylist(), table.column("group_id").to_pylist()):
+        yield gid, (r, group_id)
+
+
+def lookup_groups(element, params: DedupParams):
+    """((run index, bucket), [group id]) -> (group id, (run index, [member dicts])) for the groups that run holds."""
+    (r, bucket), group_ids = element
+    table = _read_bucket(params.chain[r], "groups", bucket, "group_id", sorted(set(group_ids)))
+    members: dict = {}
+    for row in table.to_pylist():
+        members.setdefault(row["group_id"], []).append(row)
+    for group_id, rows in members.items():
+        yield group_id, (r, rows)
+
+
+def newest(values):
+    """(run index, value) candidates -> the value of the newest run (the chain's current state)."""
+    return max(values, key=lambda v: v[0])
+
+
+class MemberMeta(NamedTuple):
+    """What the representative rule needs of an old member, from the index (no part is read)."""
+
+    key: str
+    sample_id: str
+    area: int
+
+
+def group_members(element):
+    """(group id, (run, [member dicts])) -> (gid, PreviousGroup) per member, and (gid, MemberMeta) (tag ``meta``)."""
+    _, (_, rows) = element
+    for row in rows:
+        yield row["gid"], PreviousGroup(row["group_id"], int(row["group_size"]), bool(row["is_representative"]),
+                                        row["representative_key"], row["max_cosine"])
+        yield beam.pvalue.TaggedOutput("meta", (row["gid"], MemberMeta(row["key"], row["sample_id"],
+                                                                       int(row["area"]))))
+
+
+class LookupPreviousGroups(beam.PTransform):
+    """Old gids an increment's edges reach -> ``{"state": (gid, PreviousGroup), "meta": (gid, MemberMeta)}``.
+
+    For every member of every previous group one of them belongs to: the
+    row index gives each old gid's current group (singletons have none), the
+    group index that group's members. Cost: O(touched rows + their groups'
+    members) plus one bucket read per chain run and touched bucket.
+    """
+
+    def __init__(self, params: DedupParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, old_gids):
+        p = self.params
+        group_ids = (old_gids
+                     | "DistinctOldRows" >> beam.Distinct()
+                     | "RowLookups" >> beam.FlatMap(_by_run_bucket, p.chain, _gid_bucket)
+                     | "GroupRowLookups" >> beam.GroupByKey()
+                     | "ReadRowIndex" >> beam.FlatMap(lookup_rows, p)
+                     | "CurrentGroupOfRow" >> beam.CombinePerKey(newest)
+                     | "GroupIds" >> beam.Map(lambda e: e[1][1])
+                     | "DistinctGroups" >> beam.Distinct())
+        found = (group_ids
+                 | "GroupLookups" >> beam.FlatMap(_by_run_bucket, p.chain, text_bucket)
+                 | "GroupGroupLookups" >> beam.GroupByKey()
+                 | "ReadGroupIndex" >> beam.FlatMap(lookup_groups, p)
+                 | "CurrentMembers" >> beam.CombinePerKey(newest)
+                 | "Members" >> beam.FlatMap(group_members).with_outputs("meta", main="state"))
+        return {"state": found.state, "meta": found.meta}
+
+
+def lookup_hashes(element, params: DedupParams):
+    """((run index, bucket), [hash]) -> (hash, (gid, key)) of the old rows with one of those hashes."""
+    (r, bucket), hashes = element
+    table = _read_bucket(params.chain[r], "hashes", bucket, "hash", sorted(set(hashes)))
+    for h, gid, key in zip(*(table.column(c).to_pylist() for c in ("hash", "gid", "key"))):
+        yield h, (gid, key)
+
+
+class LookupOldHashes(beam.PTransform):
+    """New rows' ``(hash, (gid, key))`` -> the old rows' with an equal hash (one bucket read per run and bucket)."""
+
+    def __init__(self, params: DedupParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, new_hashes):
+        p = self.params
+        return (new_hashes
+                | "NewHashes" >> beam.Map(lambda e: e[0])
+                | "DistinctNewHashes" >> beam.Distinct()
+                | "HashLookups" >> beam.FlatMap(_by_run_bucket, p.chain, text_bucket)
+                | "GroupHashLookups" >> beam.GroupByKey()
+                | "ReadHashIndex" >> beam.FlatMap(lookup_hashes, p))
+
