@@ -136,6 +136,9 @@ class SearchPartitionFn(beam.DoFn):
     tile by tile), with ``all`` every pair; ``max_cos`` is the maximum over
     every pair either way. Vectors come in the pieces (``--vectors shuffle``:
     no part is read) or from the parts (``reread``).
+    Every task first writes its new rows to this run's increment index
+    (``partitions/{q}/{a}-{b}.parquet``, :func:`transforms.dedup.store.stored_pieces`),
+    before any early return: a partition with visitors only still records them.
     Memory: the partition's rows, O(n D) float32, plus one O(block^2) tile and
     the forest (O(n)); with ``--edges all`` also every pair.
     """
