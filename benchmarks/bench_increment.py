@@ -11,9 +11,9 @@ first N rows) and NEW (the last M); each run is its own subprocess
 * ``increment`` ``dupmine dedup --embeddings NEW --previous base`` with OLD's
   ``.npy`` files moved away first, so any read of an old vector fails the run:
   it must read only NEW and the chain's increment index.
-* ``--baseline-tree DIR`` (optional): the same increment run from another
-  checkout (e.g. ``git worktree add /tmp/before HEAD~1``), before the old
-  vectors are moved away: the cost of the previous design.
+* ``--baseline-tree DIR`` (optional): the same base run and increment from
+  another checkout (e.g. ``git worktree add /tmp/before HEAD~1``), before the
+  old vectors are moved away: the cost of the previous design.
 
 Printed: wall seconds and peak RSS per run, the increment / one-shot time
 ratio, the bytes of the index partition files the increment could read
@@ -110,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         _link_parts(full, new, parts[n_old:])
         runs = {"one-shot": _dedup(python, str(REPO), full, os.path.join(root, "dd_all"), root, "one-shot", extra, args),
                 "base": _dedup(python, str(REPO), old, os.path.join(root, "dd_old"), root, "base", extra, args)}
-        if args.baseline_tree:
+        if args.baseline_tree:  # its own base run: chains of other versions need not be readable by each other
+            _dedup(python, args.baseline_tree, old, os.path.join(root, "dd_old_before"), root, "base-before", extra,
+                   args)
             runs["increment (baseline tree)"] = _dedup(
                 python, args.baseline_tree, new, os.path.join(root, "dd_inc_before"), root, "before",
-                ["--previous", os.path.join(root, "dd_old")] + extra, args)
+                ["--previous", os.path.join(root, "dd_old_before")] + extra, args)
         moved = os.path.join(root, "old_vectors")
         shutil.move(os.path.join(old, "img_emb"), moved)  # an increment that reads an old vector fails
         runs["increment"] = _dedup(python, str(REPO), new, os.path.join(root, "dd_inc"), root, "increment",
