@@ -67,8 +67,8 @@ def _dedup(python: str, tree: str, emb: str, out: str, work: str, name: str, ext
 def _state(dedup_dir: str) -> dict:
     from models.storage import run_chain
 
-    t = run_chain.load_group_state(dedup_dir)
-    cols = [t.column(c).to_pylist() for c in ("sample_id", "group_size", "is_representative")]
+    t = run_chain.load_group_state(dedup_dir)  # keyed by plain key: unique in the planted folder, while sample
+    cols = [t.column(c).to_pylist() for c in ("key", "group_size", "is_representative")]  # ids name the folder
     return {s: (g, r) for s, g, r in zip(*cols)}
 
 

@@ -129,7 +129,8 @@ def run(argv: list[str] | None = None, test_pipeline=None) -> dict:
     folder = MineFolder(cfg.output)
     layout.clear_outputs(cfg.output, list(MineFolder.OUTPUTS))
     layout.write_json(folder.config, {"stage": "mine", "config": asdict(cfg), "beam_args": beam_args,
-                                      "embedding_model": params.model, "objects": len(settings.objects)})
+                                      "embedding_model": params.model, "objects": len(settings.objects),
+                                      "count_shards": params.count_shards})
     log.info("mine: %d %spart(s), tagger %s over %d objects%s", len(params.parts), "new " if cfg.previous else "",
              cfg.tagger, len(settings.objects), f", increment on {cfg.previous}" if cfg.previous else "")
     p = make_pipeline(beam_args, test_pipeline)

@@ -78,7 +78,7 @@ class Mine(beam.PTransform):
         analysed = (pbegin | "ListParts" >> beam.Create(list(range(len(params.parts))))
                     | "AnalyzeParts" >> AnalyzeParts(params, source.frozen_calibration))
         counts = analysed | "CombineCounts" >> source.combine(params)
-        saved = counts | "SaveCounts" >> WriteCounts(params.output)
+        saved = counts | "SaveCounts" >> WriteCounts(params.output, params.count_shards)
         summary = (counts | "SupportFilter" >> SupportFilter(self.settings.word.min_support)
                    | "WriteTables" >> WriteTables(self.settings, len(params.parts)))
         calibration = analysed["calibration"] | "WriteCalibration" >> WriteCalibration(params.output)

@@ -18,7 +18,7 @@ from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from models.mine.part_counts import COUNT_NAMES, COUNT_SHARDS, RowGroup, keyword_blocks, part_counts
+from models.mine.part_counts import COUNT_NAMES, RowGroup, keyword_blocks, part_counts
 from models.mine.plan import MineParams
 from models.storage import layout, run_chain, schemas
 from models.storage.folders.dedup import DedupFolder
@@ -160,7 +160,7 @@ class AnalyzePartFn(beam.DoFn):
         layout.write_parquet(p.folder.rejects(part), schemas.table(rejects, schemas.REJECTS))
         self.rows.inc(len(keys))
         self.rejected.inc(len(rejects))
-        yield from keyword_blocks(counts.kw, COUNT_SHARDS)
+        yield from keyword_blocks(counts.kw, p.count_shards)
         for name in COUNT_NAMES[1:]:
             for item in counts.elements(name):
                 yield pvalue.TaggedOutput(name, item)

@@ -3,7 +3,8 @@
 Counts are ``(key, value)`` elements named in :mod:`models.mine.part_counts`.
 They are summed per key by Beam combiners and saved whole
 (``counts/{name}/{name}-{shard}.parquet``, rows spread over
-:data:`COUNT_SHARDS` files by a hash of their key, so no worker holds a whole
+``count_shards`` files by a hash of their key (one per ~100 parts, at least
+8: :func:`models.mine.part_counts.count_shards`), so no worker holds a whole
 count), which is what an incremental run merges.
 
 Incremental runs (``mine --previous``) merge instead of recounting
@@ -173,9 +174,9 @@ def decode_count(name: str, row: dict):
     raise ValueError(f"unknown count {name!r}; expected one of {COUNT_NAMES}")
 
 
-def count_shard(key) -> int:
-    """The saved-count file of a key: a stable hash (crc32 of its repr) modulo :data:`COUNT_SHARDS`."""
-    return zlib.crc32(repr(tuple(key) if isinstance(key, tuple) else key).encode()) % COUNT_SHARDS
+def count_shard(key, shards: int = COUNT_SHARDS) -> int:
+    """The saved-count file of a key: a stable hash (crc32 of its repr) modulo ``shards`` (the run's count_shards)."""
+    return zlib.crc32(repr(tuple(key) if isinstance(key, tuple) else key).encode()) % shards
 
 
 def _write_count_shard(element, name: str, output: str) -> str:
@@ -200,16 +201,19 @@ class WriteCounts(beam.PTransform):
     Returns a PCollection of the written paths (for ordering the steps that must come after).
     """
 
-    def __init__(self, output: str):
+    def __init__(self, output: str, shards: int = COUNT_SHARDS):
         super().__init__()
         self.output = output
+        self.shards = shards
 
     def expand(self, counts: dict):
         written = [counts["kw"] | "WriteKw" >> beam.Map(_write_keyword_block, self.output)]
+        shards = self.shards
         for name in COUNT_NAMES[1:]:
             written.append(
                 counts[name]
-                | f"Encode{name.capitalize()}" >> beam.Map(lambda e, n=name: (count_shard(e[0]), encode_count(n, e)))
+                | f"Encode{name.capitalize()}" >> beam.Map(lambda e, n=name: (count_shard(e[0], shards),
+                                                                             encode_count(n, e)))
                 | f"Shard{name.capitalize()}" >> beam.GroupByKey()
                 | f"Write{name.capitalize()}" >> beam.Map(_write_count_shard, name, self.output))
         stats_path = MineFolder(self.output).count_stats

@@ -31,6 +31,7 @@ lets an increment correct the counts of rows whose group changed
 """
 from __future__ import annotations
 
+import math
 import re
 import zlib
 import unicodedata
@@ -40,14 +41,22 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["COUNT_NAMES", "EXAMPLES", "TOP_CAPTIONS", "CaptionSample", "Examples", "GroupCaption", "KeywordGroup",
+__all__ = ["COUNT_NAMES", "count_shards", "EXAMPLES", "TOP_CAPTIONS", "CaptionSample", "Examples", "GroupCaption", "KeywordGroup",
            "KeywordBlock", "KeywordObject", "PartCounts", "TagMention", "caption_key", "caption_text", "changed_row_counts",
            "keyword_blocks", "keyword_bucket", "part_counts", "smallest_keys", "sum_blocks", "top_captions"]
 
 COUNT_NAMES = ("kw", "kwin", "kwg", "grp", "cap", "obj", "kwo", "woc")
 EXAMPLES = 3  # example keys kept per (keyword, group)
 TOP_CAPTIONS = 5  # captions kept per (keyword, object) for object-trigger prompts
-COUNT_SHARDS = 8  # hash buckets of the saved counts (counts/{name}/{name}-{bucket}.parquet) and of kw blocks
+COUNT_SHARDS = 8  # the fewest hash buckets of the saved counts and kw blocks; runs that predate count_shards used 8
+PARTS_PER_COUNT_SHARD = 100  # ~1M rows at img2dataset's 10,000 samples a shard: one bucket's keywords on one worker
+
+
+def count_shards(n_parts: int) -> int:
+    """Hash buckets of the keyword totals and saved counts (counts/{name}/{name}-{bucket}.parquet) for a run over
+    ``n_parts`` parts: one per ~100 parts, at least :data:`COUNT_SHARDS` (LAION-400M's 41k parts: 410 workers
+    sum the keyword totals, not 8). An increment keeps its chain's number (its kw blocks merge by bucket)."""
+    return max(COUNT_SHARDS, math.ceil(n_parts / PARTS_PER_COUNT_SHARD))
 _NEAR_DUP_RE = re.compile(r"[^\w]+|_+")
 _DIGITS_RE = re.compile(r"\d+")
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from models.mine.config import COUNT_OPTIONS, MineConfig
 from models.mine.keywords import KeywordConfig
+from models.mine.part_counts import COUNT_SHARDS, count_shards
 from models.mine.taggers.spec import TaggerKind, has_text_tower
 from models.storage import layout, mine_chain, run_chain
 from models.storage.folders.mine import MineFolder
@@ -59,6 +60,7 @@ class MineParams:
     mention: str = "semantic"
     wordnet_depth: int = 3
     label_synsets: str | None = None  # WordNet ids of a classifier's labels
+    count_shards: int = COUNT_SHARDS  # hash buckets of keyword totals and saved counts (part_counts.count_shards)
 
     @property
     def folder(self) -> MineFolder:
@@ -80,6 +82,7 @@ class Increment:
     changed: tuple[ChangedPart, ...]
     calibration: dict       # the chain's frozen tagger calibration ({} without one)
     stats: dict             # previous counts/stats.json
+    count_shards: int = COUNT_SHARDS  # the chain's count buckets (its config.json; 8 before they were recorded)
 
 
 def embedding_config(embeddings: str) -> dict | None:
@@ -131,7 +134,8 @@ def plan_increment(cfg: MineConfig) -> Increment:
     folder = MineFolder(cfg.previous)
     calibration = layout.read_json(folder.calibration) if layout.exists(folder.calibration) else {}
     stats = layout.read_json(folder.count_stats)
-    return Increment(tuple(chain), new_parts, tuple(changed), calibration, stats)
+    shards = int(layout.read_json(folder.config).get("count_shards", COUNT_SHARDS))
+    return Increment(tuple(chain), new_parts, tuple(changed), calibration, stats, shards)
 
 
 def plan_run(cfg: MineConfig, increment: Increment | None = None) -> MineParams:
@@ -167,4 +171,5 @@ def plan_run(cfg: MineConfig, increment: Increment | None = None) -> MineParams:
         calibration_rows=cfg.calibration_rows, tag_z=cfg.tag_z, tag_top_k=cfg.tag_top_k, group_runs=group_runs,
         changed=increment.changed if increment is not None else (), mention=cfg.mention,
         wordnet_depth=cfg.wordnet_depth, label_synsets=cfg.label_synsets,
+        count_shards=increment.count_shards if increment is not None else count_shards(len(parts)),
     )

@@ -339,3 +339,25 @@ def test_a_chain_without_an_increment_index_is_a_clear_error(runs, tmp_path):
     layout.write_json(str(old / "manifest.json"), manifest)
     with pytest.raises(ValueError, match="has no increment index"):
         dedup.run(["--embeddings", folders["B"], "--output", str(tmp_path / "x"), "--previous", str(old)])
+
+
+def test_count_buckets_scale_with_parts_and_increments_keep_the_chains(runs, tmp_path, monkeypatch):
+    """One keyword-total bucket per part here (at least 1): the tables equal the 8-bucket runs', and the increment
+    merges its kw blocks into the chain's 2 buckets although its own rule would give 2 as well from B's parts."""
+    from models.mine import part_counts
+
+    assert [part_counts.count_shards(n) for n in (0, 800, 801, 41000)] == [8, 8, 9, 410]
+    monkeypatch.setattr(part_counts, "COUNT_SHARDS", 1)
+    monkeypatch.setattr(part_counts, "PARTS_PER_COUNT_SHARD", 1)
+    _, folders, _, out, _ = runs
+    m_a, m_b, m_ab = (str(tmp_path / n) for n in ("mA", "mB", "mAB"))
+    mine.run(["--embeddings", folders["A"], "--groups", out["ddA"], "--output", m_a, *MINE_FLAGS])
+    monkeypatch.setattr(part_counts, "PARTS_PER_COUNT_SHARD", 2)  # B alone would get 1 bucket: it must keep A's 2
+    mine.run(["--embeddings", folders["B"], "--groups", out["ddB"], "--output", m_b, "--previous", m_a, *MINE_FLAGS])
+    monkeypatch.setattr(part_counts, "PARTS_PER_COUNT_SHARD", 1)
+    mine.run(["--embeddings", folders["AB"], "--groups", out["ddAB"], "--output", m_ab, *MINE_FLAGS])
+    shards = {n: layout.read_json(os.path.join(d, "config.json"))["count_shards"] for n, d in
+              (("A", m_a), ("B", m_b), ("AB", m_ab))}
+    assert shards == {"A": 2, "B": 2, "AB": 4}
+    assert len(_files(os.path.join(m_ab, "counts", "kw"))) == 4
+    assert _tables(m_ab) == _tables(out["mAB"]) and _tables(m_b) == _tables(out["mAB"])
