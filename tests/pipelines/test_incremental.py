@@ -339,3 +339,16 @@ def test_a_chain_without_an_increment_index_is_a_clear_error(runs, tmp_path):
     layout.write_json(str(old / "manifest.json"), manifest)
     with pytest.raises(ValueError, match="has no increment index"):
         dedup.run(["--embeddings", folders["B"], "--output", str(tmp_path / "x"), "--previous", str(old)])
+
+
+def test_no_increment_index_saves_the_space_and_ends_the_chain(runs, tmp_path):
+    root, folders, _, out, summaries = runs
+    bare = str(tmp_path / "bare")
+    summary = dedup.run(["--embeddings", folders["A"], "--output", bare, *DEDUP_FLAGS, "--no-increment-index"])
+    assert summary["duplicate_groups"] == summaries["ddA"]["duplicate_groups"]
+    assert not os.path.exists(os.path.join(bare, "partitions")) and not os.path.exists(os.path.join(bare, "index"))
+    assert run_chain.read_chain(bare)[-1].index_buckets == 0
+    with pytest.raises(ValueError, match="--no-increment-index"):
+        dedup.run(["--embeddings", folders["B"], "--output", str(tmp_path / "x"), "--previous", bare])
+    cfg = {"output": "r", "dedup": {"increment_index": False, "threshold": 0.9}}
+    assert run_stage.stage_argv("dedup", cfg)[-3:] == ["--no-increment-index", "--threshold", "0.9"]

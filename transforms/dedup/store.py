@@ -70,9 +70,10 @@ def stored_pieces(task: TaskKey, pieces: list[Piece], params: DedupParams) -> li
 
     A whole partition (one task) stores its new homes and visitors; a split one
     (:mod:`models.dedup.balance`) stores home chunk a in task (a, a) and visitor
-    chunk j in task (0, m + j); other tasks hold copies of those rows.
+    chunk j in task (0, m + j); other tasks hold copies of those rows. None
+    with ``--no-increment-index``.
     """
-    new = [b for b in pieces if params.is_new(b.part)]
+    new = [b for b in pieces if params.is_new(b.part)] if params.write_index else []
     if task.home_chunks == 1:
         return new
     if task.diagonal:
@@ -236,6 +237,8 @@ class WriteIndex(beam.PTransform):
     def expand(self, inputs):
         p = self.params
         n = p.index_buckets
+        if not p.write_index:
+            return inputs["hashes"].pipeline | "NoIndex" >> beam.Create([])
         hashes = (inputs["hashes"]
                   | "HashBuckets" >> beam.Map(lambda e: (text_bucket(e[0], n),
                                                          {"hash": e[0], "gid": e[1][0], "key": e[1][1]}))
