@@ -77,6 +77,10 @@ class DedupConfig:
                            "n - 1 edges for n connected rows; pair counts in the summary) or all (every pair)",
                            **_choices(EdgeMode))
     nn_sample: int = _opt(10000, "rows whose nearest-neighbour cosine is recorded in nn_similarity.json", int)
+    increment_index: bool = _opt(True, "write the increment index (partitions/ with every partition's rows as "
+                                 "stored, about (1 + spill) x the new vectors' bytes, and index/): what a later "
+                                 "--previous run reads instead of the old parts; --no-increment-index saves the "
+                                 "space, and no increment can build on the run", bool)
     previous: str | None = _opt(None, "previous dedup output: add the parts of --embeddings it has not seen to its "
                                       "groups (frozen centroids, stable group ids, only new and changed rows written)")
 
@@ -116,6 +120,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if f.name in INHERITED:
             help_text += "; with --previous the previous run's"
         kwargs = {"type": meta["type"]} if meta["type"] else {}
+        if meta["type"] is bool:  # --name / --no-name
+            kwargs = {"action": argparse.BooleanOptionalAction}
         if meta["choices"]:
             kwargs["choices"] = meta["choices"]
         parser.add_argument(flag, default=None if f.name in INHERITED else f.default, help=help_text, **kwargs)

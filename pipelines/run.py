@@ -137,13 +137,26 @@ def _merge(cfg: dict, loaded: dict, source: str) -> None:
             raise ValueError(f"{source}: unknown key {key!r}; expected input, output, previous or one of {STAGES}")
 
 
+def _negatable() -> set[str]:
+    """Options whose flag has a ``--no-`` form (boolean config fields that default to true)."""
+    import dataclasses
+
+    from pipelines.dedup import DedupConfig
+
+    return {f.name for f in dataclasses.fields(DedupConfig) if f.metadata.get("type") is bool}
+
+
 def _flags(options: dict) -> list[str]:
-    """{"batch_size": 64, "overwrite": True, "vocab": None} -> ["--batch-size", "64", "--overwrite"]."""
+    """{"batch_size": 64, "overwrite": True, "vocab": None} -> ["--batch-size", "64", "--overwrite"]; false
+    options with a ``--no-`` form (``increment_index``) -> ``--no-increment-index``, other false ones are left out."""
     argv = []
+    negatable = _negatable()
     for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if value is False and key in negatable:
+            argv.append("--no-" + key.replace("_", "-"))
         if value is None or value is False:
             continue
-        flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
     return argv
 

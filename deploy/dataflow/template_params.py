@@ -100,7 +100,7 @@ def _long_option(action: argparse.Action) -> str:
 
 
 def _is_flag(action: argparse.Action) -> bool:
-    return isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+    return isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction))
 
 
 def _regexes(action: argparse.Action) -> list[str]:
@@ -159,7 +159,8 @@ def _label(dest: str) -> str:
 def parameter(action: argparse.Action, prog: str) -> dict:
     """One Flex Template parameter (Dataflow ``ParameterMetadata``) for one stage flag."""
     if action.nargs not in (None, 0) or not isinstance(action, (argparse._StoreAction, argparse._StoreTrueAction,
-                                                                 argparse._StoreFalseAction)):
+                                                                 argparse._StoreFalseAction,
+                                                                 argparse.BooleanOptionalAction)):
         raise UnsupportedFlag(f"{_long_option(action)}: only single-valued flags and on/off flags can be template "
                               f"parameters (got {type(action).__name__}, nargs={action.nargs!r})")
     if not NAME_RE.match(action.dest):
@@ -220,7 +221,8 @@ def to_stage_argv(stage: str, argv: list[str]) -> list[str]:
     """Rewrite template parameters (``--batch_size=64``) into the stage's flags (``--batch-size=64``).
 
     On/off flags arrive as ``--overwrite=true|false`` and become ``--overwrite``
-    or nothing. The stage's own spelling (``--batch-size``) passes through as
+    or nothing (``--increment_index=false``, a flag with a ``--no-`` form,
+    becomes ``--no-increment-index``). The stage's own spelling (``--batch-size``) passes through as
     is, and so does every argument that is not one of the stage's parameters
     (Beam and Dataflow options), in its original order after the stage's flags.
     """
@@ -233,7 +235,9 @@ def to_stage_argv(stage: str, argv: list[str]) -> list[str]:
     for dest, value in vars(given).items():
         action = actions[dest]
         option = _long_option(action)
-        if _is_flag(action):
+        if isinstance(action, argparse.BooleanOptionalAction):  # --name / --no-name: always explicit
+            out.append(option if _parse_bool(f"--{dest}", value) else "--no-" + option[2:])
+        elif _is_flag(action):
             wanted = _parse_bool(f"--{dest}", value)
             if wanted != bool(action.default):
                 out.append(option)

@@ -123,6 +123,7 @@ class DedupParams:
     edges: EdgeMode = DEFAULT_EDGES
     max_partition_rows: int = DEFAULT_MAX_PARTITION_ROWS  # homes above which a partition is split (models.dedup.balance)
     index_buckets: int = 1  # this run's increment-index buckets (index_buckets of its new rows)
+    write_index: bool = True  # write the increment index (--increment-index); a run without one ends its chain
     chain: tuple[ChainRun, ...] = ()  # increments: the previous runs whose increment index is read, oldest first
 
     def __post_init__(self):
@@ -216,7 +217,8 @@ def fresh_plan(cfg) -> DedupParams:
     return DedupParams(embeddings=cfg.embeddings, output=cfg.output, parts=tuple(parts), dim=dim, **bounds,
                        threshold=cfg.threshold, max_spill=cfg.max_spill, sample_size=min(cfg.sample_size(n, k), cap),
                        seed=cfg.seed, niter=cfg.niter, k=k, block_rows=cfg.block_rows, n_rows=n,
-                       nn_rate=_rate(cfg.nn_sample, n), index_buckets=index_buckets(n))
+                       nn_rate=_rate(cfg.nn_sample, n), index_buckets=index_buckets(n),
+                       write_index=cfg.increment_index)
 
 
 def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
@@ -243,8 +245,9 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         raise ValueError(f"--previous {cfg.previous} has no {DedupFolder.CENTROIDS}; run dedup on it again from scratch")
     for entry in chain:
         if not entry.index_buckets:
-            raise ValueError(f"{entry.run} of the --previous chain has no increment index (it was written before "
-                             f"increments read one); run dedup from scratch to start a new chain")
+            raise ValueError(f"{entry.run} of the --previous chain has no increment index (it ran with "
+                             f"--no-increment-index, or before increments read one); run dedup from scratch to start "
+                             f"a new chain")
     locations = run_chain.part_locations(chain)
     folder = layout.EmbeddingFolder(cfg.embeddings)
     emb = run_chain.normalize_path(cfg.embeddings)
@@ -276,7 +279,8 @@ def incremental_plan(cfg) -> tuple[DedupParams, list[run_chain.ChainEntry]]:
         n_old=len(old), part_runs=tuple(loc.runs for loc in old), centroids_path=centroids,
         slots=tuple(loc.slot for loc in old), vectors=cfg.vectors, edges=cfg.edges,
         nn_rate=_rate(cfg.nn_sample, sum(rows)), max_partition_rows=cfg.max_partition_rows,
-        index_buckets=index_buckets(sum(rows)), chain=tuple(ChainRun(e.run, e.index_buckets) for e in chain))
+        index_buckets=index_buckets(sum(rows)), chain=tuple(ChainRun(e.run, e.index_buckets) for e in chain),
+        write_index=cfg.increment_index)
     return params, chain
 
 

@@ -99,7 +99,7 @@ def chain_entry(params: DedupParams, cfg, k: int, changed_parts: list) -> run_ch
         changed_parts=tuple(sorted(changed_parts, key=order.__getitem__)),
         previous=run_chain.normalize_path(cfg.previous) if cfg.previous else None,
         contents=tuple(run_chain.part_identity(cfg.embeddings, part) for part in params.new_parts),
-        index_buckets=params.index_buckets)
+        index_buckets=params.index_buckets if params.write_index else 0)
 
 
 def commit_run(results: RunResults, params: DedupParams, cfg, previous_summary: dict | None,

@@ -126,9 +126,12 @@ def npy_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def write_parquet(path: str, table: pa.Table) -> None:
+def write_parquet(path: str, table: pa.Table, uncompressed: tuple[str, ...] = ()) -> None:
+    """Write ``table`` zstd-compressed; the ``uncompressed`` columns (e.g. float16 vectors, which zstd barely
+    shrinks at a large CPU cost) are stored plain."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    compression = {c: ("none" if c in uncompressed else "zstd") for c in table.column_names} if uncompressed else "zstd"
+    pq.write_table(table, buf, compression=compression)
     atomic_write_bytes(path, buf.getvalue())
 
 

@@ -180,6 +180,8 @@ def test_to_stage_argv_rewrites_flags_and_keeps_beam_options():
         "--batch-size=8", "--input=gs://b/x", "--output=gs://b/o", "--runner=DataflowRunner", "--max-pixels=99",
         "--experiments=a"]
     assert template_params.to_stage_argv("embed", ["--overwrite=TRUE"]) == ["--overwrite"]
+    assert template_params.to_stage_argv("dedup", ["--increment_index=false"]) == ["--no-increment-index"]
+    assert template_params.to_stage_argv("dedup", ["--increment_index=true"]) == ["--increment-index"]
     with pytest.raises(ValueError, match="--overwrite='maybe'"):
         template_params.to_stage_argv("embed", ["--overwrite=maybe"])
     with pytest.raises(SystemExit):  # argparse: a stage without a template

@@ -235,6 +235,8 @@ def test_flags_are_built_from_the_config_and_reach_it():
     cfg = dedup.config_from_args(parser.parse_args(argv))
     for name, v in values.items():
         assert getattr(cfg, name) == type(fields[name].default)(v), name
+    assert dedup.config_from_args(parser.parse_args(["--embeddings", "e", "--output", "o", "--no-increment-index"])
+                                  ).increment_index is False
 
 
 def _brute_nn(truth):

@@ -343,7 +343,7 @@ def test_a_chain_without_an_increment_index_is_a_clear_error(runs, tmp_path):
 
 def test_count_buckets_scale_with_parts_and_increments_keep_the_chains(runs, tmp_path, monkeypatch):
     """One keyword-total bucket per part here (at least 1): the tables equal the 8-bucket runs', and the increment
-    merges its kw blocks into the chain's 2 buckets although its own rule would give 2 as well from B's parts."""
+    merges its kw blocks into the chain's 2 buckets where its own rule would give 1 for B's 2 parts."""
     from models.mine import part_counts
 
     assert [part_counts.count_shards(n) for n in (0, 800, 801, 41000)] == [8, 8, 9, 410]
@@ -361,3 +361,14 @@ def test_count_buckets_scale_with_parts_and_increments_keep_the_chains(runs, tmp
     assert shards == {"A": 2, "B": 2, "AB": 4}
     assert len(_files(os.path.join(m_ab, "counts", "kw"))) == 4
     assert _tables(m_ab) == _tables(out["mAB"]) and _tables(m_b) == _tables(out["mAB"])
+def test_no_increment_index_saves_the_space_and_ends_the_chain(runs, tmp_path):
+    root, folders, _, out, summaries = runs
+    bare = str(tmp_path / "bare")
+    summary = dedup.run(["--embeddings", folders["A"], "--output", bare, *DEDUP_FLAGS, "--no-increment-index"])
+    assert summary["duplicate_groups"] == summaries["ddA"]["duplicate_groups"]
+    assert not os.path.exists(os.path.join(bare, "partitions")) and not os.path.exists(os.path.join(bare, "index"))
+    assert run_chain.read_chain(bare)[-1].index_buckets == 0
+    with pytest.raises(ValueError, match="--no-increment-index"):
+        dedup.run(["--embeddings", folders["B"], "--output", str(tmp_path / "x"), "--previous", bare])
+    cfg = {"output": "r", "dedup": {"increment_index": False, "threshold": 0.9}}
+    assert run_stage.stage_argv("dedup", cfg)[-3:] == ["--no-increment-index", "--threshold", "0.9"]

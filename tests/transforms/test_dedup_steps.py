@@ -106,7 +106,7 @@ def _search(beam_pipeline, params):
     with beam_pipeline as p:
         read = p | beam.Create([0, 1]) | ReadParts(params)
         found = ({"blocks": read["blocks"], "centroids": p | "C" >> beam.Create([centroids])}
-                 | AssignAndSearch(params, lambda pieces: pieces, FreshRun(params).old_hashes))
+                 | AssignAndSearch(params, FreshRun(params).old_hashes))
         roots = ([(g, copies[0]) for g in copies] + [(g, hashed[0]) for g in hashed])
         assert_that(found["roots"] | beam.Distinct(), equal_to(roots), label="Roots")
         best = found["max_cos"] | beam.CombinePerKey(max) | beam.Map(lambda e: (e[0], round(e[1], 3)))

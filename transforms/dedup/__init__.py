@@ -106,7 +106,7 @@ class Deduplicate(beam.PTransform):
         read = part_indices | "ReadParts" >> ReadParts(p)
         centroids = run.centroids(read["blocks"])
         found = ({"blocks": read["blocks"], "centroids": centroids}
-                 | "AssignAndSearch" >> AssignAndSearch(p, run.select_pieces, run.old_hashes))
+                 | "AssignAndSearch" >> AssignAndSearch(p, run.old_hashes))
         previous = run.previous_groups(found["roots"])
         connected = (tuple([found["roots"]] + previous["roots"])
                      | "ConnectComponents" >> ConnectComponents(with_stats=True))

@@ -158,7 +158,7 @@ class SearchPartitionFn(beam.DoFn):
         keep = store.stored_pieces(task, pieces, p)
         self.stored.inc(store.write_partition_task(
             task, keep, [b.vecs if b.vecs is not None else stored_rows(p, b.gids) for b in keep], p))
-        rows = PartitionRows(pieces, p, part)
+        rows = PartitionRows(pieces + store.old_rows_for_task(task, pieces, p), p, part)
         n_hn, n_ho, n_vn, _ = rows.counts
         if not n_hn and not (n_ho and n_vn):
             return
@@ -329,15 +329,14 @@ class AssignAndSearch(beam.PTransform):
     ``edges_written``: one count per written near-edges file; ``near_pairs``:
     the number of distinct near pairs found (one element); ``nn_sampled``:
     the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`); ``hashes``:
-    ``(hash, (gid, key))`` of the rows read (for the increment index). From the run strategy,
-    ``select`` chooses the pieces worth searching (adding old ones), ``old_hashes`` gives the old rows
-    whose exact hash equals a new row's.
+    ``(hash, (gid, key))`` of the rows read (for the increment index). ``old_hashes`` (from the run
+    strategy) gives the old rows whose exact hash equals a new row's; an increment's search tasks read the
+    old rows of their partition themselves (:func:`transforms.dedup.store.old_rows_for_task`).
     """
 
-    def __init__(self, params: DedupParams, select, old_hashes):
+    def __init__(self, params: DedupParams, old_hashes):
         super().__init__()
         self.params = params
-        self.select = select
         self.old_hashes = old_hashes
 
     def expand(self, inputs):
@@ -345,7 +344,7 @@ class AssignAndSearch(beam.PTransform):
         blocks = inputs["blocks"]
         centroids = pvalue.AsSingleton(inputs["centroids"])
         pieces = blocks | "AssignPartitions" >> beam.FlatMap(assign, centroids, p)
-        balanced = self.select(pieces) | "BalancePartitions" >> BalancePartitions(p.max_partition_rows)
+        balanced = pieces | "BalancePartitions" >> BalancePartitions(p.max_partition_rows)
         shares = balanced["tasks"] | "SplitShuffle" >> beam.Partition(lambda e, n: e[0][0] % n, SHUFFLES)
         outputs = [share | f"GroupByPartition{s}" >> beam.GroupByKey()
                    | f"SearchPartitions{s}" >> beam.ParDo(SearchPartitionFn(p), centroids).with_outputs(*_TAGS)

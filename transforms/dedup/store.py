@@ -5,9 +5,10 @@ Every run (fresh or increment) writes, beside its outputs:
 * ``partitions/{q}/{a}-{b}.parquet`` -- the rows it added to partition q
   (search task (a, b)), as the search saw them: home or visitor, home
   partition, visited partitions, vector as stored in its part. An increment
-  assigns only its new rows, then reads the files of the partitions those
-  reach (one listing and the files per chain run and touched partition):
-  old vectors are never re-read from their parts nor re-assigned.
+  assigns only its new rows and shuffles only their pieces; each search task
+  then reads the files of its own partition (one listing and the files per
+  chain run, :func:`old_rows_for_task`): old vectors are never re-read from
+  their parts, re-assigned or shuffled.
 * ``index/hashes/bucket-{b}.parquet`` -- (hash, gid, key) of its new rows;
   an increment reads only the buckets of its new rows' hashes.
 * ``index/rows/bucket-{b}.parquet`` (gid -> group id) and
@@ -70,9 +71,10 @@ def stored_pieces(task: TaskKey, pieces: list[Piece], params: DedupParams) -> li
 
     A whole partition (one task) stores its new homes and visitors; a split one
     (:mod:`models.dedup.balance`) stores home chunk a in task (a, a) and visitor
-    chunk j in task (0, m + j); other tasks hold copies of those rows.
+    chunk j in task (0, m + j); other tasks hold copies of those rows. None
+    with ``--no-increment-index``.
     """
-    new = [b for b in pieces if params.is_new(b.part)]
+    new = [b for b in pieces if params.is_new(b.part)] if params.write_index else []
     if task.home_chunks == 1:
         return new
     if task.diagonal:
@@ -87,24 +89,27 @@ def encode_pieces(pieces: list[Piece], partition: int, raw: list[np.ndarray]) ->
     raw = [np.ascontiguousarray(r) for r in raw]
     dtype = np.result_type(*[r.dtype for r in raw]) if raw else np.dtype(np.float16)
     width = (raw[0].shape[1] if raw else 0) * dtype.itemsize
-    gids, homes, is_home, spills, vecs = [], [], [], [], []
+    gids, homes, is_home, counts, visited, vecs = [], [], [], [], [], []
     for b, r in zip(pieces, raw):
         n = len(b.gids)
         gids.append(b.gids)
         is_home.append(np.full(n, b.role is Role.HOME))
         homes.append(np.full(n, partition, np.int32) if b.homes is None else b.homes.astype(np.int32))
+        counts.append(np.diff(b.spill.indptr) if b.spill is not None else np.zeros(n, np.int64))
         if b.spill is not None:
-            spills += [b.spill.parts[b.spill.indptr[i]:b.spill.indptr[i + 1]].tolist() for i in range(n)]
-        else:
-            spills += [[]] * n
+            visited.append(b.spill.parts[b.spill.indptr[0]:b.spill.indptr[-1]].astype(np.int32))
         vecs.append(r.astype(dtype, copy=False))
     flat = np.ascontiguousarray(np.concatenate(vecs)) if vecs else np.zeros((0, 0), dtype)
-    vec = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(flat), [None, pa.py_buffer(flat.tobytes())])
+    vec = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(flat), [None, pa.py_buffer(flat)])
+    offsets = np.zeros(sum(len(c) for c in counts) + 1, np.int32)
+    np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=offsets[1:])
+    spill = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
+                                     pa.array(np.concatenate(visited) if visited else np.zeros(0, np.int32), pa.int32()))
     schema = partition_schema(width, dtype)
     return pa.table({"gid": pa.array(np.concatenate(gids) if gids else np.zeros(0, np.int64), pa.int64()),
                      "is_home": pa.array(np.concatenate(is_home) if is_home else np.zeros(0, bool)),
                      "home": pa.array(np.concatenate(homes) if homes else np.zeros(0, np.int32), pa.int32()),
-                     "spill": pa.array(spills, pa.list_(pa.int32())), "vec": vec}, schema=schema)
+                     "spill": spill, "vec": vec}, schema=schema)
 
 
 def decode_pieces(table: pa.Table, dim: int, visitors: bool = True) -> list[Piece]:
@@ -143,40 +148,46 @@ def write_partition_task(task: TaskKey, pieces: list[Piece], raw: list[np.ndarra
     if not pieces:
         return 0
     table = encode_pieces(pieces, task.partition, raw)
-    layout.write_parquet(params.out.partition_task(task.partition, task.a, task.b), table)
+    layout.write_parquet(params.out.partition_task(task.partition, task.a, task.b), table, uncompressed=("vec",))
     return table.num_rows
 
 
-def read_stored_partition(element, params: DedupParams):
-    """(partition, whether a new row is homed there) -> (partition, Piece) for the old rows the chain stored there.
+def read_stored_partition(partition: int, params: DedupParams, visitors: bool) -> list[Piece]:
+    """The old rows the chain stored in ``partition``: its homes, and its visitors when ``visitors``.
 
-    Old homes always (new homes and new visitors meet them); old visitors only
-    where a new row is homed (new homes x old visitors). Cost: one listing and
-    the partition's files per chain run.
+    Cost: one listing and the partition's files per chain run; memory: those rows as stored.
     """
-    partition, new_home = element
+    out: list[Piece] = []
     for run in params.chain:
         folder = DedupFolder(run.run)
         for name in sorted(layout.list_names(folder.partition_dir(partition))):
-            if not name.endswith(".parquet"):
-                continue
-            table = layout.read_parquet(layout.join(folder.partition_dir(partition), name))
-            for piece in decode_pieces(table, params.dim, visitors=new_home):
-                yield partition, piece
+            if name.endswith(".parquet"):
+                table = layout.read_parquet(layout.join(folder.partition_dir(partition), name))
+                out += decode_pieces(table, params.dim, visitors=visitors)
+    return out
 
 
-class ReadStoredPieces(beam.PTransform):
-    """New pieces -> the old pieces the chain stored in the partitions they reach (``(partition, Piece)``)."""
+def old_rows_for_task(task: TaskKey, new_pieces: list[Piece], params: DedupParams) -> list[Piece]:
+    """The old rows an increment's search task reads from the chain's partition files (none in a fresh run).
 
-    def __init__(self, params: DedupParams):
-        super().__init__()
-        self.params = params
-
-    def expand(self, new_pieces):
-        return (new_pieces
-                | "NewRoles" >> beam.Map(lambda e: (e[0], e[1].role is Role.HOME))
-                | "TouchedPartitions" >> beam.CombinePerKey(any)
-                | "ReadStoredPartitions" >> beam.FlatMap(read_stored_partition, self.params))
+    Only pairs with a new row are searched, so the tasks of a partition are
+    planned on its new rows (:mod:`models.dedup.balance`) and the old rows join
+    where they meet each new row once: a whole partition (one task) gets its
+    old homes, and its old visitors when a new row is homed there (new homes x
+    old visitors); a split one gets old homes and visitors in every diagonal
+    task (a, a) (new home chunk a x everything old) and old homes in the tasks
+    (0, m + j) (old homes x new visitor chunk j); other tasks none. Old vectors
+    never pass through a shuffle: each task reads its own partition's files.
+    """
+    if not params.incremental:
+        return []
+    if task.home_chunks == 1:
+        return read_stored_partition(task.partition, params, any(b.role is Role.HOME for b in new_pieces))
+    if task.diagonal:
+        return read_stored_partition(task.partition, params, True)
+    if not task.home_block and task.a == 0:
+        return read_stored_partition(task.partition, params, False)
+    return []
 
 
 # --- index buckets ----------------------------------------------------------------------------------------
@@ -236,6 +247,8 @@ class WriteIndex(beam.PTransform):
     def expand(self, inputs):
         p = self.params
         n = p.index_buckets
+        if not p.write_index:
+            return inputs["hashes"].pipeline | "NoIndex" >> beam.Create([])
         hashes = (inputs["hashes"]
                   | "HashBuckets" >> beam.Map(lambda e: (text_bucket(e[0], n),
                                                          {"hash": e[0], "gid": e[1][0], "key": e[1][1]}))

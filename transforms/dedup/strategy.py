@@ -25,7 +25,7 @@ from transforms.dedup.centroids import FrozenCentroids, TrainCentroids
 from transforms.dedup.components import old_group_roots
 from transforms.dedup.label import keep_touched
 from transforms.dedup.rows import is_new_gid
-from transforms.dedup.store import LookupOldHashes, LookupPreviousGroups, ReadStoredPieces
+from transforms.dedup.store import LookupOldHashes, LookupPreviousGroups
 from transforms.dedup.write import WriteChangedFn
 
 
@@ -37,9 +37,6 @@ class FreshRun:
 
     def centroids(self, blocks):
         return blocks | "TrainCentroids" >> TrainCentroids(self.params)
-
-    def select_pieces(self, pieces):
-        return pieces
 
     def old_hashes(self, new_hashes):
         """No old rows: an empty collection."""
@@ -64,16 +61,6 @@ class IncrementalRun(FreshRun):
 
     def centroids(self, blocks):
         return blocks.pipeline | "FrozenCentroids" >> FrozenCentroids(self.params.centroids_path)
-
-    def select_pieces(self, pieces):
-        """The new rows' pieces plus the old rows the chain stored where they can meet a new row.
-
-        Old homes of every partition with new homes or visitors (new homes x
-        old homes, new visitors x old homes); old visitors only where new rows
-        are homed (new homes x old visitors).
-        """
-        old = pieces | "ReadOldPieces" >> ReadStoredPieces(self.params)
-        return (pieces, old) | "PiecesToSearch" >> beam.Flatten()
 
     def old_hashes(self, new_hashes):
         return new_hashes | "OldRowsWithNewHashes" >> LookupOldHashes(self.params)
