@@ -89,6 +89,8 @@ def example_value(param: dict, action: argparse.Action) -> str:
     """A template value for one parameter: the argparse default where there is one, else a path."""
     if isinstance(action, argparse._StoreTrueAction):
         return "true"  # the non-default value, so the flag must come through
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return "false" if action.default else "true"  # the --no- form must come through
     if action.choices is not None:
         return str(action.choices[-1])
     if action.default is not None:
@@ -99,7 +101,7 @@ def example_value(param: dict, action: argparse.Action) -> str:
 
 
 def typed(action: argparse.Action, value: str):
-    if isinstance(action, argparse._StoreTrueAction):
+    if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
         return value == "true"
     return action.type(value) if action.type else value
 

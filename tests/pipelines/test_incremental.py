@@ -361,6 +361,8 @@ def test_count_buckets_scale_with_parts_and_increments_keep_the_chains(runs, tmp
     assert shards == {"A": 2, "B": 2, "AB": 4}
     assert len(_files(os.path.join(m_ab, "counts", "kw"))) == 4
     assert _tables(m_ab) == _tables(out["mAB"]) and _tables(m_b) == _tables(out["mAB"])
+
+
 def test_no_increment_index_saves_the_space_and_ends_the_chain(runs, tmp_path):
     root, folders, _, out, summaries = runs
     bare = str(tmp_path / "bare")
