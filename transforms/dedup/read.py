@@ -10,12 +10,15 @@ from apache_beam.metrics import Metrics
 from models.dedup.plan import DedupParams
 from models.storage import layout
 from models.storage.folders.embed import PartIds, exact_hashes
-from transforms.dedup.rows import NAMESPACE, Block, Reject, gid_of, split_gid, unit_float32
+from transforms.dedup.rows import NAMESPACE, Block, Reject, gid_of, split_gid
 
 _ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys / sample ids
 _KEYS: dict = {}
 _HEADERS: dict = {}  # (shape, dtype, offset) of remote parts read by range
-_CACHE_ENTRIES = 64
+_CACHE_ENTRIES = 64  # remote parts held whole, and remote headers
+_KEY_ENTRIES = 256  # parts' keys / sample ids (~1 MB a 10k-row part): the edge writer meets rows of many parts
+_MMAP_ENTRIES = 512  # memory-mapped local parts: no resident memory, but one file descriptor each (soft limit
+#                      1024); a search task meets rows of most parts, and 64 entries reopened every part each time
 
 
 def _identity(path: str) -> tuple:
@@ -25,17 +28,21 @@ def _identity(path: str) -> tuple:
     return path, info.get("size"), info.get("mtime") or info.get("updated") or info.get("ETag")
 
 
-def _cached(cache: dict, key: tuple, load):
-    if key not in cache:
-        if len(cache) >= _CACHE_ENTRIES:
-            cache.pop(next(iter(cache)))
-        cache[key] = load()
-    return cache[key]
+def _cached(cache: dict, key: tuple, load, limit: int = _CACHE_ENTRIES):
+    """Least-recently-used cache of at most ``limit`` entries (a hit moves the entry to the end)."""
+    if key in cache:
+        cache[key] = value = cache.pop(key)
+        return value
+    while len(cache) >= limit:
+        cache.pop(next(iter(cache)))
+    cache[key] = value = load()
+    return value
 
 
 def _part_array(params: DedupParams, part_index: int) -> np.ndarray:
     path = params.folder(part_index).img_emb(params.parts[part_index])
-    return _cached(_ARRAYS, _identity(path), lambda: layout.read_npy(path))
+    local = layout.is_local(fsspec.core.url_to_fs(path)[0])
+    return _cached(_ARRAYS, _identity(path), lambda: layout.read_npy(path), _MMAP_ENTRIES if local else _CACHE_ENTRIES)
 
 
 def _npy_layout(path: str, size: int) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -100,17 +107,12 @@ def stored_rows(params: DedupParams, gids: np.ndarray) -> np.ndarray:
     return out
 
 
-def row_vectors(params: DedupParams, gids: np.ndarray) -> np.ndarray:
-    """(n,) gids -> (n, D) float32 L2-normalised rows, read from their parts (:func:`stored_rows`)."""
-    return unit_float32(stored_rows(params, gids))
-
-
 def part_ids(params: DedupParams, part_index: int) -> PartIds:
     """The part's keys and sample ids by row, cached per process (one metadata read per part and process)."""
     folder = params.folder(part_index)
     part = params.parts[part_index]
     path = folder.metadata(part)
-    return _cached(_KEYS, _identity(path), lambda: folder.part_ids(part, layout.read_parquet(path)))
+    return _cached(_KEYS, _identity(path), lambda: folder.part_ids(part, layout.read_parquet(path)), _KEY_ENTRIES)
 
 
 def column(table, name: str, n: int, fill) -> list:

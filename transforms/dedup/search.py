@@ -9,6 +9,7 @@ are re-read from the parts (``--vectors``, :class:`models.dedup.plan.VectorTrans
 """
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from types import SimpleNamespace
 
@@ -24,7 +25,7 @@ from models.dedup.plan import DedupParams, EdgeMode, VectorTransport
 from models.storage import layout, schemas
 from transforms.dedup import store
 from transforms.dedup.balance import BalancePartitions
-from transforms.dedup.read import block_rows, part_ids, row_vectors, stored_rows
+from transforms.dedup.read import block_rows, part_ids, stored_rows
 from transforms.dedup.rows import (NAMESPACE, Block, Edge, Piece, Role, Spill, is_new_gid, row_id, split_gid,
                                    unit_float32)
 
@@ -60,8 +61,8 @@ def assign(block: Block, centroids: np.ndarray, params: DedupParams):
 class PartitionRows:
     """The rows of one partition in node order: new homes, old homes, new visitors, old visitors.
 
-    gids (n,) int64; vecs (n, D) float32 unit rows (from the pieces with
-    ``--vectors shuffle``, else read from their parts); home (n,) int64 each
+    gids (n,) int64; vecs (n, D) float32 unit rows (of the pieces' vectors,
+    :func:`with_vectors`); home (n,) int64 each
     row's home partition; ``counts``: rows per section in that order;
     ``spill_keys``: sorted int64 ``node * M + q`` for every home node that
     also visits partition q (``M`` = ``self.modulus``). Memory O(n D) float32.
@@ -88,16 +89,33 @@ class PartitionRows:
         self.spill_keys = np.sort(np.concatenate(nodes) * self.modulus + visited) if nodes else visited
 
     def _vectors(self, flat: list[Piece], params: DedupParams) -> np.ndarray:
-        """Unit rows: the pieces' own vectors (``--vectors shuffle``, and old rows from the increment index), the
-        others read from their parts (``reread``)."""
-        if params.vectors is VectorTransport.SHUFFLE and any(b.vecs is None for b in flat):
-            raise ValueError("--vectors shuffle: a piece arrived without its vectors (was it assigned with reread?)")
+        """Unit rows from the pieces' own vectors (:func:`with_vectors` fills those of ``reread`` pieces)."""
+        if any(b.vecs is None for b in flat):
+            raise ValueError("a piece reached the search without its vectors (see with_vectors)")
         if not flat:
             return np.zeros((0, params.dim), np.float32)
-        if all(b.vecs is None for b in flat):
-            return row_vectors(params, self.gids)
-        return np.concatenate([unit_float32(b.vecs if b.vecs is not None else stored_rows(params, b.gids))
-                               for b in flat])
+        return unit_float32(np.concatenate([b.vecs for b in flat]))
+
+
+def with_vectors(pieces: list[Piece], params: DedupParams) -> list[Piece]:
+    """The pieces, each with its rows as stored: ``--vectors shuffle`` pieces and old rows from the increment index
+    carry them; ``reread`` pieces get them here, read from their parts in one batch (memory-mapped when local).
+
+    Raises:
+      ValueError: ``--vectors shuffle`` and a piece arrived without its vectors.
+    """
+    missing = [i for i, b in enumerate(pieces) if b.vecs is None]
+    if not missing:
+        return pieces
+    if params.vectors is VectorTransport.SHUFFLE:
+        raise ValueError("--vectors shuffle: a piece arrived without its vectors (was it assigned with reread?)")
+    rows = stored_rows(params, np.concatenate([pieces[i].gids for i in missing]))
+    out, start = list(pieces), 0
+    for i in missing:
+        n = len(pieces[i].gids)
+        out[i] = dataclasses.replace(pieces[i], vecs=rows[start:start + n])
+        start += n
+    return out
 
 
 def owned_pairs(rows: "PartitionRows", x: np.ndarray, y: np.ndarray, partition: int) -> np.ndarray:
@@ -154,10 +172,9 @@ class SearchPartitionFn(beam.DoFn):
         task = TaskKey(*key) if isinstance(key, tuple) else TaskKey(int(key))
         part = task.partition
         p = self.params
-        pieces = list(pieces)
+        pieces = with_vectors(list(pieces), p)
         keep = store.stored_pieces(task, pieces, p)
-        self.stored.inc(store.write_partition_task(
-            task, keep, [b.vecs if b.vecs is not None else stored_rows(p, b.gids) for b in keep], p))
+        self.stored.inc(store.write_partition_task(task, keep, [b.vecs for b in keep], p))
         rows = PartitionRows(pieces + store.old_rows_for_task(task, pieces, p), p, part)
         n_hn, n_ho, n_vn, _ = rows.counts
         if not n_hn and not (n_ho and n_vn):
@@ -328,8 +345,7 @@ class AssignAndSearch(beam.PTransform):
     (gid, cosine) per edge endpoint (not yet maximised over partitions);
     ``edges_written``: one count per written near-edges file; ``near_pairs``:
     the number of distinct near pairs found (one element); ``nn_sampled``:
-    the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`); ``hashes``:
-    ``(hash, (gid, key))`` of the rows read (for the increment index). ``old_hashes`` (from the run
+    the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`). ``old_hashes`` (from the run
     strategy) gives the old rows whose exact hash equals a new row's; an increment's search tasks read the
     old rows of their partition themselves (:func:`transforms.dedup.store.old_rows_for_task`).
     """
@@ -375,4 +391,4 @@ class AssignAndSearch(beam.PTransform):
         roots = (searched.roots, exact.roots) | "SearchAndHashRoots" >> beam.Flatten()
         max_cos = (searched.max_cos, exact.max_cos) | "SearchAndHashCosines" >> beam.Flatten()
         return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written, "nn_sampled": nn_sampled,
-                "near_pairs": near_pairs, "partitions_split": balanced["partitions_split"], "hashes": new_hashes}
+                "near_pairs": near_pairs, "partitions_split": balanced["partitions_split"]}

@@ -193,11 +193,16 @@ def old_rows_for_task(task: TaskKey, new_pieces: list[Piece], params: DedupParam
 # --- index buckets ----------------------------------------------------------------------------------------
 
 def _write_bucket(element, params: DedupParams, kind: str, schema: pa.Schema) -> int:
-    """(bucket, {"rows": [dict], "bucket": [None]}) -> ``index/{kind}/bucket-{b}.parquet`` (sorted); returns rows."""
+    """(bucket, {"rows": [dict or pa.Table], "bucket": [None]}) -> ``index/{kind}/bucket-{b}.parquet``, sorted by
+    its first two columns; returns the rows written."""
     bucket, grouped = element
-    rows = sorted(grouped["rows"], key=lambda r: tuple(r[f] for f in schema.names[:2]))
-    layout.write_parquet(params.out.index_bucket(kind, bucket), schemas.table(rows, schema))
-    return len(rows)
+    items = list(grouped["rows"])
+    tables = [t for t in items if isinstance(t, pa.Table)]
+    dicts = [r for r in items if not isinstance(r, pa.Table)]
+    table = pa.concat_tables(tables + [schemas.table(dicts, schema)]).cast(schema)
+    table = table.sort_by([(name, "ascending") for name in schema.names[:2]])
+    layout.write_parquet(params.out.index_bucket(kind, bucket), table)
+    return table.num_rows
 
 
 class WriteIndexBuckets(beam.PTransform):
@@ -223,6 +228,23 @@ def hash_rows(block) -> list:
     return [(s, (g, k)) for s, g, k in zip(block.hashes.tolist(), block.gids.tolist(), block.keys.tolist()) if s]
 
 
+def hash_index_tables(block, buckets: int):
+    """Block -> ``(bucket, HASH_INDEX table)`` per bucket its hashed rows fall in (one element per bucket and
+    block, never one per row)."""
+    hashes = block.hashes.tolist()
+    has = np.asarray([bool(h) for h in hashes], bool)
+    if not has.any():
+        return
+    rows = np.flatnonzero(has)
+    b = np.asarray([text_bucket(hashes[r], buckets) for r in rows.tolist()], np.int64)
+    for bucket in np.unique(b).tolist():
+        sel = rows[b == bucket]
+        yield bucket, pa.table({"hash": pa.array([hashes[r] for r in sel.tolist()], pa.string()),
+                                "gid": pa.array(block.gids[sel], pa.int64()),
+                                "key": pa.array([str(k) for k in block.keys[sel].tolist()], pa.string())},
+                               schema=schemas.HASH_INDEX)
+
+
 def group_index_rows(element):
     """(part, GroupRow) -> ("rows", gid, ROW_INDEX row) and ("groups", group id, GROUP_INDEX row)."""
     part, row = element
@@ -235,7 +257,7 @@ def group_index_rows(element):
 
 
 class WriteIndex(beam.PTransform):
-    """``{"hashes": (hash, (gid, key)) of new rows, "rows": (part, GroupRow) labelled}`` -> the index buckets.
+    """``{"blocks": the new rows' Blocks, "rows": (part, GroupRow) labelled}`` -> the index buckets.
 
     Returns one stats Counter per kind (rows written); each waits on its files.
     """
@@ -248,10 +270,9 @@ class WriteIndex(beam.PTransform):
         p = self.params
         n = p.index_buckets
         if not p.write_index:
-            return inputs["hashes"].pipeline | "NoIndex" >> beam.Create([])
-        hashes = (inputs["hashes"]
-                  | "HashBuckets" >> beam.Map(lambda e: (text_bucket(e[0], n),
-                                                         {"hash": e[0], "gid": e[1][0], "key": e[1][1]}))
+            return inputs["blocks"].pipeline | "NoIndex" >> beam.Create([])
+        hashes = (inputs["blocks"]
+                  | "HashBuckets" >> beam.FlatMap(hash_index_tables, n)
                   | "WriteHashIndex" >> WriteIndexBuckets(p, "hashes", schemas.HASH_INDEX))
         split = inputs["rows"] | "GroupIndexRows" >> beam.FlatMap(group_index_rows)
         rows = (split | "RowKind" >> beam.Filter(lambda e: e[0] == "rows")
