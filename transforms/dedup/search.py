@@ -174,7 +174,7 @@ class SearchPartitionFn(beam.DoFn):
         p = self.params
         pieces = with_vectors(list(pieces), p)
         keep = store.stored_pieces(task, pieces, p)
-        self.stored.inc(store.write_partition_task(task, keep, [b.vecs for b in keep], p))
+        self.stored.inc(store.write_partition_task(task, keep, p))
         rows = PartitionRows(pieces + store.old_rows_for_task(task, pieces, p), p, part)
         n_hn, n_ho, n_vn, _ = rows.counts
         if not n_hn and not (n_ho and n_vn):

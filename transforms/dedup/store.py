@@ -37,20 +37,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from models.dedup.balance import TaskKey
+from models.dedup.balance import TaskKey, chunk_of
 from models.dedup.plan import ChainRun, DedupParams
 from models.storage import layout, schemas
 from models.storage.folders.dedup import DedupFolder
 from transforms.dedup.rows import Piece, PreviousGroup, Role, Spill, gid_of, split_gid
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def gid_buckets(gids: np.ndarray, buckets: int) -> np.ndarray:
-    """(n,) int64 gids -> (n,) int64 buckets in [0, buckets) (Fibonacci hashing, the same on every worker)."""
-    g = np.asarray(gids, np.int64).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        return (((g * _GOLDEN) >> np.uint64(29)) % np.uint64(buckets)).astype(np.int64)
+def gid_bucket(gid: int, buckets: int) -> int:
+    """A gid's bucket in [0, buckets): the Fibonacci hash that also picks a row's chunk of a split partition
+    (:func:`models.dedup.balance.chunk_of`), the same on every worker."""
+    return int(chunk_of(np.asarray([gid], np.int64), buckets)[0])
 
 
 def text_bucket(text: str, buckets: int) -> int:
@@ -84,9 +80,9 @@ def stored_pieces(task: TaskKey, pieces: list[Piece], params: DedupParams) -> li
     return []
 
 
-def encode_pieces(pieces: list[Piece], partition: int, raw: list[np.ndarray]) -> pa.Table:
-    """Pieces of one partition and their stored rows (``raw[i]``: (n_i, D) as stored) -> a PARTITION_ROWS table."""
-    raw = [np.ascontiguousarray(r) for r in raw]
+def encode_pieces(pieces: list[Piece], partition: int) -> pa.Table:
+    """Pieces of one partition, each with its rows as stored (``vecs``, (n_i, D)) -> a PARTITION_ROWS table."""
+    raw = [np.ascontiguousarray(b.vecs) for b in pieces]
     dtype = np.result_type(*[r.dtype for r in raw]) if raw else np.dtype(np.float16)
     width = (raw[0].shape[1] if raw else 0) * dtype.itemsize
     gids, homes, is_home, counts, visited, vecs = [], [], [], [], [], []
@@ -133,21 +129,17 @@ def decode_pieces(table: pa.Table, dim: int, visitors: bool = True) -> list[Piec
         for part in np.unique(parts[is_home == (role is Role.HOME)]).tolist():
             idx = np.flatnonzero((parts == part) & (is_home == (role is Role.HOME)))
             if role is Role.HOME:
-                counts = offsets[idx + 1] - offsets[idx]
-                indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-                at = np.repeat(offsets[idx] - indptr[:-1], counts) + np.arange(indptr[-1])
-                out.append(Piece(role, int(part), gids[idx], spill=Spill(indptr, values[at].astype(np.int32)),
-                                 vecs=x[idx]))
+                out.append(Piece(role, int(part), gids[idx], spill=Spill.of_rows(offsets, values, idx), vecs=x[idx]))
             else:
                 out.append(Piece(role, int(part), gids[idx], homes=home[idx].astype(np.int32), vecs=x[idx]))
     return out
 
 
-def write_partition_task(task: TaskKey, pieces: list[Piece], raw: list[np.ndarray], params: DedupParams) -> int:
+def write_partition_task(task: TaskKey, pieces: list[Piece], params: DedupParams) -> int:
     """``partitions/{q}/{a}-{b}.parquet`` of this run (nothing when the task stores no rows); returns rows written."""
     if not pieces:
         return 0
-    table = encode_pieces(pieces, task.partition, raw)
+    table = encode_pieces(pieces, task.partition)
     layout.write_parquet(params.out.partition_task(task.partition, task.a, task.b), table, uncompressed=("vec",))
     return table.num_rows
 
@@ -276,7 +268,7 @@ class WriteIndex(beam.PTransform):
                   | "WriteHashIndex" >> WriteIndexBuckets(p, "hashes", schemas.HASH_INDEX))
         split = inputs["rows"] | "GroupIndexRows" >> beam.FlatMap(group_index_rows)
         rows = (split | "RowKind" >> beam.Filter(lambda e: e[0] == "rows")
-                | "RowBuckets" >> beam.Map(lambda e: (int(gid_buckets(np.asarray([e[1]]), n)[0]), e[2]))
+                | "RowBuckets" >> beam.Map(lambda e: (gid_bucket(e[1], n), e[2]))
                 | "WriteRowIndex" >> WriteIndexBuckets(p, "rows", schemas.ROW_INDEX))
         groups = (split | "GroupKind" >> beam.Filter(lambda e: e[0] == "groups")
                   | "GroupBuckets" >> beam.Map(lambda e: (text_bucket(e[1], n), e[2]))
@@ -287,9 +279,10 @@ class WriteIndex(beam.PTransform):
 def _read_bucket(run: ChainRun, kind: str, bucket: int, column: str, wanted: list) -> pa.Table:
     """The rows of a chain run's bucket whose ``column`` is in ``wanted``."""
     path = DedupFolder(run.run).index_bucket(kind, bucket)
-    if not layout.exists(path):
-        raise ValueError(f"{path} is missing: the runs of a chain must stay where they were written")
-    table = layout.read_parquet(path)
+    try:  # one GET; only a verified absence is this error (every bucket is written, empty ones too)
+        table = layout.read_parquet(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing: the runs of a chain must stay where they were written") from None
     return table.filter(pc.is_in(table.column(column), value_set=pa.array(wanted, table.schema.field(column).type)))
 
 
@@ -297,10 +290,6 @@ def _by_run_bucket(value, chain: tuple[ChainRun, ...], bucket_of):
     """A lookup key -> ((run index, bucket), key) for every run of the chain."""
     for r, run in enumerate(chain):
         yield (r, bucket_of(value, run.buckets)), value
-
-
-def _gid_bucket(gid: int, buckets: int) -> int:
-    return int(gid_buckets(np.asarray([gid]), buckets)[0])
 
 
 def lookup_rows(element, params: DedupParams):
@@ -362,7 +351,7 @@ class LookupPreviousGroups(beam.PTransform):
         p = self.params
         group_ids = (old_gids
                      | "DistinctOldRows" >> beam.Distinct()
-                     | "RowLookups" >> beam.FlatMap(_by_run_bucket, p.chain, _gid_bucket)
+                     | "RowLookups" >> beam.FlatMap(_by_run_bucket, p.chain, gid_bucket)
                      | "GroupRowLookups" >> beam.GroupByKey()
                      | "ReadRowIndex" >> beam.FlatMap(lookup_rows, p)
                      | "CurrentGroupOfRow" >> beam.CombinePerKey(newest)
