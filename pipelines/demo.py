@@ -69,14 +69,21 @@ def shared_tagger() -> str:
     return f"onnx-classifier:{model},{labels}" if model and labels else "none"
 
 
-def truth_report(items, run_dir: str) -> list[str]:
-    """Where each planted structure ended up (groups, keyword and object trigger ranks)."""
+def keys_by_file_name(run_dir: str) -> dict[str, str]:
+    """{image file name: training key} from the run's embed metadata (by file name: the port changes between runs)."""
+    from models.storage import layout
+
+    meta = layout.read_parquet(os.path.join(run_dir, "embed", "metadata"), ["key", "url"]).to_pylist()
+    return {m["url"].rsplit("/", 1)[-1]: m["key"] for m in meta}
+
+
+def truth_report(items, run_dir: str, key_of: dict[str, str]) -> list[str]:
+    """Where each planted structure ended up (groups, keyword and object trigger ranks); ``key_of``:
+    :func:`keys_by_file_name` of the run."""
     from models.storage import run_chain
     from models.storage import layout
 
     lines = []
-    meta = layout.read_parquet(os.path.join(run_dir, "embed", "metadata"), ["key", "url"]).to_pylist()
-    key_of = {m["url"].rsplit("/", 1)[-1]: m["key"] for m in meta}  # by file name: the port changes between runs
     groups = {r["key"]: r for r in run_chain.load_groups(os.path.join(run_dir, "dedup")).to_pylist()}
     for truth in sorted({i.truth for i in items if i.truth.startswith(("exact:", "near:", "word:"))}):
         keys = [key_of[i.name] for i in items if i.truth == truth and i.name in key_of]
@@ -114,13 +121,10 @@ def group_precision(items, key_of: dict[str, str], groups: dict[str, dict]) -> s
     return f"duplicate groups: {len(members)}, of which mix different sources: {mixed} (group precision {precision:.3f})"
 
 
-def truth_of_keys(items, run_dir: str) -> dict[str, str]:
-    """{training key: planted truth} (by file name: the port changes between runs)."""
-    from models.storage import layout
-
+def truth_of_keys(items, key_of: dict[str, str]) -> dict[str, str]:
+    """{training key: planted truth}; ``key_of``: :func:`keys_by_file_name` of the run."""
     truth = {i.name: i.truth for i in items}
-    meta = layout.read_parquet(os.path.join(run_dir, "embed", "metadata"), ["key", "url"]).to_pylist()
-    return {m["key"]: truth.get(m["url"].rsplit("/", 1)[-1], "") for m in meta}
+    return {key: truth.get(name, "") for name, key in key_of.items()}
 
 
 def detection_report(truth_of_key: dict[str, str], run_dir: str) -> list[str]:
@@ -180,7 +184,8 @@ def run(argv: list[str] | None = None) -> dict:
     common = ["--input", shards, "--output", run_dir, "--model", "pixel", "--threshold", DEMO_THRESHOLD, "--tagger", tagger,
               "--set", "mine.min_support=10"]
     run_stage.run([*common, "--only", "embed,dedup,mine", "--quiet", *beam_args])
-    truth = truth_of_keys(items, run_dir)
+    key_of = keys_by_file_name(run_dir)
+    truth = truth_of_keys(items, key_of)
     model, data = train_demo_model(shards, os.path.join(out, "target"), truth, seed=args.seed)
     print(f"target: {model.spec} ({'reused' if model.cached else f'{model.steps} steps in {model.seconds:.0f} s'}, "
           f"final loss {model.final_loss:.4f})")
@@ -188,7 +193,7 @@ def run(argv: list[str] | None = None) -> dict:
                              "--set", "score.steps=25", "--set", "score.max_prompts=12",
                              "--set", "score.side_n_syn=100", "--set", "score.side_n_g=100", *beam_args])
     print("\nplanted structure:")
-    for line in truth_report(items, run_dir):
+    for line in truth_report(items, run_dir, key_of):
         print("  " + line)
     if tagger == "none":
         print("  (object mining skipped: no pretrained tagger offline; put the shared data beside the repo)")
