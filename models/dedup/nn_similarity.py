@@ -1,12 +1,13 @@
 """The distribution of nearest-neighbour similarities, from a sample: where copies separate from the rest.
 
-Each searched partition takes its sampled home rows (a deterministic hash of
-the global id below the sampling rate), finds each one's most similar other
-row among the partition's homes and visitors, and adds the cosines to a
-fixed-bin histogram; histograms are summed (a combiner over ``BINS``
-integers, never a gather of rows). Inside the partition plus its spill the
-nearest neighbour is exact for every neighbour above the threshold (see the
-spill bound in :mod:`models.dedup.partition`) and a lower bound below it.
+Each search task takes its sampled new rows (a deterministic hash of the
+global id below the sampling rate), homes and visitors, and finds each one's
+most similar other row among the task's rows; a row's maximum over its tasks
+(its home partition and every partition it visits; a keyed max) goes into a
+fixed-bin histogram (a combiner over ``BINS`` integers, never a gather of
+rows). The nearest neighbour is thus exact for every neighbour above the
+threshold (of a pair homed apart, one row visits the other's home: the spill
+bound in :mod:`models.dedup.partition`) and a lower bound below it.
 
 Output (``nn_similarity.json``, plotted by the report with the threshold
 marked)::

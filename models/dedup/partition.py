@@ -17,19 +17,29 @@ Spill bound (why the partitioned search is exact)
 --------------------------------------------------
 Let ``t`` be the cosine threshold and ``theta = arccos(t)``. Take a pair x, y
 with ``cos(x, y) >= t`` where x is homed in partition h (centroid c_h) and y in
-partition j != h. Because y chose c_j, ``(c_j - c_h) . y >= 0``: y lies in the
-half-space of points at least as close to c_j as to c_h. x is within angle
-theta of y, so x is within angle theta of that half-space, which means its
-normalised margin ``m_j(x) = (c_h - c_j) . x / |c_h - c_j|`` is at most
-``sin(theta) = sqrt(1 - t^2)``. Spilling x as a visitor into every partition
-j != h with ``m_j(x) <= sqrt(1 - t^2)`` therefore puts x next to every
-partner y homed elsewhere, and homes x homes covers partners homed with x:
-recall is exactly 1.0. :func:`assign_with_spill` caps the spill at the
-``max_spill`` partitions with the smallest margin (bounded spill); with
-``max_spill = k - 1`` nothing is cut and recall stays exact, with a smaller cap
-recall is measured, not guaranteed (a pair across a cut boundary is lost only
-if *both* endpoints drop the other's partition). At t = 0.95 the bound is
-sin(theta) = 0.312. The implementation subtracts the float32 rounding of the
+partition j != h. The bisector of unit centroids c_h and c_j is the hyperplane
+``(c_h - c_j) . z = 0`` through the origin; x lies on h's side of it, y on j's
+side. Write ``m_j(x) = (c_h - c_j) . x / |c_h - c_j|`` for x's normalised
+margin to j (>= 0 because x chose c_h) and ``m_h(y)`` likewise (>= 0). Then
+
+    m_j(x) + m_h(y) = (c_h - c_j) . (x - y) / |c_h - c_j| <= |x - y| = 2 sin(theta / 2)
+
+(Cauchy-Schwarz; ``|x - y|^2 = 2 - 2 cos(x, y)``), so *at least one* of the
+two margins is at most ``r = sin(theta / 2) = sqrt((1 - t) / 2)``. Spilling
+every row as a visitor into every partition j != h with ``m_j <= r`` thus
+puts, for every pair homed apart, one of its rows next to the other as a
+home, and each partition searches homes x homes and homes x visitors:
+recall is exactly 1.0. At t = 0.95, r = 0.158. The one-sided bound (x alone
+must reach y's partition: ``m_j(x) <= sin(theta) = 0.312``) is about twice
+as wide, and the number of centroids within a margin grows fast with it, so
+the two-sided rule spills far fewer rows (measured in the README's dedup
+benchmark table). The one-sided bound is still the right one for
+:func:`near_boundary` (which homes can meet a visitor from j at all).
+
+:func:`assign_with_spill` caps the spill at the ``max_spill`` partitions with
+the smallest margin (bounded spill); with ``max_spill = k - 1`` nothing is
+cut and recall stays exact, with a smaller cap recall is measured, not
+guaranteed. The implementation subtracts the float32 rounding of the
 centroid scores (4 gamma_d, 1.2e-4 at d = 512) from the score gap and widens
 the bound for the 1e-4 norm tolerance, so exactness holds for computed, not
 just ideal, scores.
@@ -236,10 +246,11 @@ def assign_with_spill(
     ``home[i]`` is the centroid with the largest inner product with ``x[i]``.
     ``x[i]`` is spilled as a visitor into partition ``j != home[i]`` when its
     normalised margin ``m_j = (c_h - c_j) . x / |c_h - c_j|`` is at most
-    ``sin(arccos(threshold)) = sqrt(1 - threshold^2)``: any partner y with
-    ``cos(x, y) >= threshold`` homed in j forces ``m_j <= sqrt(1 - t^2)``
-    (proof in the module docstring), so spilling into *all* such j gives
-    exact recall. Spill is capped at the ``max_spill`` qualifying partitions
+    ``sin(arccos(threshold) / 2) = sqrt((1 - threshold) / 2)``: of a pair with
+    ``cos(x, y) >= threshold`` homed in h and j, at least one row is within
+    that margin of the other's partition (proof in the module docstring), so
+    spilling into *all* such j gives exact recall when every partition
+    searches homes x homes and homes x visitors. Spill is capped at the ``max_spill`` qualifying partitions
     with the smallest margins, chosen among the ``min(k, 2 * max_spill + 1)``
     centroids with the largest inner product (faiss search). With
     ``max_spill = k - 1`` every centroid is a candidate, nothing is capped and
@@ -292,21 +303,25 @@ def assign_with_spill(
     counts = np.zeros(n, dtype=np.int64)
     parts: list[np.ndarray] = []
     c64 = c.astype(np.float64)
+    diameter = 2.0 * float(np.sqrt(np.einsum("ij,ij->i", c64, c64)).max()) * (1.0 + eta)
     for s, scores, labels in _candidates(x, c, quantizer, n_cand, block):
         m = labels.shape[0]
         home[s : s + m] = labels[:, 0]
         if n_cand == 1:
             continue
         cand = labels[:, 1:]
-        padded = cand < 0  # two-level: fewer probed centroids than candidates
-        safe = np.where(padded, labels[:, :1], cand)
-        dist = _centroid_distances(c64, np.broadcast_to(labels[:, :1], cand.shape), safe) * (1.0 + eta)
         gap = np.maximum(scores[:, :1] - scores[:, 1:] - slack, 0.0)
+        # |c_h - c_j| <= |c_h| + |c_j|: a gap beyond radius * that can not spill, whatever the distance
+        # (most candidates; the distances below are gathered for the rest only)
+        maybe = (cand >= 0) & (gap <= radius * diameter)  # cand < 0: two-level, fewer probed centroids
+        r, col = np.nonzero(maybe)
+        dist = _centroid_distances(c64, labels[r, 0], cand[r, col]) * (1.0 + eta)
+        g = gap[r, col]
         # dist == 0 only for coincident centroids, whose scores tie within slack: margin 0, spill.
-        margin = np.divide(gap, dist, out=np.zeros_like(gap, dtype=np.float64), where=dist > 0)
-        margin[(dist == 0) & (gap > 0)] = np.inf
-        margin[margin > radius] = np.inf
-        margin[padded] = np.inf
+        mg = np.divide(g, dist, out=np.zeros_like(g, dtype=np.float64), where=dist > 0)
+        mg[(dist == 0) & (g > 0)] = np.inf
+        margin = np.full(gap.shape, np.inf)
+        margin[r, col] = np.where(mg > radius, np.inf, mg)
         order = np.argsort(margin, axis=1, kind="stable")[:, :max_spill]
         ok = np.isfinite(np.take_along_axis(margin, order, axis=1))
         counts[s : s + m] = ok.sum(axis=1)
@@ -337,18 +352,24 @@ def _candidates(x: np.ndarray, c: np.ndarray, quantizer: "TwoLevel | None", n_ca
         yield s, scores, labels
 
 
-def spill_bounds(threshold: float, d: int) -> tuple[float, float]:
+def spill_bounds(threshold: float, d: int, one_sided: bool = False) -> tuple[float, float]:
     """``(radius, slack)`` of the spill test for computed float32 scores.
 
-    ``radius = sin(arccos(t_eff))`` with ``t_eff = t / (1 + eta)^2`` widened for the
-    :data:`NORM_TOLERANCE` ``eta`` on row norms; ``slack = 4 gamma_d (1 + eta)^3 / (1 - eta)``
+    ``radius`` is the two-sided bound ``sin(theta / 2)`` of the module docstring,
+    widened for the :data:`NORM_TOLERANCE` ``eta`` on row norms: with norms up to
+    ``1 + eta``, ``|x - y|^2 <= 2 (1 + eta)^2 - 2 t``, so ``radius = sqrt(((1 + eta)^2 - t) / 2)``.
+    ``one_sided`` gives the bound on one row alone, ``sin(arccos(t_eff))`` with
+    ``t_eff = t / (1 + eta)^2`` (:func:`near_boundary`). ``slack = 4 gamma_d (1 + eta)^3 / (1 - eta)``
     bounds the float32 rounding of a score gap ``x.c_h - x.c_j``. A row x of
-    partition h is within the spill bound of partition j when
+    partition h is within the bound of partition j when
     ``max(gap - slack, 0) <= radius * |c_h - c_j| * (1 + eta)``.
     """
     eta = NORM_TOLERANCE
-    t_eff = min(1.0, float(threshold) / (1.0 + eta) ** 2)
-    return math.sqrt(1.0 - t_eff * t_eff), 4.0 * gamma(int(d)) * (1.0 + eta) ** 3 / (1.0 - eta)
+    slack = 4.0 * gamma(int(d)) * (1.0 + eta) ** 3 / (1.0 - eta)
+    if one_sided:
+        t_eff = min(1.0, float(threshold) / (1.0 + eta) ** 2)
+        return math.sqrt(1.0 - t_eff * t_eff), slack
+    return math.sqrt(max(0.0, ((1.0 + eta) ** 2 - float(threshold)) / 2.0)), slack
 
 
 def near_boundary(x: np.ndarray, centroids: np.ndarray, home: int, other: int, threshold: float) -> np.ndarray:
@@ -362,7 +383,7 @@ def near_boundary(x: np.ndarray, centroids: np.ndarray, home: int, other: int, t
     that the full homes x visitors search finds is lost. Cost: 2 n d flops.
     """
     c = np.asarray(centroids, np.float32)
-    radius, slack = spill_bounds(threshold, c.shape[1])
+    radius, slack = spill_bounds(threshold, c.shape[1], one_sided=True)
     gap = x @ c[home] - x @ c[other]  # float32 scores, as faiss computes them in assign_with_spill
     dist = float(np.linalg.norm(c[home].astype(np.float64) - c[other].astype(np.float64)))
     return np.maximum(gap - slack, 0.0) <= radius * dist * (1.0 + NORM_TOLERANCE)

@@ -181,7 +181,7 @@ def _run(params, centroids, partition: int):
     blocks = [b for part in (0, 1) for b in ReadPartFn(params).process(part) if hasattr(b, "gids")]
     pieces = [piece for b in blocks for part, piece in assign(b, centroids, params) if part == partition]
     return [(o.tag, o.value) for o in SearchPartitionFn(params).process((partition, pieces), centroids)
-            if o.tag != "nn"]
+            if o.tag != "nn_best"]
 
 
 def test_connect_components_merges_through_shared_nodes(beam_pipeline):

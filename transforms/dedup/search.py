@@ -135,13 +135,13 @@ def owned_pairs(rows: "PartitionRows", x: np.ndarray, y: np.ndarray, partition: 
 
 class SearchPartitionFn(beam.DoFn):
     """(task key, pieces) -> ``((gid_a, gid_b), cos)`` (tag ``edges``), ``(gid, local_root)`` (tag ``roots``)
-    and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge; a nearest-neighbour histogram (tag ``nn``);
-    the number of near pairs it owns (tag ``pairs``, :func:`owned_pairs`).
+    and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge; ``(gid, nearest cosine in this task)`` of
+    its sampled new rows (tag ``nn_best``, maximised over a row's tasks: :meth:`_nn`); the number of near pairs
+    it owns (tag ``pairs``, :func:`owned_pairs`).
 
     The key is a :class:`models.dedup.balance.TaskKey` (as a tuple): a whole
     partition, or one block pair of a split one, where off the diagonal only
-    homes x "visitors" are searched (nearest neighbours then leave per row,
-    tag ``nn_best``, to be maximised over the row's tasks).
+    homes x "visitors" are searched.
     Searched: new homes x (new homes, old homes, all visitors), and old homes x
     new visitors -- every pair the one-shot search would find that has at
     least one new row, never old x old (in a from-scratch run every row is
@@ -217,28 +217,19 @@ class SearchPartitionFn(beam.DoFn):
             yield pvalue.TaggedOutput("max_cos", (node, c))
 
     def _nn(self, task: TaskKey, rows: "PartitionRows"):
-        """Nearest-neighbour cosines of the sampled new homes among the task's rows.
+        """``(gid, best cosine)`` (tag ``nn_best``) of the task's sampled new rows against every row of the task.
 
-        A partition searched whole gives one histogram (tag ``nn``). A split
-        one (:mod:`models.dedup.balance`) gives, per sampled row and task,
-        ``(gid, best cosine)`` (tag ``nn_best``) against every row of the task,
-        to be maximised per row: a home of chunk a is a query in the tasks of
-        chunk a (against itself, the chunks above and the visitors) and, as a
-        presented visitor, in the tasks of the chunks below, so the maximum
-        over its tasks is over the whole partition, as unsplit.
+        The queries are the sampled new homes and new visitors (or, off the
+        diagonal of a split partition, the other chunk's homes presented as
+        visitors); the maximum per row over its tasks is its nearest
+        neighbour among its home partition and every partition it visits,
+        exact above the threshold: of a pair homed apart one row visits the
+        other's home (the two-sided spill bound, :mod:`models.dedup.partition`),
+        and that row's query there meets the other.
         """
         n_hn, n_ho, n_vn, _ = rows.counts
         homes = n_hn + n_ho
-        if task.home_chunks == 1:
-            if n_hn:
-                best = self._nearest(rows.gids[:n_hn], rows.vecs[:n_hn], rows.gids, rows.vecs)
-                if best is not None:
-                    yield pvalue.TaggedOutput("nn", nn_similarity.histogram(best[1]))
-            return
-        queries = [(0, n_hn)]
-        if task.home_block:  # the other chunk's new homes, presented as visitors, meet this chunk here
-            queries.append((homes, homes + n_vn))
-        for q0, q1 in queries:
+        for q0, q1 in ((0, n_hn), (homes, homes + n_vn)):
             found = self._nearest(rows.gids[q0:q1], rows.vecs[q0:q1], rows.gids, rows.vecs) if q1 > q0 else None
             if found is not None:
                 for gid, best in zip(*(x.tolist() for x in found)):
@@ -252,14 +243,19 @@ class SearchPartitionFn(beam.DoFn):
         return gids[pick], nn_similarity.nearest_similarities(gids[pick], vecs[pick], cand_gids, cand_vecs)
 
 
-class SumHistograms(beam.CombineFn):
-    """Sum fixed-bin histograms: the accumulator is one (BINS,) int64 array, whatever the number of inputs."""
+class NNHistogram(beam.CombineFn):
+    """Cosines -> their fixed-bin histogram (:func:`models.dedup.nn_similarity.histogram`); the accumulator
+    is one (BINS,) int64 array, whatever the number of inputs."""
 
     def create_accumulator(self):
         return np.zeros(nn_similarity.BINS, np.int64)
 
-    def add_input(self, acc, counts):
-        acc += counts
+    def add_input(self, acc, value):
+        acc += nn_similarity.histogram(np.asarray([value]))
+        return acc
+
+    def add_inputs(self, acc, values):
+        acc += nn_similarity.histogram(np.fromiter(values, np.float64))
         return acc
 
     def merge_accumulators(self, accs):
@@ -335,7 +331,7 @@ def exact_groups(element, params: DedupParams):
 # at 1M x 256 with --vectors shuffle: 12.0 GB through one GroupByKey, 6.9 GB through 8). Distributed
 # runners shuffle each one as they would the whole.
 SHUFFLES = 8
-_TAGS = ("roots", "max_cos", "edges", "nn", "nn_best", "pairs")
+_TAGS = ("roots", "max_cos", "edges", "nn_best", "pairs")
 
 
 class AssignAndSearch(beam.PTransform):
@@ -368,10 +364,8 @@ class AssignAndSearch(beam.PTransform):
         searched = SimpleNamespace(**{tag: tuple(o[tag] for o in outputs) | f"All_{tag}" >> beam.Flatten()
                                       for tag in _TAGS})
         near_pairs = searched.pairs | "CountNearPairs" >> beam.CombineGlobally(sum)
-        split_nn = (searched.nn_best | "BestOverTasks" >> beam.CombinePerKey(max)
-                    | "SplitNNHistograms" >> beam.Map(lambda e: nn_similarity.histogram(np.asarray([e[1]]))))
-        nn_sampled = ((searched.nn, split_nn) | "AllNNHistograms" >> beam.Flatten()
-                      | "SumNNHistograms" >> beam.CombineGlobally(SumHistograms())
+        nn_sampled = (searched.nn_best | "BestOverTasks" >> beam.CombinePerKey(max) | "NNCosines" >> beam.Values()
+                      | "NNHistogram" >> beam.CombineGlobally(NNHistogram())
                       | "WriteNNHistogram" >> beam.Map(write_nn_histogram, p))
         edges_written = (
             searched.edges

@@ -23,7 +23,7 @@ def test_assign_with_spill_matches_margin_rule(planted):
     c = planted["centroids"]
     x64, c64 = x.astype(np.float64), c.astype(np.float64)
     scores = x64 @ c64.T
-    radius = math.sqrt(1 - T * T)
+    radius = math.sqrt((1 - T) / 2)  # sin(theta / 2), the two-sided bound
 
     home, (indptr, part) = dedup.assign_with_spill(x, c, T, K - 1, block=1000)
     assert home.dtype == np.int64 and indptr.dtype == np.int64 and part.dtype == np.int64
@@ -53,27 +53,29 @@ def test_assign_with_spill_matches_margin_rule(planted):
 
 @pytest.mark.parametrize("norm", [1.0, 1.0 + 9e-5])
 def test_spill_bound_is_tight_and_exact_at_the_boundary(norm):
-    """Pairs placed exactly at the bound: y barely on c2's side, x at angle ~theta towards c1.
+    """Pairs straddling the bisector of two centroids, split between its sides at every ratio.
 
-    x's margin is then sin(theta) up to ~3e-4, the largest any partner allows; with
-    max_spill = k - 1 every such pair must be found, and its margin must sit at the bound.
-    ``norm`` scales all rows to the edge of the accepted norm tolerance, where the angle
-    of a pair with inner product T is larger than arccos(T).
+    x sits at angle f * phi on c1's side and y at (1 - f) * phi on c2's side, in one
+    plane with the bisector's normal, phi the pair's angle (cos phi just above T):
+    their margins are sin(f phi) and sin((1 - f) phi). Half the pairs have f ~ 1/2,
+    where *both* margins sit at the two-sided bound sin(theta / 2) up to ~3e-4, the
+    tightest case: each pair must still meet (one row spilled into the other's
+    partition), and with max_spill = k - 1 the partitioned search must equal brute
+    force. ``norm`` scales all rows to the edge of the accepted norm tolerance, where
+    the angle of a pair with inner product T is larger than arccos(T).
     """
     rng = np.random.default_rng(8)
     d, n_pairs = 64, 400
     c = _unit(rng.standard_normal((2, d))).astype(np.float64)
     w = (c[0] - c[1]) / np.linalg.norm(c[0] - c[1])
-    rows = []
-    for _ in range(n_pairs):
-        y = rng.standard_normal(d)
-        y -= (y @ w) * w
-        y = y / np.linalg.norm(y) - 1e-6 * w  # just on c2's side of the bisector
-        y /= np.linalg.norm(y)
-        v = w - (w @ y) * y
-        v /= np.linalg.norm(v)
-        ang = math.acos(T / norm**2 + rng.uniform(1e-6, 1e-4))
-        rows += [math.cos(ang) * y + math.sin(ang) * v, y]
+    rows, split = [], np.concatenate([rng.uniform(0.5 - 1e-3, 0.5 + 1e-3, n_pairs // 2),
+                                      rng.uniform(0.02, 0.98, n_pairs - n_pairs // 2)])
+    for f in split:
+        u = rng.standard_normal(d)
+        u -= (u @ w) * w
+        u /= np.linalg.norm(u)
+        phi = math.acos(T / norm**2 + rng.uniform(1e-6, 1e-4))
+        rows += [math.cos(f * phi) * u + math.sin(f * phi) * w, math.cos((1 - f) * phi) * u - math.sin((1 - f) * phi) * w]
     x = (_unit(np.array(rows)) * np.float32(norm)).astype(np.float32)
     ids = np.arange(len(x), dtype=np.int64)
     centroids = _unit(c)
@@ -83,15 +85,21 @@ def test_spill_bound_is_tight_and_exact_at_the_boundary(norm):
     home, (indptr, part) = dedup.assign_with_spill(x, centroids, T, 1)
     crossing = np.flatnonzero(home[0::2] != home[1::2])
     assert crossing.size >= 0.95 * n_pairs  # ... and straddling the bisector
-    for p in crossing:  # one-sided guarantee: x alone reaches y's home (y sits on the boundary)
-        assert home[2 * p + 1] in part[indptr[2 * p] : indptr[2 * p + 1]]
+    for p in crossing:  # two-sided guarantee: one of the two rows reaches the other's home
+        assert home[2 * p + 1] in part[indptr[2 * p] : indptr[2 * p + 1]] or \
+            home[2 * p] in part[indptr[2 * p + 1] : indptr[2 * p + 2]]
     i, j, _ = dedup.search_partitioned(ids, x, centroids, T, max_spill=1)
     np.testing.assert_array_equal(np.unique(_pair_keys(i, j)), ref)
     x64 = x.astype(np.float64)
-    margins = (x64[0::2] @ w) * np.linalg.norm(c[0] - c[1]) / np.linalg.norm(centroids[0] - centroids[1])
-    assert margins.max() > math.sqrt(1 - T * T) - 1e-4  # the test reaches the bound
+    scale = np.linalg.norm(c[0] - c[1]) / np.linalg.norm(centroids[0] - centroids[1])
+    margins = np.minimum(x64[0::2] @ w, -(x64[1::2] @ w)) * scale  # the smaller margin of each pair
+    assert margins.max() > math.sqrt((1 - T) / 2) - 1e-4  # the test reaches the bound
     if norm > 1:
-        assert margins.max() > math.sqrt(1 - T * T) + 1e-4  # and passes the ideal bound
+        assert margins.max() > math.sqrt((1 - T) / 2) + 1e-5  # and passes the ideal bound
+    spilled = np.diff(indptr) > 0
+    # a row deep on its side (margin sin(0.7 phi) = 0.22 > the bound 0.158) is not spilled, its partner is
+    assert not spilled[0::2][split > 0.7].any() and not spilled[1::2][split < 0.3].any()
+    assert spilled[1::2][split > 0.7].all() and spilled[0::2][split < 0.3].all()
 
 
 def test_assign_with_spill_coincident_centroids():
