@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from models.dedup.plan import DedupParams, EdgeMode, VectorTransport
+from models.dedup.plan import ChainRun, DedupParams, EdgeMode, VectorTransport
 from models.storage import ids, layout
 from transforms.dedup.centroids import TrainCentroids
 from transforms.dedup.components import ConnectComponents
@@ -226,3 +226,23 @@ def test_write_parts_every_row_once(beam_pipeline, params):
     assert [d["key"] for d in drops] == ["k10"] and drops[0]["reason"].startswith("near-duplicate of k00")
     assert drops[0]["sample_id"] == s10
     assert [r["key"] for r in layout.read_parquet(params.out.rejects("00001")).to_pylist()] == ["k14"]
+
+
+def test_exact_groups_join_batches_of_one_shuffle_key(params):
+    """Rows of one hash in several batches (blocks, old rows) form one star from the smallest gid; a group of
+    old rows only is left alone; only edges to new rows are written, all in the key's one file."""
+    from transforms.dedup.search import exact_groups
+    from transforms.dedup.store import HashRows
+
+    inc = dataclasses.replace(params, n_old=1, part_runs=((),), centroids_path="c.npy", chain=(ChainRun("run0", 1),))
+    old0, old1 = (int(g) for g in gid_of(0, np.asarray([3, 4])))
+    new0, new1, new2 = (int(g) for g in gid_of(1, np.asarray([0, 1, 2])))
+    batches = [HashRows(["sha256:aa", "sha256:bb"], [new1, new0], ["n1", "n0"]),
+               HashRows(["sha256:aa", "sha256:cc", "sha256:cc", "sha256:dd"], [old1, old0, old1, new2],
+                        ["o1", "o0", "o1b", "n2"])]
+    out = list(exact_groups((7, batches), inc))
+    roots = sorted(o for o in out if not hasattr(o, "tag"))
+    assert roots == sorted([(old1, old1), (new1, old1)])  # aa: {old1, new1}; cc is old only, bb and dd alone
+    assert sorted(o.value for o in out if getattr(o, "tag", None) == "max_cos") == sorted([(old1, 1.0), (new1, 1.0)])
+    rows = pq.read_table(inc.out.exact_edges("hash-00007")).to_pylist()
+    assert rows == [{"key_a": "o1", "key_b": "n1", "cosine": 1.0, "kind": "exact"}]

@@ -10,7 +10,6 @@ are re-read from the parts (``--vectors``, :class:`models.dedup.plan.VectorTrans
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from types import SimpleNamespace
 
 import apache_beam as beam
@@ -302,27 +301,37 @@ def write_edges(element, params: DedupParams) -> int:
 
 
 def exact_groups(element, params: DedupParams):
-    """(``ALGO:HEX`` hash, [(gid, key)]) -> (gid, root) for hash groups of 2+, plus their edges file.
+    """(shuffle key, [HashRows]) -> (gid, root) for the hash groups of 2+ among them, plus one edges file.
 
-    The edges of a hash group are a star from its first member (cosine 1.0 by
-    definition: identical bytes give identical embeddings), so every member
-    also gets ``(gid, 1.0)`` (tag ``max_cos``). Incremental runs: only hash
-    groups with a new row count, and only the edges to new rows are written
-    (the old ones are in a previous run's files).
+    Every row of a hash is in the same shuffle key (:func:`transforms.dedup.store.hash_batches`). The edges of
+    a hash group are a star from its first member (smallest gid; cosine 1.0 by definition: identical bytes give
+    identical embeddings), so every member also gets ``(gid, 1.0)`` (tag ``max_cos``). Incremental runs: only
+    hash groups with a new row count, and only the edges to new rows are written (the old ones are in a
+    previous run's files). The key's edges go to ``edges/exact_hash-{key}.parquet`` (none: no file).
     """
-    digest, members = element
-    members = sorted(members)
-    if len(members) < 2 or not is_new_gid(members[-1][0], params.n_old):
+    shuffle_key, batches = element
+    rows = store.HashRows.concat(batches)
+    if len(rows.hashes) < 2:
         return
-    root, root_key = members[0]
-    rows = [{"key_a": root_key, "key_b": key, "cosine": 1.0, "kind": "exact"}
-            for gid, key in members[1:] if is_new_gid(gid, params.n_old)]
-    algorithm, _, hexdigest = digest.partition(":")
-    layout.write_parquet(params.out.exact_edges(f"{algorithm}_{hexdigest[:16]}_{zlib.crc32(digest.encode()):08x}"),
-                         schemas.table(rows, schemas.DEDUP_EDGES))
-    for gid, _ in members:
-        yield gid, root
-        yield pvalue.TaggedOutput("max_cos", (gid, 1.0))
+    hashes = np.asarray(rows.hashes)
+    gids = np.asarray(rows.gids, np.int64)
+    order = np.lexsort((gids, hashes))
+    hashes, gids = hashes[order], gids[order]
+    starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+    sizes = np.diff(np.r_[starts, len(hashes)])
+    edges = []
+    for s, n in zip(starts[sizes > 1].tolist(), sizes[sizes > 1].tolist()):
+        members = gids[s:s + n].tolist()
+        if not is_new_gid(members[-1], params.n_old):
+            continue
+        keys = [rows.keys[i] for i in order[s:s + n].tolist()]
+        edges += [{"key_a": keys[0], "key_b": key, "cosine": 1.0, "kind": "exact"}
+                  for gid, key in zip(members[1:], keys[1:]) if is_new_gid(gid, params.n_old)]
+        for gid in members:
+            yield gid, members[0]
+            yield pvalue.TaggedOutput("max_cos", (gid, 1.0))
+    if edges:
+        layout.write_parquet(params.out.exact_edges(f"hash-{shuffle_key:05d}"), schemas.table(edges, schemas.DEDUP_EDGES))
 
 
 # The pieces go to the search through SHUFFLES GroupByKeys (partition mod SHUFFLES): Beam's in-process
@@ -375,7 +384,7 @@ class AssignAndSearch(beam.PTransform):
             | "GroupEdgesByPart" >> beam.GroupByKey()
             | "WriteEdges" >> beam.Map(write_edges, p)
         )
-        new_hashes = blocks | "HashKeys" >> beam.FlatMap(store.hash_rows)
+        new_hashes = blocks | "HashBatches" >> beam.FlatMap(store.hash_batches, store.hash_shuffles(p))
         exact = (
             (new_hashes, self.old_hashes(new_hashes))
             | "NewAndOldHashes" >> beam.Flatten()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -215,9 +216,51 @@ class WriteIndexBuckets(beam.PTransform):
                 | "IndexStat" >> beam.Map(lambda n: Counter({f"index_{kind}_rows": n})))
 
 
-def hash_rows(block) -> list:
-    """Block -> ``(hash, (gid, key))`` for its rows with an exact hash."""
-    return [(s, (g, k)) for s, g, k in zip(block.hashes.tolist(), block.gids.tolist(), block.keys.tolist()) if s]
+@dataclass(frozen=True)
+class HashRows:
+    """Rows with an exact hash, batched: ``hashes`` (n,) ``ALGO:HEX`` strings, ``gids`` (n,) int64, ``keys`` (n,)
+    plain keys (lists, so a batch pickles as three lists, not n tuples; a dataclass, which Beam's coders keep,
+    where a NamedTuple may arrive as a plain tuple)."""
+
+    hashes: list
+    gids: list
+    keys: list
+
+    @classmethod
+    def concat(cls, batches) -> "HashRows":
+        hashes, gids, keys = [], [], []
+        for b in batches:
+            hashes += b.hashes
+            gids += b.gids
+            keys += b.keys
+        return cls(hashes, gids, keys)
+
+
+HASH_SHUFFLE_INDEX_BUCKETS = 16  # increment-index buckets per exact-hash shuffle key: ~1M new rows a key
+
+
+def hash_shuffles(params: DedupParams) -> int:
+    """Keys of the exact-hash shuffle: one per ~1M new rows (``HASH_SHUFFLE_INDEX_BUCKETS`` index buckets), so a
+    block sends one batch per key it touches, whatever the number of rows (at 400M rows, 382 keys)."""
+    return max(1, -(-params.index_buckets // HASH_SHUFFLE_INDEX_BUCKETS))
+
+
+def _batches_by_key(hashes: list, gids: list, keys: list, shuffles: int):
+    """(shuffle key, HashRows) per shuffle key among the rows (``text_bucket`` of the hash)."""
+    by_key: dict[int, HashRows] = {}
+    for h, g, k in zip(hashes, gids, keys):
+        batch = by_key.setdefault(text_bucket(h, shuffles) if shuffles > 1 else 0, HashRows([], [], []))
+        batch.hashes.append(h)
+        batch.gids.append(g)
+        batch.keys.append(k)
+    return sorted(by_key.items())
+
+
+def hash_batches(block, shuffles: int):
+    """Block -> ``(shuffle key, HashRows)`` of its rows with an exact hash, one element per key it touches."""
+    rows = [(h, g, str(k)) for h, g, k in zip(block.hashes.tolist(), block.gids.tolist(), block.keys.tolist()) if h]
+    if rows:
+        yield from _batches_by_key(*map(list, zip(*rows)), shuffles)
 
 
 def hash_index_tables(block, buckets: int):
@@ -366,16 +409,28 @@ class LookupPreviousGroups(beam.PTransform):
         return {"state": found.state, "meta": found.meta}
 
 
-def lookup_hashes(element, params: DedupParams):
-    """((run index, bucket), [hash]) -> (hash, (gid, key)) of the old rows with one of those hashes."""
-    (r, bucket), hashes = element
-    table = _read_bucket(params.chain[r], "hashes", bucket, "hash", sorted(set(hashes)))
-    for h, gid, key in zip(*(table.column(c).to_pylist() for c in ("hash", "gid", "key"))):
-        yield h, (gid, key)
+def hash_lookups(element, chain: tuple[ChainRun, ...]):
+    """(shuffle key, HashRows) of new rows -> ((run index, bucket), [hash]) for every run of the chain."""
+    _, batch = element
+    for r, run in enumerate(chain):
+        by_bucket: dict[int, list] = {}
+        for h in set(batch.hashes):
+            by_bucket.setdefault(text_bucket(h, run.buckets), []).append(h)
+        for bucket, hashes in sorted(by_bucket.items()):
+            yield (r, bucket), hashes
+
+
+def lookup_hashes(element, params: DedupParams, shuffles: int):
+    """((run index, bucket), [[hash]]) -> (shuffle key, HashRows) of the old rows with one of those hashes."""
+    (r, bucket), lists = element
+    table = _read_bucket(params.chain[r], "hashes", bucket, "hash", sorted({h for hs in lists for h in hs}))
+    if table.num_rows:
+        yield from _batches_by_key(*(table.column(c).to_pylist() for c in ("hash", "gid", "key")), shuffles)
 
 
 class LookupOldHashes(beam.PTransform):
-    """New rows' ``(hash, (gid, key))`` -> the old rows' with an equal hash (one bucket read per run and bucket)."""
+    """New rows' ``(shuffle key, HashRows)`` -> the old rows' with an equal hash, keyed the same way (one bucket
+    read per run and bucket)."""
 
     def __init__(self, params: DedupParams):
         super().__init__()
@@ -384,9 +439,6 @@ class LookupOldHashes(beam.PTransform):
     def expand(self, new_hashes):
         p = self.params
         return (new_hashes
-                | "NewHashes" >> beam.Map(lambda e: e[0])
-                | "DistinctNewHashes" >> beam.Distinct()
-                | "HashLookups" >> beam.FlatMap(_by_run_bucket, p.chain, text_bucket)
+                | "HashLookups" >> beam.FlatMap(hash_lookups, p.chain)
                 | "GroupHashLookups" >> beam.GroupByKey()
-                | "ReadHashIndex" >> beam.FlatMap(lookup_hashes, p))
-
+                | "ReadHashIndex" >> beam.FlatMap(lookup_hashes, p, hash_shuffles(p)))
