@@ -8,7 +8,7 @@ so "peak RSS" is that process's maximum resident set; a watchdog kills a run
 whose process tree passes ``--mem-limit-gb``):
 
 * ``dupmine``   ``pipelines.dedup.run`` with default flags (threshold 0.95,
-  auto partitions K = ceil(N / 2000), max spill 4) on Beam's in-process
+  auto partitions K = ceil(N / 2000), max spill 8) on Beam's in-process
   FnApiRunner, plus ``--edges all`` (unless ``--dedup-args`` names
   ``--edges``): pair recall needs every pair, and the default ``spanning``
   writes only a spanning forest (its pair count is in the summary,
@@ -23,7 +23,7 @@ whose process tree passes ``--mem-limit-gb``):
   sample size, seed, iterations), then all pairs within each cluster only
   (no spill), in process (models.dedup.kernels kernels).
 * ``kernels``   (optional, ``--kernels``) our partitioned search in one process
-  without Beam (train, assign with spill 4, search): separates kernel time
+  without Beam (train, assign with the default spill, search): separates kernel time
   from Beam overhead.
 * ``sample``    at N > ``--brute-max``: exact search (faiss IndexFlatIP, k = 64)
   of ``--sample-queries`` random rows against all rows; its pairs estimate
@@ -73,6 +73,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import run_measured  # noqa: E402
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from models.dedup.partition import DEFAULT_MAX_SPILL  # noqa: E402
 
 DIM = 512
 SEED = 1234          # pipeline default k-means seed; the SemDeDup baseline uses the same
@@ -476,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--sample-size", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--niter", type=int, default=20, help=argparse.SUPPRESS)
-    ap.add_argument("--max-spill", type=int, default=4, help=argparse.SUPPRESS)
+    ap.add_argument("--max-spill", type=int, default=DEFAULT_MAX_SPILL, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     DIM = args.dim
     if args.worker:
