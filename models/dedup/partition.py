@@ -47,6 +47,7 @@ just ideal, scores.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import faiss
@@ -72,6 +73,9 @@ row at ~2000 rows per partition and the default spill."""
 
 DEFAULT_NPROBE = 8
 """Default coarse cells probed per row by :class:`TwoLevel` assignment."""
+
+DEFAULT_REFINE = 10
+"""Default global Lloyd iterations of the fine centroids after per-cell training (:func:`train_two_level`)."""
 
 _SCRATCH_BYTES = 64 << 20  # cap on gathered-centroid scratch in assign_with_spill
 
@@ -164,47 +168,55 @@ class TwoLevel:
 
         Returns (m, n_cand) float32 scores, descending, and (m, n_cand) int64
         fine indices (-1 with score -inf where the probed cells hold fewer).
-        Scratch: (m, nprobe, n_cand) candidates (12 B each) plus faiss' blocked
-        top-k buffers; one faiss flat search per probed cell.
+        One faiss inverted-file search (``IndexIVFFlat``, inner product) whose
+        lists are the cells' fine centroids: the probed lists are scanned in
+        C++, so no row is copied per probed cell (the per-cell gathers of the
+        first version took 45 s at 3M rows, the flat search 19 s, this 12 s).
         """
-        probe = min(int(self.nprobe), self.coarse.shape[0])
-        index = faiss.IndexFlatIP(self.coarse.shape[1])
-        index.add(self.coarse)
-        _, cells = index.search(x, probe)
-        m = x.shape[0]
-        # per (row, probed slot): that cell's best n_cand fine centroids; one GEMM per probed cell
-        scores = np.full((m, probe, n_cand), -np.inf, np.float32)
-        labels = np.full((m, probe, n_cand), -1, np.int64)
-        flat = cells.ravel()
-        order = np.argsort(flat, kind="stable")  # (row, slot) entries grouped by probed cell
-        cuts = np.searchsorted(flat[order], np.arange(self.coarse.shape[0] + 1))
-        for c in np.flatnonzero(np.diff(cuts)):
-            ids = self.members[self.offsets[c] : self.offsets[c + 1]]
-            if not len(ids):
-                continue
-            rows, slot = np.divmod(order[cuts[c] : cuts[c + 1]], probe)  # a row probes a cell at most once
-            keep = min(n_cand, len(ids))
-            sc, top = faiss.knn(np.ascontiguousarray(x[rows]), self.fine[ids], keep, faiss.METRIC_INNER_PRODUCT)
-            scores[rows[:, None], slot[:, None], np.arange(keep)] = sc
-            labels[rows[:, None], slot[:, None], np.arange(keep)] = ids[top]
-        scores, labels = scores.reshape(m, -1), labels.reshape(m, -1)
-        top = np.argpartition(-scores, n_cand - 1, axis=1)[:, :n_cand] if scores.shape[1] > n_cand else \
-            np.broadcast_to(np.arange(n_cand), (m, n_cand))
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable"),
-                                 axis=1)
-        return np.take_along_axis(scores, top, axis=1), np.take_along_axis(labels, top, axis=1)
+        scores, labels = self._index().search(np.ascontiguousarray(x, np.float32), int(n_cand))
+        scores[labels < 0] = -np.inf
+        return scores, labels
+
+    def _index(self):
+        cached = _IVF_CACHE.get(self)
+        if cached is None:  # built once per process and quantizer; faiss indexes do not pickle, so not a field
+            d = self.coarse.shape[1]
+            coarse = faiss.IndexFlatIP(d)
+            coarse.add(self.coarse)
+            index = faiss.IndexIVFFlat(coarse, d, self.coarse.shape[0], faiss.METRIC_INNER_PRODUCT)
+            index.is_trained = True
+            lists = np.repeat(np.arange(self.coarse.shape[0], dtype=np.int64), np.diff(self.offsets))
+            fine = np.ascontiguousarray(self.fine[self.members])
+            ids = np.ascontiguousarray(self.members, np.int64)
+            index.add_core(len(ids), faiss.swig_ptr(fine), faiss.swig_ptr(ids), faiss.swig_ptr(lists))
+            index.nprobe = min(int(self.nprobe), self.coarse.shape[0])
+            cached = _IVF_CACHE[self] = (index, coarse)  # the quantizer must live as long as the index
+        return cached[0]
+
+
+_IVF_CACHE: "weakref.WeakKeyDictionary[TwoLevel, object]" = weakref.WeakKeyDictionary()
 
 
 def train_two_level(sample: np.ndarray, k: int, k1: int, seed: int, niter: int = 20,
-                    nprobe: int = DEFAULT_NPROBE) -> TwoLevel:
+                    nprobe: int = DEFAULT_NPROBE, refine: int = DEFAULT_REFINE) -> TwoLevel:
     """Spherical k-means in two levels: ``k1`` coarse centroids, then per coarse cell its share of ``k`` fine ones.
 
     Each cell's fine centroids are trained (:func:`train_centroids`, seed
     ``seed + 1 + cell``) on the sample rows nearest that coarse centroid; the
     ``min(k, n)`` fine centroids are shared among non-empty cells in
     proportion to their rows (largest remainder, at least one per non-empty
-    cell, at most its rows). Cost O(niter n k1 d + niter n (k / k1) d) flops,
-    memory the float32 sample; ``fine`` is ordered by cell (``members`` = arange).
+    cell, at most its rows). Cells trained apart crowd fine centroids on both
+    sides of a cell boundary, and a row near two close centroids is within
+    the spill bound of both, so ``refine`` global Lloyd iterations follow:
+    every sample row is assigned as the pipeline will assign it (its
+    ``nprobe`` cells, :meth:`TwoLevel.search`) and each fine centroid moves to
+    its rows' normalised mean (the cells' lists stay). Each iteration raises
+    the sample's summed cosine to its home (never lowers it: the probed set
+    of a row depends on the coarse level only). Measured on 3M x 256
+    topic-clustered rows, K = 1,500: spill visits a row 3.93 -> 1.72 with 10
+    iterations (no change from 10 to 40; flat k-means 0.91). Cost
+    O(niter n k1 d + niter n (k / k1) d + refine n (k1 + nprobe k / k1) d)
+    flops, memory the float32 sample; ``fine`` is ordered by cell (``members`` = arange).
     """
     x = unit_rows("sample", sample)
     n = x.shape[0]
@@ -222,7 +234,21 @@ def train_two_level(sample: np.ndarray, k: int, k1: int, seed: int, niter: int =
             for c, a in enumerate(alloc) if a]
     offsets = np.zeros(len(alloc) + 1, np.int64)
     np.cumsum(alloc, out=offsets[1:])
-    return TwoLevel(coarse, np.concatenate(fine), np.arange(k, dtype=np.int64), offsets, int(nprobe))
+    quantizer = TwoLevel(coarse, np.concatenate(fine), np.arange(k, dtype=np.int64), offsets, int(nprobe))
+    for _ in range(int(refine)):
+        quantizer = _lloyd_step(quantizer, x)
+    return quantizer
+
+
+def _lloyd_step(q: TwoLevel, x: np.ndarray) -> TwoLevel:
+    """One spherical Lloyd iteration of the fine centroids, rows assigned through the quantizer's probing."""
+    home = q.search(x, 1)[1][:, 0]
+    order = np.argsort(home, kind="stable")
+    used, starts = np.unique(home[order], return_index=True)
+    sums = np.add.reduceat(x[order].astype(np.float64), starts, axis=0)
+    fine = q.fine.astype(np.float64)
+    fine[used] = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-30)
+    return TwoLevel(q.coarse, fine.astype(np.float32), q.members, q.offsets, q.nprobe)
 
 
 def _allocate(k: int, rows: np.ndarray) -> np.ndarray:

@@ -79,13 +79,13 @@ def params(tmp_path):
 def test_read_parts_blocks_and_rejects(beam_pipeline, params):
     with beam_pipeline as p:
         read = p | beam.Create([0, 1]) | ReadParts(params)
-        rows = read["blocks"] | beam.FlatMap(lambda b: zip(b.gids.tolist(), b.keys.tolist(), b.area.tolist()))
-        expected = [(_gid(0, r), _keys(0)[r], (100 + r) * 10) for r in range(5)]
-        expected += [(_gid(1, r), _keys(1)[r], (100 + r) * 10) for r in range(4)]
-        assert_that(rows, equal_to(expected), label="Rows")
-        sids = read["blocks"] | beam.FlatMap(lambda b: b.sample_ids.tolist())
-        assert_that(sids, equal_to([_sid(params, part, k) for part, p in (("00000", 0), ("00001", 1))
-                                    for k in _keys(p)[:5 if p == 0 else 4]]), label="SampleIds")
+        rows = read["blocks"] | beam.FlatMap(lambda b: b.gids.tolist())
+        assert_that(rows, equal_to([_gid(0, r) for r in range(5)] + [_gid(1, r) for r in range(4)]), label="Rows")
+        hashed = read["hashes"] | beam.FlatMap(lambda e: zip(e[1].hashes, e[1].gids, e[1].keys))
+        sha = {0: [f"h0{r}" for r in range(6)], 1: [f"h1{r}" for r in range(6)]}
+        sha[0][2] = sha[1][1] = "same"  # the fixture's metadata; rejected rows have no hash row
+        assert_that(hashed, equal_to([(f"sha256:{sha[p][r]}", _gid(p, r), _keys(p)[r])
+                                      for p, n in ((0, 5), (1, 4)) for r in range(n)]), label="Hashes")
         assert_that(read["rejects"], equal_to([(0, Reject(5, "k04", "duplicate-sample-id: same sample id as row 4")),
                                                (1, Reject(4, "k14", "zero-embedding")),
                                                (1, Reject(5, "k15", "non-finite-embedding"))]), label="Rejects")
@@ -105,7 +105,7 @@ def _search(beam_pipeline, params):
     hashed = [_gid(0, 2), _gid(1, 1)]
     with beam_pipeline as p:
         read = p | beam.Create([0, 1]) | ReadParts(params)
-        found = ({"blocks": read["blocks"], "centroids": p | "C" >> beam.Create([centroids])}
+        found = ({"blocks": read["blocks"], "hashes": read["hashes"], "centroids": p | "C" >> beam.Create([centroids])}
                  | AssignAndSearch(params, FreshRun(params).old_hashes))
         roots = ([(g, copies[0]) for g in copies] + [(g, hashed[0]) for g in hashed])
         assert_that(found["roots"] | beam.Distinct(), equal_to(roots), label="Roots")

@@ -16,7 +16,7 @@ from models.storage.folders.dedup import DedupFolder
 from transforms.common import sum_counters
 from transforms.dedup import store
 from transforms.dedup.balance import split_piece
-from transforms.dedup.rows import Block, GroupRow, Piece, PreviousGroup, Role, Spill, gid_of
+from transforms.dedup.rows import GroupRow, Piece, PreviousGroup, Role, Spill, gid_of
 
 D = 6
 
@@ -129,15 +129,13 @@ def test_written_index_answers_lookups_and_the_newest_run_wins(tmp_path, beam_pi
     rows0 = [_group_row(0, 0, g0, 2, True), _group_row(0, 1, g0, 2, False),
              _group_row(0, 2, g1, 2, True, area=7), _group_row(1, 0, g1, 2, False)]
     rows1 = [_group_row(0, 0, g0, 3, False), _group_row(0, 1, g0, 3, False), _group_row(2, 0, g0, 3, True, area=999)]
-    hashes0 = [Block(0, gid_of(0, np.arange(2)), np.asarray(["k00", "k01"], object), np.asarray(["s0", "s1"], object),
-                     np.asarray(["sha:x", ""], object), np.zeros(2, np.int64)),
-               Block(1, gid_of(1, np.arange(1)), np.asarray(["k10"], object), np.asarray(["s2"], object),
-                     np.asarray(["sha:y"], object), np.zeros(1, np.int64))]
+    hashes0 = [(0, store.HashRows(["sha:x"], [int(gid_of(0, [0])[0])], ["k00"])),
+               (0, store.HashRows(["sha:y"], [int(gid_of(1, [0])[0])], ["k10"]))]
     for params, rows, hashes in ((run0, rows0, hashes0), (run1, rows1, [])):
         with beam_pipeline_factory() as p:
-            stats = ({"blocks": p | "H" >> beam.Create(hashes), "rows": p | "R" >> beam.Create(rows)}
+            stats = ({"hashes": p | "H" >> beam.Create(hashes), "rows": p | "R" >> beam.Create(rows)}
                      | store.WriteIndex(params) | beam.CombineGlobally(sum_counters))
-            n_hashed = sum(int((b.hashes != "").sum()) for b in hashes)
+            n_hashed = sum(len(b.hashes) for _, b in hashes)
             assert_that(stats | beam.Map(dict), equal_to([{"index_hashes_rows": n_hashed, "index_rows_rows": len(rows),
                                                             "index_groups_rows": len(rows)}]))
         for kind in DedupFolder.INDEX_KINDS:  # every bucket is written, empty ones too

@@ -105,7 +105,7 @@ class Deduplicate(beam.PTransform):
         run = strategy_for(p)
         read = part_indices | "ReadParts" >> ReadParts(p)
         centroids = run.centroids(read["blocks"])
-        found = ({"blocks": read["blocks"], "centroids": centroids}
+        found = ({"blocks": read["blocks"], "hashes": read["hashes"], "centroids": centroids}
                  | "AssignAndSearch" >> AssignAndSearch(p, run.old_hashes))
         previous = run.previous_groups(found["roots"])
         connected = (tuple([found["roots"]] + previous["roots"])
@@ -113,7 +113,7 @@ class Deduplicate(beam.PTransform):
         groups = ({"labels": connected["labels"], "max_cos": found["max_cos"], "previous": previous["state"],
                    "meta": previous["meta"]}
                   | "LabelGroups" >> LabelGroups(p, run.keep_components))
-        index = {"blocks": read["blocks"], "rows": groups["rows"]} | "WriteIndex" >> WriteIndex(p)
+        index = {"hashes": read["hashes"], "rows": groups["rows"]} | "WriteIndex" >> WriteIndex(p)
         k = centroids | "WriteCentroids" >> beam.Map(write_centroids, p)
         outputs = {**groups, "rejects": read["rejects"], "parts": part_indices,
                    "edges_written": found["edges_written"], "nn_sampled": found["nn_sampled"],

@@ -10,6 +10,7 @@ from apache_beam.metrics import Metrics
 from models.dedup.plan import DedupParams
 from models.storage import layout
 from models.storage.folders.embed import PartIds, exact_hashes
+from transforms.dedup import store
 from transforms.dedup.rows import NAMESPACE, Block, Reject, gid_of, split_gid
 
 _ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys / sample ids
@@ -139,7 +140,8 @@ def row_areas(meta) -> np.ndarray:
 
 
 class ReadPartFn(beam.DoFn):
-    """Part index -> Blocks of valid rows (main) and ``(part, Reject)`` rows (tag ``rejects``).
+    """Part index -> Blocks of valid rows (main), ``(shuffle key, HashRows)`` of their rows with an exact hash
+    (tag ``hashes``, :func:`transforms.dedup.store.hash_batches`) and ``(part, Reject)`` rows (tag ``rejects``).
 
     Rejects: ``non-finite-embedding``, ``zero-embedding``, ``duplicate-sample-id``. Memory: one block of
     the part at a time (the ``.npy`` is memory-mapped when local). Increments
@@ -149,6 +151,7 @@ class ReadPartFn(beam.DoFn):
 
     def __init__(self, params: DedupParams):
         self.params = params
+        self.shuffles = store.hash_shuffles(params)
         self.read = Metrics.counter(NAMESPACE, "rows_read")
         self.rejected = Metrics.counter(NAMESPACE, "rows_rejected")
 
@@ -165,7 +168,6 @@ class ReadPartFn(beam.DoFn):
         keys = np.asarray(ids.keys, dtype=object)
         sample_ids = np.asarray(ids.sample_ids, dtype=object)
         hashes = np.asarray(exact_hashes(meta).values, dtype=object)
-        area = row_areas(meta)
         repeated = _repeated_ids(sample_ids)
         for start in range(0, n, p.block_rows):
             stop = min(n, start + p.block_rows)
@@ -184,7 +186,12 @@ class ReadPartFn(beam.DoFn):
             rows = np.flatnonzero(ok) + start
             self.read.inc(stop - start)
             if len(rows):
-                yield Block(part_index, gid_of(part_index, rows), keys[rows], sample_ids[rows], hashes[rows], area[rows])
+                gids = gid_of(part_index, rows)
+                yield Block(part_index, gids)
+                hashed = np.flatnonzero(hashes[rows] != "")
+                for key, batch in store.hash_batches(hashes[rows[hashed]].tolist(), gids[hashed].tolist(),
+                                                     [str(k) for k in keys[rows[hashed]].tolist()], self.shuffles):
+                    yield pvalue.TaggedOutput("hashes", (key, batch))
 
 
 def _repeated_ids(sample_ids: np.ndarray) -> dict:
@@ -200,9 +207,9 @@ def _repeated_ids(sample_ids: np.ndarray) -> dict:
 
 
 class ReadParts(beam.PTransform):
-    """Part indices -> ``{"blocks", "rejects"}`` of the new parts (every part in a fresh run).
+    """Part indices -> ``{"blocks", "hashes", "rejects"}`` of the new parts (every part in a fresh run).
 
-    ``blocks``: Blocks of valid rows; ``rejects``: ``(part, Reject)`` for
+    ``blocks``: Blocks of valid rows; ``hashes``: (shuffle key, HashRows) of those with an exact hash; ``rejects``: ``(part, Reject)`` for
     unusable embeddings and sample ids repeated inside a part (decided per
     part: a sample id names its shard, so it cannot repeat across parts).
     Plain keys may repeat (img2dataset restarts them in every download).
@@ -215,5 +222,5 @@ class ReadParts(beam.PTransform):
     def expand(self, part_indices):
         p = self.params
         read = (part_indices | "NewPartsOnly" >> beam.Filter(p.is_new)
-                | "ReadPartFiles" >> beam.ParDo(ReadPartFn(p)).with_outputs("rejects", main="blocks"))
-        return {"blocks": read.blocks, "rejects": read.rejects}
+                | "ReadPartFiles" >> beam.ParDo(ReadPartFn(p)).with_outputs("hashes", "rejects", main="blocks"))
+        return {"blocks": read.blocks, "hashes": read.hashes, "rejects": read.rejects}

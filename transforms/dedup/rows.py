@@ -45,25 +45,22 @@ def is_new_gid(gid: int, n_old: int) -> bool:
 
 @dataclass
 class Block:
-    """Up to ``block_rows`` valid rows of one embedding part.
+    """Up to ``block_rows`` valid rows of one embedding part: ``gids`` (n,) int64, nothing else.
 
-    gids (n,) int64; keys (n,) str plain keys; sample_ids (n,) str
-    (:mod:`models.storage.ids`, the row's identity); hashes (n,) str exact
-    hashes ``ALGO:HEX`` ('' when unknown); area (n,) int64 pixel area. The
-    vectors are never carried in blocks (blocks have several consumers, and
-    Beam's in-process runner holds every consumer's copy: float16 vectors in
-    blocks and pieces held 11.8 GB at 1M x 256, ids only 2.2 GB). The sample
-    and assign steps read the block's rows from its own part
-    (:func:`transforms.dedup.read.block_rows`); with ``--vectors shuffle`` the
-    pieces then carry them to the search.
+    Blocks have several consumers (the k-means sample, the assignment), and
+    Beam's in-process runner holds every consumer's copy, so they carry ids
+    only: float16 vectors in blocks and pieces held 11.8 GB at 1M x 256; keys,
+    sample ids and hashes as strings held 12.7 GB at 10M x 256, about 310 B a
+    row per consumer. The sample and assign steps read the block's rows from
+    its own part (:func:`transforms.dedup.read.block_rows`); with ``--vectors
+    shuffle`` the pieces then carry them to the search. The rows' exact hashes
+    leave the read as their own collection (:class:`transforms.dedup.store.HashRows`);
+    keys, sample ids and areas are read back from the part metadata for the
+    few rows that end in a group.
     """
 
     part: int
     gids: np.ndarray
-    keys: np.ndarray
-    sample_ids: np.ndarray
-    hashes: np.ndarray
-    area: np.ndarray
 
 
 class Role(str, enum.Enum):

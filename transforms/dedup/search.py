@@ -344,7 +344,7 @@ _TAGS = ("roots", "max_cos", "edges", "nn_best", "pairs")
 
 
 class AssignAndSearch(beam.PTransform):
-    """``{"blocks", "centroids"}`` -> ``{"roots", "max_cos", "edges_written", "nn_sampled"}``.
+    """``{"blocks", "hashes", "centroids"}`` (:class:`transforms.dedup.read.ReadParts`' blocks and hashes) -> ``{"roots", "max_cos", "edges_written", "nn_sampled"}``.
 
     ``roots``: (gid, local root) from partitions and hash groups; ``max_cos``:
     (gid, cosine) per edge endpoint (not yet maximised over partitions);
@@ -384,7 +384,7 @@ class AssignAndSearch(beam.PTransform):
             | "GroupEdgesByPart" >> beam.GroupByKey()
             | "WriteEdges" >> beam.Map(write_edges, p)
         )
-        new_hashes = blocks | "HashBatches" >> beam.FlatMap(store.hash_batches, store.hash_shuffles(p))
+        new_hashes = inputs["hashes"]
         exact = (
             (new_hashes, self.old_hashes(new_hashes))
             | "NewAndOldHashes" >> beam.Flatten()

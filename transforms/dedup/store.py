@@ -256,27 +256,22 @@ def _batches_by_key(hashes: list, gids: list, keys: list, shuffles: int):
     return sorted(by_key.items())
 
 
-def hash_batches(block, shuffles: int):
-    """Block -> ``(shuffle key, HashRows)`` of its rows with an exact hash, one element per key it touches."""
-    rows = [(h, g, str(k)) for h, g, k in zip(block.hashes.tolist(), block.gids.tolist(), block.keys.tolist()) if h]
-    if rows:
-        yield from _batches_by_key(*map(list, zip(*rows)), shuffles)
+def hash_batches(hashes: list, gids: list, keys: list, shuffles: int):
+    """Rows with an exact hash -> ``(shuffle key, HashRows)``, one element per key they touch."""
+    return _batches_by_key(hashes, gids, keys, shuffles)
 
 
-def hash_index_tables(block, buckets: int):
-    """Block -> ``(bucket, HASH_INDEX table)`` per bucket its hashed rows fall in (one element per bucket and
-    block, never one per row)."""
-    hashes = block.hashes.tolist()
-    has = np.asarray([bool(h) for h in hashes], bool)
-    if not has.any():
-        return
-    rows = np.flatnonzero(has)
-    b = np.asarray([text_bucket(hashes[r], buckets) for r in rows.tolist()], np.int64)
-    for bucket in np.unique(b).tolist():
-        sel = rows[b == bucket]
-        yield bucket, pa.table({"hash": pa.array([hashes[r] for r in sel.tolist()], pa.string()),
-                                "gid": pa.array(block.gids[sel], pa.int64()),
-                                "key": pa.array([str(k) for k in block.keys[sel].tolist()], pa.string())},
+def hash_index_tables(element, buckets: int):
+    """(shuffle key, HashRows) -> ``(bucket, HASH_INDEX table)`` per index bucket its rows fall in (one element
+    per bucket and batch, never one per row)."""
+    _, batch = element
+    by_bucket: dict[int, list] = {}
+    for i, h in enumerate(batch.hashes):
+        by_bucket.setdefault(text_bucket(h, buckets), []).append(i)
+    for bucket, rows in sorted(by_bucket.items()):
+        yield bucket, pa.table({"hash": pa.array([batch.hashes[r] for r in rows], pa.string()),
+                                "gid": pa.array([batch.gids[r] for r in rows], pa.int64()),
+                                "key": pa.array([batch.keys[r] for r in rows], pa.string())},
                                schema=schemas.HASH_INDEX)
 
 
@@ -292,7 +287,7 @@ def group_index_rows(element):
 
 
 class WriteIndex(beam.PTransform):
-    """``{"blocks": the new rows' Blocks, "rows": (part, GroupRow) labelled}`` -> the index buckets.
+    """``{"hashes": the new rows' (shuffle key, HashRows), "rows": (part, GroupRow) labelled}`` -> the index buckets.
 
     Returns one stats Counter per kind (rows written); each waits on its files.
     """
@@ -305,8 +300,8 @@ class WriteIndex(beam.PTransform):
         p = self.params
         n = p.index_buckets
         if not p.write_index:
-            return inputs["blocks"].pipeline | "NoIndex" >> beam.Create([])
-        hashes = (inputs["blocks"]
+            return inputs["hashes"].pipeline | "NoIndex" >> beam.Create([])
+        hashes = (inputs["hashes"]
                   | "HashBuckets" >> beam.FlatMap(hash_index_tables, n)
                   | "WriteHashIndex" >> WriteIndexBuckets(p, "hashes", schemas.HASH_INDEX))
         split = inputs["rows"] | "GroupIndexRows" >> beam.FlatMap(group_index_rows)
