@@ -247,8 +247,12 @@ def test_two_level_refinement_raises_the_sample_objective(planted):
     assert values[-1] > values[0] + 1.0
     np.testing.assert_allclose(np.linalg.norm(q.fine, axis=1), 1.0, atol=1e-6)
     refined = partition.train_two_level(sample, 96, 10, seed=2, niter=8, nprobe=2, refine=3)
-    np.testing.assert_allclose(refined.fine, q.fine, atol=1e-6)  # refine=r is r of these steps
-    np.testing.assert_array_equal(refined.offsets, q.offsets)
+    listed = partition._recell(q)  # refine=r is r of these steps, then each centroid in its nearest cell
+    np.testing.assert_allclose(refined.fine, listed.fine, atol=1e-6)
+    np.testing.assert_array_equal(refined.offsets, listed.offsets)
+    cell = np.searchsorted(listed.offsets, np.arange(listed.k), side="right") - 1
+    np.testing.assert_array_equal(cell, np.argmax(listed.fine @ listed.coarse.T, axis=1))
+    np.testing.assert_allclose(np.sort(listed.fine, axis=0), np.sort(q.fine, axis=0))
 
 
 def test_allocate_shares_fine_centroids_by_rows():
