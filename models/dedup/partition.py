@@ -232,9 +232,7 @@ def train_two_level(sample: np.ndarray, k: int, k1: int, seed: int, niter: int =
         raise ValueError(f"k and k1 must be >= 1, got {k!r} and {k1!r}")
     k = min(int(k), n)
     coarse = train_centroids(x, min(int(k1), k), seed=seed, niter=niter)
-    index = faiss.IndexFlatIP(coarse.shape[1])
-    index.add(coarse)
-    cell = index.search(x, 1)[1][:, 0]
+    cell = _nearest(coarse, x)
     alloc = _allocate(k, np.bincount(cell, minlength=coarse.shape[0]))
     fine = [train_centroids(x[cell == c], int(a), seed=int(seed) + 1 + c, niter=niter)
             for c, a in enumerate(alloc) if a]
@@ -249,13 +247,18 @@ def train_two_level(sample: np.ndarray, k: int, k1: int, seed: int, niter: int =
 def _recell(q: TwoLevel) -> TwoLevel:
     """The same fine centroids, each listed in the cell of its nearest coarse centroid (refinement moves some
     across a cell boundary; a row that probes the cell it moved to must find it there)."""
-    index = faiss.IndexFlatIP(q.coarse.shape[1])
-    index.add(q.coarse)
-    cell = index.search(q.fine, 1)[1][:, 0]
+    cell = _nearest(q.coarse, q.fine)
     order = np.argsort(cell, kind="stable")
     offsets = np.zeros(q.coarse.shape[0] + 1, np.int64)
     np.cumsum(np.bincount(cell, minlength=q.coarse.shape[0]), out=offsets[1:])
     return TwoLevel(q.coarse, np.ascontiguousarray(q.fine[order]), np.arange(q.k, dtype=np.int64), offsets, q.nprobe)
+
+
+def _nearest(centroids: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(n,) int64: the centroid with the largest inner product with each row of ``x`` (one faiss flat search)."""
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    return index.search(x, 1)[1][:, 0]
 
 
 def _lloyd_step(q: TwoLevel, x: np.ndarray) -> TwoLevel:

@@ -245,30 +245,25 @@ def hash_shuffles(params: DedupParams) -> int:
     return max(1, -(-params.index_buckets // HASH_SHUFFLE_INDEX_BUCKETS))
 
 
-def _batches_by_key(hashes: list, gids: list, keys: list, shuffles: int):
-    """(shuffle key, HashRows) per shuffle key among the rows (``text_bucket`` of the hash)."""
-    by_key: dict[int, HashRows] = {}
-    for h, g, k in zip(hashes, gids, keys):
-        batch = by_key.setdefault(text_bucket(h, shuffles) if shuffles > 1 else 0, HashRows([], [], []))
-        batch.hashes.append(h)
-        batch.gids.append(g)
-        batch.keys.append(k)
-    return sorted(by_key.items())
+def _by_text_bucket(texts: list, buckets: int) -> list[tuple[int, list[int]]]:
+    """[(bucket, [index into texts])] for the buckets (:func:`text_bucket`) the texts fall in, by bucket."""
+    by_bucket: dict[int, list[int]] = {}
+    for i, text in enumerate(texts):
+        by_bucket.setdefault(text_bucket(text, buckets) if buckets > 1 else 0, []).append(i)
+    return sorted(by_bucket.items())
 
 
-def hash_batches(hashes: list, gids: list, keys: list, shuffles: int):
+def hash_batches(hashes: list, gids: list, keys: list, shuffles: int) -> list[tuple[int, HashRows]]:
     """Rows with an exact hash -> ``(shuffle key, HashRows)``, one element per key they touch."""
-    return _batches_by_key(hashes, gids, keys, shuffles)
+    return [(key, HashRows([hashes[i] for i in rows], [gids[i] for i in rows], [keys[i] for i in rows]))
+            for key, rows in _by_text_bucket(hashes, shuffles)]
 
 
 def hash_index_tables(element, buckets: int):
     """(shuffle key, HashRows) -> ``(bucket, HASH_INDEX table)`` per index bucket its rows fall in (one element
     per bucket and batch, never one per row)."""
     _, batch = element
-    by_bucket: dict[int, list] = {}
-    for i, h in enumerate(batch.hashes):
-        by_bucket.setdefault(text_bucket(h, buckets), []).append(i)
-    for bucket, rows in sorted(by_bucket.items()):
+    for bucket, rows in _by_text_bucket(batch.hashes, buckets):
         yield bucket, pa.table({"hash": pa.array([batch.hashes[r] for r in rows], pa.string()),
                                 "gid": pa.array([batch.gids[r] for r in rows], pa.int64()),
                                 "key": pa.array([batch.keys[r] for r in rows], pa.string())},
@@ -406,13 +401,10 @@ class LookupPreviousGroups(beam.PTransform):
 
 def hash_lookups(element, chain: tuple[ChainRun, ...]):
     """(shuffle key, HashRows) of new rows -> ((run index, bucket), [hash]) for every run of the chain."""
-    _, batch = element
+    distinct = sorted(set(element[1].hashes))
     for r, run in enumerate(chain):
-        by_bucket: dict[int, list] = {}
-        for h in set(batch.hashes):
-            by_bucket.setdefault(text_bucket(h, run.buckets), []).append(h)
-        for bucket, hashes in sorted(by_bucket.items()):
-            yield (r, bucket), hashes
+        for bucket, rows in _by_text_bucket(distinct, run.buckets):
+            yield (r, bucket), [distinct[i] for i in rows]
 
 
 def lookup_hashes(element, params: DedupParams, shuffles: int):
@@ -420,7 +412,7 @@ def lookup_hashes(element, params: DedupParams, shuffles: int):
     (r, bucket), lists = element
     table = _read_bucket(params.chain[r], "hashes", bucket, "hash", sorted({h for hs in lists for h in hs}))
     if table.num_rows:
-        yield from _batches_by_key(*(table.column(c).to_pylist() for c in ("hash", "gid", "key")), shuffles)
+        yield from hash_batches(*(table.column(c).to_pylist() for c in ("hash", "gid", "key")), shuffles)
 
 
 class LookupOldHashes(beam.PTransform):
