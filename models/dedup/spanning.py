@@ -19,13 +19,16 @@ tile (:func:`models.dedup.search.tile_pairs`) and keeps
 * the number of pairs this partition owns (a caller-supplied mask decides
   ownership; see :func:`transforms.dedup.search.owned_pairs`).
 
-With ``keep_all`` it keeps every pair instead (``--edges all``; O(pairs) memory,
-inherent since they are all written).
+The forest is built over the owned pairs only, and with ``keep_all`` (``--edges
+all``; O(pairs) memory, inherent since they are all written) the owned pairs
+are kept instead: every pair is owned by exactly one partition, so the
+partitions' edges never repeat one another and are written where they are
+found, with no shuffle to make them distinct.
 
 Union over partitions: the components of the union of per-partition forests
-equal the components of the union of all per-partition pair sets, because
-each forest has its partition's components (tested in
-tests/models/dedup/test_spanning.py on a planted set with chains and spilled rows).
+equal the components of the union of all owned pair sets, i.e. of all pairs,
+because each forest has the components of its partition's owned pairs (tested
+in tests/models/dedup/test_spanning.py on a planted set with chains and spilled rows).
 """
 from __future__ import annotations
 
@@ -94,7 +97,8 @@ class PairReducer:
 
     def add(self, a: np.ndarray, b: np.ndarray, cos: np.ndarray, owned: np.ndarray | None = None) -> None:
         """Pairs ``(a[k], b[k])`` of cosine ``cos[k]``, each unordered pair given once over all calls;
-        ``owned`` (bool mask, default all) marks those this partition counts in ``n_pairs``."""
+        ``owned`` (bool mask, default all) marks those this partition owns: all count in ``max_cos``, only
+        the owned ones in ``n_pairs`` and the forest (or the kept pairs)."""
         a = np.asarray(a, np.int64)
         b = np.asarray(b, np.int64)
         cos = np.asarray(cos, np.float32)
@@ -102,7 +106,9 @@ class PairReducer:
             return
         np.maximum.at(self.max_cos, a, cos)
         np.maximum.at(self.max_cos, b, cos)
-        self.n_pairs += int(a.size if owned is None else np.count_nonzero(owned))
+        if owned is not None:
+            a, b, cos = a[owned], b[owned], cos[owned]
+        self.n_pairs += int(a.size)
         self._parts.append((np.minimum(a, b), np.maximum(a, b), cos))
         self._buffered += a.size
         if not self.keep_all and self._buffered >= self.buffer_pairs:

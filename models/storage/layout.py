@@ -115,14 +115,24 @@ def parse_npy_header(head: bytes) -> tuple[tuple[int, ...], np.dtype, int]:
     return tuple(header["shape"]), np.dtype(header["descr"]), start + hlen
 
 
-def npy_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of a ``.npy`` file from a range read of its header (remote: ~1 KiB, not the array)."""
+def npy_header(path: str, size: int | None = None) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a ``.npy`` file from range reads of its header (remote: ~1 KiB, not the
+    array). ``size`` (the file's bytes, when known) keeps the first range inside the file."""
+    want = NPY_HEADER_GUESS if size is None else min(int(size), NPY_HEADER_GUESS)
     try:
-        shape, dtype, _ = parse_npy_header(read_bytes(path, 0, NPY_HEADER_GUESS))
-    except ShortNpyHeader as short:  # a header longer than the guess (very many dimensions or fields)
-        shape, dtype, _ = parse_npy_header(read_bytes(path, 0, short.need))
+        try:
+            return parse_npy_header(read_bytes(path, 0, want))
+        except ShortNpyHeader as short:  # a header longer than the guess (very many dimensions or fields)
+            if size is not None and short.need > size:
+                raise ValueError(f"the header needs {short.need} bytes but the file has {size}") from None
+            return parse_npy_header(read_bytes(path, 0, short.need))
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def npy_shape(path: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file (:func:`npy_header`)."""
+    shape, dtype, _ = npy_header(path)
     return shape, dtype
 
 

@@ -46,7 +46,7 @@ def folder(planted, tmp_path_factory):
 
 
 def _search(root, offsets, centroids, vectors, edges):
-    """Every partition's search outputs, outside Beam: (distinct edges {(row, row): cos}, roots, max_cos, pairs)."""
+    """Every partition's search outputs, outside Beam: (edges {(row, row): cos}, roots, max_cos, pairs)."""
     params = DedupParams(embeddings=root, output=root + "_out", parts=tuple(f"{p:05d}" for p in range(PARTS)),
                          dim=64, threshold=T, max_spill=kernels.DEFAULT_MAX_SPILL, sample_size=0, seed=0, niter=1,
                          k=K, block_rows=4096, n_rows=int(offsets[-1]), vectors=vectors, edges=edges)
@@ -56,12 +56,15 @@ def _search(root, offsets, centroids, vectors, edges):
             for partition, piece in assign(block, centroids, params):
                 by_partition.setdefault(partition, []).append(piece)
     out = {"edges": {}, "roots": [], "max_cos": {}, "pairs": 0}
+    n_edges = 0
     for partition, pieces in sorted(by_partition.items()):
         for o in SearchPartitionFn(params).process((partition, pieces), centroids):
             if o.tag == "edges":
-                (a, b), c = o.value
-                key = (_row(a, offsets), _row(b, offsets))
-                out["edges"][key] = max(out["edges"].get(key, -1.0), c)
+                part, batch = o.value
+                assert (split_gid(batch.a)[0] == part).all() and (batch.a < batch.b).all()
+                n_edges += len(batch.a)
+                for a, b, c in zip(batch.a.tolist(), batch.b.tolist(), batch.cos.tolist()):
+                    out["edges"][(_row(a, offsets), _row(b, offsets))] = c
             elif o.tag == "roots":
                 out["roots"].append((_row(o.value[0], offsets), _row(o.value[1], offsets)))
             elif o.tag == "max_cos":
@@ -69,6 +72,7 @@ def _search(root, offsets, centroids, vectors, edges):
                 out["max_cos"][node] = max(out["max_cos"].get(node, -1.0), o.value[1])
             elif o.tag == "pairs":
                 out["pairs"] += o.value
+    assert n_edges == len(out["edges"])  # each pair is owned by one task: no task repeats another's edge
     return out
 
 

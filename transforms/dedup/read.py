@@ -1,7 +1,7 @@
 """Read embedding parts into blocks: valid rows, rejects and (increments) the old rows' previous groups."""
 from __future__ import annotations
 
-import mmap
+import os
 
 import apache_beam as beam
 import fsspec
@@ -15,13 +15,13 @@ from models.storage.folders.embed import PartIds, exact_hashes
 from transforms.dedup import store
 from transforms.dedup.rows import NAMESPACE, Block, Reject, gid_of, split_gid
 
-_ARRAYS: dict = {}  # per-process caches of opened parts (memory-mapped when local) and of their keys / sample ids
-_KEYS: dict = {}
-_HEADERS: dict = {}  # (shape, dtype, offset) of remote parts read by range
-_CACHE_ENTRIES = 64  # remote parts held whole, and remote headers
+_KEYS: dict = {}  # per-process caches of parts' keys / sample ids and of their .npy headers
+_HEADERS: dict = {}  # (shape, dtype, offset) per part file, read once by range
+_CACHE_ENTRIES = 64  # headers held
 _KEY_ENTRIES = 256  # parts' keys / sample ids (~1 MB a 10k-row part): the edge writer meets rows of many parts
-_MMAP_ENTRIES = 512  # memory-mapped local parts: no resident memory, but one file descriptor each (soft limit
-#                      1024); a search task meets rows of most parts, and 64 entries reopened every part each time
+REMOTE_GAP_BYTES = 1 << 20
+"""Remote rows closer than this (bytes between them) are fetched in one range: fewer requests for at most this
+much unread data a range. Local rows are read run by run (a run: consecutive rows), with no gap."""
 
 
 def _identity(path: str) -> tuple:
@@ -42,85 +42,102 @@ def _cached(cache: dict, key: tuple, load, limit: int = _CACHE_ENTRIES):
     return value
 
 
-def _part_array(params: DedupParams, part_index: int) -> np.ndarray:
-    path = params.folder(part_index).img_emb(params.parts[part_index])
-    local = layout.is_local(fsspec.core.url_to_fs(path)[0])
-    return _cached(_ARRAYS, _identity(path), lambda: layout.read_npy(path), _MMAP_ENTRIES if local else _CACHE_ENTRIES)
+def _header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data offset) of a ``.npy`` file, cached per process.
 
-
-def _npy_layout(path: str, size: int) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) of a ``.npy`` file of ``size`` bytes from range reads of its header."""
-    want = min(size, layout.NPY_HEADER_GUESS)  # an object store refuses a range past the end
-    while True:
-        try:
-            return layout.parse_npy_header(layout.read_bytes(path, 0, want))
-        except layout.ShortNpyHeader as e:
-            if e.need > size:
-                raise ValueError(f"{path}: .npy header needs {e.need} bytes but the file has {size}") from None
-            want = e.need
-
-
-def _npy_row_range(path: str, lo: int, hi: int) -> np.ndarray:
-    """Rows ``[lo, hi)`` of a 2-D ``.npy`` file, as stored, with one range read (remote: no whole-file GET)."""
-    identity = _identity(path)
-    shape, dtype, offset = _cached(_HEADERS, identity, lambda: _npy_layout(path, identity[1]))
-    if len(shape) != 2 or not 0 <= lo <= hi <= shape[0]:
-        raise ValueError(f"{path} has shape {shape}; cannot read rows [{lo}, {hi})")
-    row = shape[1] * dtype.itemsize
-    data = layout.read_bytes(path, offset + lo * row, offset + hi * row) if hi > lo else b""
-    return np.frombuffer(data, dtype).reshape(hi - lo, shape[1])
-
-
-def _released(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``array[rows]`` copied out of a memory-mapped part, whose pages then leave this process's resident set.
-
-    The pages stay in the page cache (a later read maps them back with a minor fault), but a search task
-    that meets rows of most parts no longer holds every part it touched as resident memory: at 10M x 256
-    the mapped parts were 5 GB of the process's RSS.
+    Local files are keyed by :func:`_identity` (a stat: a rewritten file is re-read). Remote ones by path: an
+    object-store metadata request per read would cost as much as the read (a search task reads a few rows of
+    most parts), and the parts are inputs no step rewrites while the run reads them.
     """
-    out = np.asarray(array[rows])
-    mm = getattr(array, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mm.madvise(mmap.MADV_DONTNEED)
-    return out
+    fs, _ = fsspec.core.url_to_fs(path)
+    if layout.is_local(fs):
+        identity = _identity(path)
+        return _cached(_HEADERS, identity, lambda: layout.npy_header(path, identity[1]))
+    return _cached(_HEADERS, (path,), lambda: layout.npy_header(path, _identity(path)[1]))
+
+
+def npy_shape(path: str) -> tuple[int, ...]:
+    """The shape of a ``.npy`` file from its header (:func:`_header`)."""
+    return _header(path)[0]
+
+
+def read_npy_rows(path: str, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (sorted, distinct int64) of a 2-D ``.npy`` file, as stored: (len(rows), D).
+
+    Reads only those rows, never the whole file: the header once per file and
+    process (by range, :func:`_header`), then one read per run of rows -- ``os.pread`` of each
+    run of consecutive rows when local (no memory map: a search task meets a
+    few rows of most parts, and the mapped pages of every part it touched were
+    resident memory, 5 GB at 10M x 256, while releasing them after each read
+    cost more than the reads), and one ranged request per run of rows less
+    than :data:`REMOTE_GAP_BYTES` apart on an object store (``cat_ranges``,
+    issued concurrently by async filesystems such as s3fs and gcsfs).
+    Memory: the rows plus, remote, the gaps inside each range.
+
+    Raises:
+      ValueError: the file is not 2-D, a row is out of range, or it is shorter than its header says.
+    """
+    rows = np.asarray(rows, np.int64)
+    shape, dtype, offset = _header(path)
+    if len(shape) != 2 or (len(rows) and not (0 <= rows[0] and rows[-1] < shape[0])):
+        raise ValueError(f"{path} has shape {shape}; cannot read rows {rows[:1].tolist()}..{rows[-1:].tolist()}")
+    if not len(rows):
+        return np.zeros((0, shape[1]), dtype)
+    row = shape[1] * dtype.itemsize
+    fs, p = fsspec.core.url_to_fs(path)
+    local = layout.is_local(fs)
+    cut = np.flatnonzero(np.diff(rows) > (1 if local else max(1, REMOTE_GAP_BYTES // row))) + 1
+    lo = rows[np.r_[0, cut]]
+    hi = rows[np.r_[cut - 1, len(rows) - 1]] + 1
+    starts, ends = (offset + lo * row).tolist(), (offset + hi * row).tolist()
+    if local:
+        with open(p, "rb", buffering=0) as f:
+            chunks = [os.pread(f.fileno(), e - s, s) for s, e in zip(starts, ends)]
+    else:
+        chunks = fs.cat_ranges([p] * len(starts), starts, ends, on_error="raise")
+    data = b"".join(chunks)
+    if len(data) != int((hi - lo).sum()) * row:
+        raise ValueError(f"{path} is shorter than its header says ({shape} {dtype}): truncated part")
+    data = np.frombuffer(data, dtype).reshape(-1, shape[1])
+    if len(data) == len(rows):
+        return data
+    run = np.repeat(np.arange(len(lo)), np.diff(np.r_[0, cut, len(rows)]))
+    first = np.r_[0, np.cumsum(hi - lo)[:-1]]
+    return data[first[run] + rows - lo[run]]
 
 
 def block_rows(params: DedupParams, block: Block, select: np.ndarray | None = None) -> np.ndarray:
     """The rows of ``block`` (or ``block.gids[select]``) as stored in the block's own part, (n, D).
 
-    Reads only the block's part: memory-mapped when local, else one range
-    read of the block's row span (a block is at most ``block_rows`` consecutive
-    rows of one part). The sample and assign steps read through here, so no
-    step before the search touches another part. Memory: the returned rows
-    (plus the span when remote).
+    Reads only the block's part, one read of the block's row span (a block is
+    at most ``block_rows`` consecutive rows of one part). The sample and assign
+    steps read through here, so no step before the search touches another
+    part. Memory: the span.
     """
     gids = block.gids if select is None else block.gids[select]
     parts, rows = split_gid(gids)
     if len(parts) and (parts != block.part).any():
         raise ValueError(f"block of part {block.part} holds rows of parts {np.unique(parts).tolist()}")
     path = params.folder(block.part).img_emb(params.parts[block.part])
-    if layout.is_local(fsspec.core.url_to_fs(path)[0]):
-        return _released(_part_array(params, block.part), rows)
-    if not len(rows):
-        return _npy_row_range(path, 0, 0)
-    lo = int(rows.min())
-    return _npy_row_range(path, lo, int(rows.max()) + 1)[rows - lo]
+    lo = int(rows.min()) if len(rows) else 0
+    return read_npy_rows(path, np.arange(lo, int(rows.max()) + 1 if len(rows) else 0))[rows - lo]
 
 
 def stored_rows(params: DedupParams, gids: np.ndarray) -> np.ndarray:
-    """(n,) gids -> (n, D) rows as stored in their parts (memory-mapped when local; the parts' common dtype).
-
-    Memory: the returned rows only; pages of a local ``.npy`` are shared and evictable.
-    """
+    """(n,) gids -> (n, D) rows as stored in their parts (the parts' common dtype), read by
+    :func:`read_npy_rows` part by part. Memory: the returned rows (plus remote range gaps)."""
     gids = np.asarray(gids, np.int64)
     parts, rows = split_gid(gids)
-    arrays = {part: _part_array(params, part) for part in np.unique(parts).tolist()}
-    dtype = np.result_type(*[a.dtype for a in arrays.values()]) if arrays else np.float32
-    out = np.empty((len(gids), params.dim), dtype)
-    for part, array in arrays.items():
+    found = []
+    for part in np.unique(parts).tolist():
         sel = np.flatnonzero(parts == part)
-        order = np.argsort(rows[sel], kind="stable")  # sorted reads of the memory map
-        out[sel[order]] = _released(array, rows[sel][order])
+        distinct, inverse = np.unique(rows[sel], return_inverse=True)
+        path = params.folder(part).img_emb(params.parts[part])
+        found.append((sel, read_npy_rows(path, distinct)[inverse]))
+    dtype = np.result_type(*[r.dtype for _, r in found]) if found else np.float32
+    out = np.empty((len(gids), params.dim), dtype)
+    for sel, r in found:
+        out[sel] = r
     return out
 
 
@@ -160,7 +177,7 @@ class ReadPartFn(beam.DoFn):
     (tag ``hashes``, :func:`transforms.dedup.store.hash_batches`) and ``(part, Reject)`` rows (tag ``rejects``).
 
     Rejects: ``non-finite-embedding``, ``zero-embedding``, ``duplicate-sample-id``. Memory: one block of
-    the part at a time (the ``.npy`` is memory-mapped when local). Increments
+    the part at a time (one read of its rows, :func:`read_npy_rows`). Increments
     read only their new parts: old rows come from the chain's increment index
     (:mod:`transforms.dedup.store`).
     """
@@ -175,11 +192,11 @@ class ReadPartFn(beam.DoFn):
         p = self.params
         folder = p.folder(part_index)
         part = p.parts[part_index]
-        emb = layout.read_npy(folder.img_emb(part))
+        emb_path = folder.img_emb(part)
         meta = layout.read_parquet(folder.metadata(part))
         n = meta.num_rows
-        if emb.shape[0] != n:
-            raise ValueError(f"{folder.img_emb(part)} has {emb.shape[0]} rows but {folder.metadata(part)} has {n}")
+        if npy_shape(emb_path)[0] != n:
+            raise ValueError(f"{emb_path} has {npy_shape(emb_path)[0]} rows but {folder.metadata(part)} has {n}")
         ids = p.folder(part_index).part_ids(part, meta)
         keys = np.asarray(ids.keys, dtype=object)
         sample_ids = np.asarray(ids.sample_ids, dtype=object)
@@ -187,7 +204,7 @@ class ReadPartFn(beam.DoFn):
         repeated = _repeated_ids(sample_ids)
         for start in range(0, n, p.block_rows):
             stop = min(n, start + p.block_rows)
-            x = np.asarray(emb[start:stop], dtype=np.float32)
+            x = np.asarray(read_npy_rows(emb_path, np.arange(start, stop)), dtype=np.float32)
             finite = np.isfinite(x).all(axis=1)
             norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
             first = np.asarray([start + r not in repeated for r in range(stop - start)], bool)

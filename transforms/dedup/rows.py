@@ -179,14 +179,6 @@ class GroupRow(NamedTuple):
         return (self.group_id, self.group_size, self.is_representative, self.representative_key, f32(self.max_cos))
 
 
-class Edge(NamedTuple):
-    """A near edge between two global ids, ``a < b``."""
-
-    a: int
-    b: int
-    cosine: float
-
-
 def unit_float32(x: np.ndarray) -> np.ndarray:
     """(n, D) stored rows -> float32 rows divided by their float32 norm (zero rows unchanged)."""
     x = np.asarray(x, np.float32)

@@ -2,15 +2,16 @@
 
 Outputs per node with an edge: ``(gid, local_root)`` (the smallest gid of its
 component inside one partition or hash group) and ``(gid, max_cos)``; near
-edges (a spanning forest per partition, or every pair: ``--edges``) are
-written to ``edges/edges_{part}.parquet`` after being made distinct; the
-number of distinct near pairs is counted. Vectors travel in the pieces or
+edges (a spanning forest of each search task's owned pairs, or every owned
+pair: ``--edges``) are written by the task that owns them to
+``edges/near_{q}-{a}-{b}.parquet``; the number of distinct near pairs is counted. Vectors travel in the pieces or
 are re-read from the parts (``--vectors``, :class:`models.dedup.plan.VectorTransport`).
 """
 from __future__ import annotations
 
 import dataclasses
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -25,7 +26,7 @@ from models.storage import layout, schemas
 from transforms.dedup import store
 from transforms.dedup.balance import BalancePartitions
 from transforms.dedup.read import block_rows, part_ids, stored_rows
-from transforms.dedup.rows import (NAMESPACE, Block, Edge, Piece, Role, Spill, is_new_gid, row_id, split_gid,
+from transforms.dedup.rows import (NAMESPACE, Block, Piece, Role, Spill, is_new_gid, split_gid,
                                    unit_float32)
 
 
@@ -98,7 +99,7 @@ class PartitionRows:
 
 def with_vectors(pieces: list[Piece], params: DedupParams) -> list[Piece]:
     """The pieces, each with its rows as stored: ``--vectors shuffle`` pieces and old rows from the increment index
-    carry them; ``reread`` pieces get them here, read from their parts in one batch (memory-mapped when local).
+    carry them; ``reread`` pieces get them here, read from their parts in one batch (:func:`transforms.dedup.read.stored_rows`).
 
     Raises:
       ValueError: ``--vectors shuffle`` and a piece arrived without its vectors.
@@ -133,7 +134,8 @@ def owned_pairs(rows: "PartitionRows", x: np.ndarray, y: np.ndarray, partition: 
 
 
 class SearchPartitionFn(beam.DoFn):
-    """(task key, pieces) -> ``((gid_a, gid_b), cos)`` (tag ``edges``), ``(gid, local_root)`` (tag ``roots``)
+    """(task key, pieces) -> its owned near edges, one :class:`EdgeBatch` per part of their first endpoint
+    (tag ``edges``, :func:`edge_batches`), ``(gid, local_root)`` (tag ``roots``)
     and ``(gid, max_cos)`` (tag ``max_cos``) per node with an edge; ``(gid, nearest cosine in this task)`` of
     its sampled new rows (tag ``nn_best``, maximised over a row's tasks: :meth:`_nn`); the number of near pairs
     it owns (tag ``pairs``, :func:`owned_pairs`).
@@ -149,9 +151,11 @@ class SearchPartitionFn(beam.DoFn):
     work 2.7x on the 64-d planted test set, but on 1M x 256 topic-clustered
     rows its per-source small GEMMs made the search slower (measured).
     Edges: with ``--edges spanning`` a maximum spanning forest of the
-    partition's pairs (:class:`models.dedup.spanning.PairReducer`, reduced
-    tile by tile), with ``all`` every pair; ``max_cos`` is the maximum over
-    every pair either way. Vectors come in the pieces (``--vectors shuffle``:
+    task's owned pairs (:class:`models.dedup.spanning.PairReducer`, reduced
+    tile by tile), with ``all`` every owned pair; each pair is owned by one
+    task (:func:`owned_pairs`), so the files never repeat a pair and no
+    shuffle makes edges distinct. ``max_cos`` is the maximum over every pair
+    found either way. Vectors come in the pieces (``--vectors shuffle``:
     no part is read) or from the parts (``reread``).
     Every task first writes its new rows to this run's increment index
     (``partitions/{q}/{a}-{b}.parquet``, :func:`transforms.dedup.store.stored_pieces`),
@@ -204,10 +208,8 @@ class SearchPartitionFn(beam.DoFn):
         if not found.n_pairs:
             return
         ga, gb = rows.gids[found.a], rows.gids[found.b]
-        # A pair of rows homed in different partitions can be found in both (each visits the other's home):
-        # edges leave as elements and are made distinct by a CombinePerKey before they are written.
-        for a, b, c in zip(np.minimum(ga, gb).tolist(), np.maximum(ga, gb).tolist(), found.cos.tolist()):
-            yield pvalue.TaggedOutput("edges", ((a, b), c))
+        for batch in edge_batches(ga, gb, found.cos):
+            yield pvalue.TaggedOutput("edges", batch)
         nodes, roots = components.local_components(np.zeros(0, np.int64), ga, gb)
         for node, root in zip(nodes.tolist(), roots.tolist()):
             yield pvalue.TaggedOutput("roots", (node, root))
@@ -271,33 +273,61 @@ def write_nn_histogram(counts: np.ndarray, params: DedupParams) -> int:
     return record["n_sampled"]
 
 
-def edge_of(element) -> Edge:
-    """``((gid_a, gid_b), cos)`` (a distinct-edge KV) -> :class:`Edge`."""
-    pair, cos = element
-    return Edge(int(pair[0]), int(pair[1]), float(cos))
+class EdgeBatch(NamedTuple):
+    """Near edges as arrays: ``a`` < ``b`` (m,) int64 gids, ``cos`` (m,) float32; ``key_a`` (m,) object (the
+    plain keys of ``a``, once attached by :func:`attach_keys_a`, else None)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    cos: np.ndarray
+    key_a: np.ndarray | None = None
+
+    def take(self, sel: np.ndarray) -> "EdgeBatch":
+        return EdgeBatch(*(None if x is None else x[sel] for x in self))
+
+    @staticmethod
+    def concat(batches) -> "EdgeBatch":
+        batches = list(batches)
+        return EdgeBatch(*(None if parts[0] is None else np.concatenate(parts) for parts in zip(*batches)))
 
 
-def _keys_of(params: DedupParams, gids: np.ndarray) -> np.ndarray:
-    """(n,) gids -> (n,) object array of their plain keys (one metadata read per part and process)."""
-    out = np.empty(len(gids), object)
-    parts, rows = split_gid(gids)
+def _by_part(gids: np.ndarray, batch: EdgeBatch):
+    """``(part, batch.take(rows of that part))`` per part among ``gids`` (one endpoint of each edge)."""
+    parts = split_gid(gids)[0]
     for part in np.unique(parts).tolist():
-        sel = np.flatnonzero(parts == part)
-        out[sel] = np.asarray(part_ids(params, part).keys, object)[rows[sel]]
-    return out
+        yield part, batch.take(np.flatnonzero(parts == part))
+
+
+def edge_batches(ga: np.ndarray, gb: np.ndarray, cos: np.ndarray):
+    """A task's owned edges -> ``(part of a, EdgeBatch)`` per part, ``a = min(ga, gb)`` (so ``a < b``)."""
+    a, b = np.minimum(ga, gb), np.maximum(ga, gb)
+    yield from _by_part(a, EdgeBatch(a, b, np.asarray(cos, np.float32)))
+
+
+def _keys_of(params: DedupParams, part: int, gids: np.ndarray) -> np.ndarray:
+    """(n,) gids of one part -> (n,) object array of their plain keys (one metadata read per part and process)."""
+    return np.asarray(part_ids(params, part).keys, object)[split_gid(gids)[1]]
+
+
+def attach_keys_a(element, params: DedupParams):
+    """(part, [EdgeBatch]) of edges whose ``a`` is in that part -> ``(part of b, EdgeBatch with key_a)`` per
+    part: the keys come from this part's metadata only."""
+    part, batches = element
+    batch = EdgeBatch.concat(batches)
+    yield from _by_part(batch.b, batch._replace(key_a=_keys_of(params, part, batch.a)))
 
 
 def write_edges(element, params: DedupParams) -> int:
-    """(part of gid_a, [Edge]) -> ``edges/edges_{part}.parquet`` (near edges, each pair once, sorted by gids);
-    returns the count."""
-    part_index, edges = element
-    edges = sorted(edges)
-    a = np.fromiter((e.a for e in edges), np.int64, len(edges))
-    b = np.fromiter((e.b for e in edges), np.int64, len(edges))
-    columns = {"key_a": _keys_of(params, a).tolist(), "key_b": _keys_of(params, b).tolist(),
-               "cosine": [e.cosine for e in edges], "kind": ["near"] * len(edges)}
-    layout.write_parquet(params.out.edges(params.parts[part_index]), pa.table(columns, schema=schemas.DEDUP_EDGES))
-    return len(edges)
+    """(part, [EdgeBatch]) of edges whose ``b`` is in that part -> ``edges/edges_{part}.parquet`` (sorted by
+    gids; ``key_b`` from this part's metadata); returns the count. Each pair is owned by one search task
+    (:func:`owned_pairs`), so no pair repeats across files."""
+    part, batches = element
+    batch = EdgeBatch.concat(batches)
+    batch = batch.take(np.lexsort((batch.b, batch.a)))
+    columns = {"key_a": batch.key_a.tolist(), "key_b": _keys_of(params, part, batch.b).tolist(),
+               "cosine": batch.cos.tolist(), "kind": ["near"] * len(batch.a)}
+    layout.write_parquet(params.out.edges(params.parts[part]), pa.table(columns, schema=schemas.DEDUP_EDGES))
+    return len(batch.a)
 
 
 def exact_groups(element, params: DedupParams):
@@ -376,12 +406,12 @@ class AssignAndSearch(beam.PTransform):
         nn_sampled = (searched.nn_best | "BestOverTasks" >> beam.CombinePerKey(max) | "NNCosines" >> beam.Values()
                       | "NNHistogram" >> beam.CombineGlobally(NNHistogram())
                       | "WriteNNHistogram" >> beam.Map(write_nn_histogram, p))
+        # Keys are attached in two hops so a worker reads one part's metadata per hop: by the part of a, then of b.
         edges_written = (
             searched.edges
-            | "DistinctEdges" >> beam.CombinePerKey(max)
-            | "ToEdges" >> beam.Map(edge_of)
-            | "EdgesByPart" >> beam.Map(lambda e: (row_id(e.a).part, e))
-            | "GroupEdgesByPart" >> beam.GroupByKey()
+            | "EdgesByPartA" >> beam.GroupByKey()
+            | "AttachKeysA" >> beam.FlatMap(attach_keys_a, p)
+            | "EdgesByPartB" >> beam.GroupByKey()
             | "WriteEdges" >> beam.Map(write_edges, p)
         )
         new_hashes = inputs["hashes"]

@@ -3,10 +3,11 @@
 Layout (``{part}`` is the embedding part suffix)::
 
     groups/groups_{part}.parquet         DEDUP_GROUPS, one row per grouped row of a new part
-    edges/edges_{part}.parquet           DEDUP_EDGES, near edges whose first endpoint is in {part}, each
+    edges/edges_{part}.parquet           DEDUP_EDGES, near edges whose second endpoint is in {part}, each
                                          pair once: with --edges spanning a maximum spanning forest of
-                                         each partition's near pairs (n - 1 edges for n rows connected
-                                         there; same components as all pairs), with --edges all every pair
+                                         each partition's owned near pairs (n - 1 edges for n rows
+                                         connected there; same components as all pairs), with --edges all
+                                         every pair
     edges/exact_{hash}.parquet           DEDUP_EDGES, one star per exact-hash group
     drop_keys.parquet/part-{part}.parquet      DROP_KEYS, rows an upstream filter removes
     drop_keys.parquet/demoted-{part}.parquet   increments: old representatives that lost their place
