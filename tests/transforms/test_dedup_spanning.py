@@ -20,8 +20,8 @@ from pipelines import dedup
 from tests.models.dedup.planted import K, T, _pair_keys, _pipeline_edges, make_planted
 from tests.pipelines.test_dedup_pipeline import planted_folder
 from transforms.dedup.read import ReadPartFn
-from transforms.dedup.rows import split_gid
-from transforms.dedup.search import SearchPartitionFn, assign
+from transforms.dedup.rows import Piece, Role, Spill, split_gid
+from transforms.dedup.search import MergePiecesFn, SearchPartitionFn, assign
 
 PARTS = 4
 
@@ -45,16 +45,21 @@ def folder(planted, tmp_path_factory):
     return root, offsets
 
 
-def _search(root, offsets, centroids, vectors, edges):
-    """Every partition's search outputs, outside Beam: (edges {(row, row): cos}, roots, max_cos, pairs)."""
+def _search(root, offsets, centroids, vectors, edges, block_rows=4096, merge_bytes=None):
+    """Every partition's search outputs, outside Beam: (edges {(row, row): cos}, roots, max_cos, pairs); with
+    ``merge_bytes`` the assigned pieces go through :class:`MergePiecesFn` first (one bundle)."""
     params = DedupParams(embeddings=root, output=root + "_out", parts=tuple(f"{p:05d}" for p in range(PARTS)),
                          dim=64, threshold=T, max_spill=kernels.DEFAULT_MAX_SPILL, sample_size=0, seed=0, niter=1,
-                         k=K, block_rows=4096, n_rows=int(offsets[-1]), vectors=vectors, edges=edges)
+                         k=K, block_rows=block_rows, n_rows=int(offsets[-1]), vectors=vectors, edges=edges)
+    assigned = [e for part in range(PARTS) for block in ReadPartFn(params).process(part)
+                for e in assign(block, centroids, params)]
+    if merge_bytes is not None:
+        fn = MergePiecesFn(params, merge_bytes)
+        fn.start_bundle()
+        assigned = [e for x in assigned for e in fn.process(x)] + [w.value for w in fn.finish_bundle()]
     by_partition: dict = {}
-    for part in range(PARTS):
-        for block in ReadPartFn(params).process(part):
-            for partition, piece in assign(block, centroids, params):
-                by_partition.setdefault(partition, []).append(piece)
+    for partition, piece in assigned:
+        by_partition.setdefault(partition, []).append(piece)
     out = {"edges": {}, "roots": [], "max_cos": {}, "pairs": 0}
     n_edges = 0
     for partition, pieces in sorted(by_partition.items()):
@@ -120,6 +125,37 @@ def test_spanning_edges_have_the_components_of_all_pairs(planted, results):
     assert all(len(set(b[g].tolist())) == 1 for g in planted["chains"])  # chains stay connected through their links
     assert span["pairs"] == every["pairs"] and span["max_cos"] == every["max_cos"]  # over ALL pairs
     assert sorted(set(span["roots"])) == sorted(set(every["roots"]))
+
+
+@pytest.mark.parametrize("merge_bytes", [0, 40_000, 1 << 30])  # every piece alone, some merged, all merged
+def test_merged_pieces_search_as_the_block_pieces(planted, folder, results, merge_bytes):
+    root, offsets = folder
+    for vectors in VectorTransport.SHUFFLE, VectorTransport.REREAD:
+        want = results[(vectors, EdgeMode.ALL)]  # block_rows 4096: one piece per part and partition
+        got = _search(root, offsets, planted["centroids"], vectors, EdgeMode.ALL, block_rows=128,
+                      merge_bytes=merge_bytes)
+        assert got["pairs"] == want["pairs"] and set(got["edges"]) == set(want["edges"])
+        assert sorted(set(got["roots"])) == sorted(set(want["roots"])) and got["max_cos"].keys() == want["max_cos"].keys()
+        # the same pair in another tile layout may differ in the last float32 bits
+        assert all(abs(got["edges"][e] - c) < 1e-6 for e, c in want["edges"].items())
+        assert all(abs(got["max_cos"][n] - c) < 1e-6 for n, c in want["max_cos"].items())
+
+
+def test_piece_concat_keeps_rows_and_spill_lists():
+    homes = [Piece(Role.HOME, 0, np.array([1, 2]), spill=Spill(np.array([0, 2, 3], np.int32), np.array([4, 5, 6], np.int32)),
+                   vecs=np.ones((2, 3), np.float16)),
+             Piece(Role.HOME, 1, np.array([7]), spill=Spill(np.array([0, 0], np.int32), np.zeros(0, np.int32)),
+                   vecs=np.zeros((1, 3), np.float16)),
+             Piece(Role.HOME, 1, np.array([9]), spill=Spill(np.array([0, 1], np.int32), np.array([8], np.int32)),
+                   vecs=np.full((1, 3), 2, np.float16))]
+    merged = Piece.concat(homes)
+    assert merged.gids.tolist() == [1, 2, 7, 9] and merged.homes is None
+    lists = [merged.spill.parts[merged.spill.indptr[r]:merged.spill.indptr[r + 1]].tolist() for r in range(4)]
+    assert lists == [[4, 5], [6], [], [8]] and merged.vecs[:, 0].tolist() == [1, 1, 0, 2]
+    assert merged.nbytes == sum(p.nbytes for p in homes) - 4 * (len(homes) - 1)  # one leading indptr 0 for all
+    visitors = Piece.concat([Piece(Role.VISIT, 0, np.array([3]), homes=np.array([2], np.int32)),
+                             Piece(Role.VISIT, 1, np.array([5, 6]), homes=np.array([0, 1], np.int32))])
+    assert visitors.homes.tolist() == [2, 0, 1] and visitors.spill is None and visitors.vecs is None
 
 
 @pytest.mark.parametrize("edges", ["spanning", "all"])

@@ -42,17 +42,47 @@ def _cached(cache: dict, key: tuple, load, limit: int = _CACHE_ENTRIES):
     return value
 
 
+_LOCATIONS: dict = {}  # path -> (local path or None, filesystem, path inside it)
+_LOCAL_PARTS: dict = {}  # (path, size, mtime) -> (header, open file descriptor) of local parts
+_FD_ENTRIES = 256  # local parts held open (the soft descriptor limit is usually 1024)
+
+
+def _where(path: str) -> tuple:
+    """(local path or None, filesystem, path inside it), resolved once per path and process."""
+    hit = _LOCATIONS.get(path)
+    if hit is None:
+        fs, p = fsspec.core.url_to_fs(path)
+        hit = (p if layout.is_local(fs) else None, fs, p)
+        if len(_LOCATIONS) < 1 << 16:
+            _LOCATIONS[path] = hit
+    return hit
+
+
+def _local_part(path: str, local: str) -> tuple:
+    """(header, file descriptor) of a local ``.npy``, cached by (path, size, mtime): one ``stat`` per read, so
+    a rewritten file is re-read; the least recently used of :data:`_FD_ENTRIES` open files is closed."""
+    st = os.stat(local)
+    key = (path, st.st_size, st.st_mtime_ns)
+    hit = _LOCAL_PARTS.pop(key, None)
+    if hit is None:
+        while len(_LOCAL_PARTS) >= _FD_ENTRIES:
+            os.close(_LOCAL_PARTS.pop(next(iter(_LOCAL_PARTS)))[1])
+        header = layout.npy_header(path, st.st_size)
+        hit = (header, os.open(local, os.O_RDONLY))
+    _LOCAL_PARTS[key] = hit
+    return hit
+
+
 def _header(path: str) -> tuple[tuple[int, ...], np.dtype, int]:
     """(shape, dtype, data offset) of a ``.npy`` file, cached per process.
 
-    Local files are keyed by :func:`_identity` (a stat: a rewritten file is re-read). Remote ones by path: an
-    object-store metadata request per read would cost as much as the read (a search task reads a few rows of
-    most parts), and the parts are inputs no step rewrites while the run reads them.
+    Local files are keyed by (path, size, mtime) (:func:`_local_part`: a rewritten file is re-read). Remote
+    ones by path: an object-store metadata request per read would cost as much as the read (a search task
+    reads a few rows of most parts), and the parts are inputs no step rewrites while the run reads them.
     """
-    fs, _ = fsspec.core.url_to_fs(path)
-    if layout.is_local(fs):
-        identity = _identity(path)
-        return _cached(_HEADERS, identity, lambda: layout.npy_header(path, identity[1]))
+    local, _, _ = _where(path)
+    if local is not None:
+        return _local_part(path, local)[0]
     return _cached(_HEADERS, (path,), lambda: layout.npy_header(path, _identity(path)[1]))
 
 
@@ -69,7 +99,8 @@ def read_npy_rows(path: str, rows: np.ndarray) -> np.ndarray:
     run of consecutive rows when local (no memory map: a search task meets a
     few rows of most parts, and the mapped pages of every part it touched were
     resident memory, 5 GB at 10M x 256, while releasing them after each read
-    cost more than the reads), and one ranged request per run of rows less
+    cost more than the reads; the file stays open, so a read costs one
+    ``stat`` plus its ``pread``s), and one ranged request per run of rows less
     than :data:`REMOTE_GAP_BYTES` apart on an object store (``cat_ranges``,
     issued concurrently by async filesystems such as s3fs and gcsfs).
     Memory: the rows plus, remote, the gaps inside each range.
@@ -78,21 +109,22 @@ def read_npy_rows(path: str, rows: np.ndarray) -> np.ndarray:
       ValueError: the file is not 2-D, a row is out of range, or it is shorter than its header says.
     """
     rows = np.asarray(rows, np.int64)
-    shape, dtype, offset = _header(path)
+    local, fs, p = _where(path)
+    if local is not None:
+        (shape, dtype, offset), fd = _local_part(path, local)
+    else:
+        shape, dtype, offset = _header(path)
     if len(shape) != 2 or (len(rows) and not (0 <= rows[0] and rows[-1] < shape[0])):
         raise ValueError(f"{path} has shape {shape}; cannot read rows {rows[:1].tolist()}..{rows[-1:].tolist()}")
     if not len(rows):
         return np.zeros((0, shape[1]), dtype)
     row = shape[1] * dtype.itemsize
-    fs, p = fsspec.core.url_to_fs(path)
-    local = layout.is_local(fs)
-    cut = np.flatnonzero(np.diff(rows) > (1 if local else max(1, REMOTE_GAP_BYTES // row))) + 1
+    cut = np.flatnonzero(np.diff(rows) > (1 if local is not None else max(1, REMOTE_GAP_BYTES // row))) + 1
     lo = rows[np.r_[0, cut]]
     hi = rows[np.r_[cut - 1, len(rows) - 1]] + 1
     starts, ends = (offset + lo * row).tolist(), (offset + hi * row).tolist()
-    if local:
-        with open(p, "rb", buffering=0) as f:
-            chunks = [os.pread(f.fileno(), e - s, s) for s, e in zip(starts, ends)]
+    if local is not None:
+        chunks = [os.pread(fd, e - s, s) for s, e in zip(starts, ends)]
     else:
         chunks = fs.cat_ranges([p] * len(starts), starts, ends, on_error="raise")
     data = b"".join(chunks)

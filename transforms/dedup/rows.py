@@ -88,10 +88,18 @@ class Spill(NamedTuple):
         at = np.repeat(indptr[rows] - out_ptr[:-1], counts) + np.arange(out_ptr[-1])
         return cls(out_ptr, np.asarray(parts[at], np.int32))
 
+    @classmethod
+    def concat(cls, spills: "list[Spill]") -> "Spill":
+        """The rows of ``spills`` one after another."""
+        ends = np.cumsum([0] + [int(s.indptr[-1]) for s in spills[:-1]])
+        indptr = np.concatenate([[0]] + [s.indptr[1:] + e for s, e in zip(spills, ends)]).astype(np.int32)
+        return cls(indptr, np.concatenate([s.parts for s in spills]).astype(np.int32, copy=False))
+
 
 @dataclass
 class Piece:
-    """The rows of one block that go to one partition.
+    """Rows that go to one partition in one role: of one block (:func:`transforms.dedup.search.assign`), or
+    of several blocks of equally new parts merged (:class:`transforms.dedup.search.MergePiecesFn`).
 
     gids (n,) int64; for visitors homes (n,) int32, each row's home partition
     (None for homes); for homes spill, the partitions each also visits
@@ -106,6 +114,25 @@ class Piece:
     homes: np.ndarray | None = None
     spill: Spill | None = None
     vecs: np.ndarray | None = None
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.gids, self.homes, self.vecs, *(self.spill or ()))
+        return sum(a.nbytes for a in arrays if a is not None)
+
+    @classmethod
+    def concat(cls, pieces: "list[Piece]") -> "Piece":
+        """One piece of the rows of ``pieces`` (one role; parts equally new or old: ``part`` is the first's)."""
+        first = pieces[0]
+        if len(pieces) == 1:
+            return first
+
+        def joined(name):
+            values = [getattr(b, name) for b in pieces]
+            return None if values[0] is None else np.concatenate(values)
+
+        return cls(first.role, first.part, joined("gids"), homes=joined("homes"),
+                   spill=None if first.spill is None else Spill.concat([b.spill for b in pieces]), vecs=joined("vecs"))
 
 
 class Reject(NamedTuple):

@@ -3,8 +3,10 @@
 Outputs per node with an edge: ``(gid, local_root)`` (the smallest gid of its
 component inside one partition or hash group) and ``(gid, max_cos)``; near
 edges (a spanning forest of each search task's owned pairs, or every owned
-pair: ``--edges``) are written by the task that owns them to
-``edges/near_{q}-{a}-{b}.parquet``; the number of distinct near pairs is counted. Vectors travel in the pieces or
+pair: ``--edges``; each pair is owned by one task, :func:`owned_pairs`) leave
+the tasks as array batches and are written to ``edges/edges_{part}.parquet``
+by the part of their second endpoint, keys attached in two keyed hops; the
+number of distinct near pairs is counted. Vectors travel in the pieces or
 are re-read from the parts (``--vectors``, :class:`models.dedup.plan.VectorTransport`).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from models.dedup import components, nn_similarity, partition, search, spanning
 from models.dedup.balance import TaskKey
@@ -56,6 +59,46 @@ def assign(block: Block, centroids: np.ndarray, params: DedupParams):
                                             homes=home[r].astype(np.int32) if visit else None,
                                             spill=None if visit else Spill.of_rows(indptr, spill, r),
                                             vecs=stored[r] if ship else None)
+
+
+MERGE_BYTES = 256 << 20
+"""Piece bytes a :class:`MergePiecesFn` holds before it emits its merged pieces."""
+
+
+class MergePiecesFn(beam.DoFn):
+    """(partition, Piece) -> (partition, Piece): a bundle's pieces of one partition, role and newness concatenated
+    (:meth:`transforms.dedup.rows.Piece.concat`), emitted when they pass ``max_bytes`` and at the bundle's end.
+
+    Every block sends a piece to almost every partition, so a search task met one piece per block and role
+    (10M x 256: ~300 of ~10 rows each, against ~30 at 1M), and its per-piece work (decoding, sections,
+    reads, the index write) grew as N K / block rows; merged, a task gets a few pieces whatever N. Memory:
+    at most ``max_bytes`` of pieces (plus one piece); nothing is lost or repeated (a retried bundle
+    re-emits its own rows only).
+    """
+
+    def __init__(self, params: DedupParams, max_bytes: int = MERGE_BYTES):
+        self.params = params
+        self.max_bytes = int(max_bytes)
+
+    def start_bundle(self):
+        self._held: dict = {}
+        self._bytes = 0
+
+    def process(self, element):
+        q, piece = element
+        self._held.setdefault((q, piece.role, self.params.is_new(piece.part)), []).append(piece)
+        self._bytes += piece.nbytes
+        if self._bytes >= self.max_bytes:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for element in self._flush():
+            yield GlobalWindows.windowed_value(element)
+
+    def _flush(self):
+        held, self._held, self._bytes = self._held, {}, 0
+        for (q, _, _), pieces in held.items():
+            yield q, Piece.concat(pieces)
 
 
 class PartitionRows:
@@ -394,7 +437,8 @@ class AssignAndSearch(beam.PTransform):
         p = self.params
         blocks = inputs["blocks"]
         centroids = pvalue.AsSingleton(inputs["centroids"])
-        pieces = blocks | "AssignPartitions" >> beam.FlatMap(assign, centroids, p)
+        pieces = (blocks | "AssignPartitions" >> beam.FlatMap(assign, centroids, p)
+                  | "MergePieces" >> beam.ParDo(MergePiecesFn(p)))
         balanced = pieces | "BalancePartitions" >> BalancePartitions(p.max_partition_rows)
         shares = balanced["tasks"] | "SplitShuffle" >> beam.Partition(lambda e, n: e[0][0] % n, SHUFFLES)
         outputs = [share | f"GroupByPartition{s}" >> beam.GroupByKey()
