@@ -21,7 +21,8 @@ whose process tree passes ``--mem-limit-gb``):
   ~N^2 d / 2 = 2.6e14 multiply-adds, hours on 2 cores).
 * ``semdedup``  SemDeDup-style baseline: the same spherical k-means (same K,
   sample size, seed, iterations), then all pairs within each cluster only
-  (no spill), in process (models.dedup.kernels kernels).
+  (no spill), in process, as SemDeDup computes them: each cluster's full
+  similarity matrix, its upper triangle thresholded (:func:`semdedup_pairs`).
 * ``kernels``   (optional, ``--kernels``) our partitioned search in one process
   without Beam (train, assign with the default spill, search): separates kernel time
   from Beam overhead.
@@ -274,6 +275,29 @@ def worker_brute(root: str, t: float, info: dict):
     return pair_keys(a, b)
 
 
+def semdedup_pairs(x: np.ndarray, home: np.ndarray, t: float):
+    """All pairs >= t inside each cluster as SemDeDup computes them (Abbas et al. 2023, arXiv:2303.09540,
+    Algorithm 1): the cluster's full similarity matrix X X^T (one sgemm), then its strict upper triangle, scanned
+    with the pipeline kernel's row-max prefilter; candidates within the float32 band re-decided in float64 (the
+    pipeline's pair rule)."""
+    order = np.argsort(home, kind="stable")
+    bounds = np.flatnonzero(np.diff(home[order])) + 1
+    lo = np.float32(t - _band(x.shape[1]))
+    out_a, out_b, out_c = [], [], []
+    for rows in np.split(order, bounds):
+        xc = x[rows]
+        g = xc @ xc.T
+        np.fill_diagonal(g, -np.inf)
+        hit = np.flatnonzero(g.max(axis=1) >= lo)  # the row-max prefilter of the pipeline's kernel
+        i, j = np.nonzero(g[hit] >= lo)
+        i = hit[i]
+        keep = j > i  # the strict upper triangle
+        i, j = i[keep], j[keep]
+        out_a.append(rows[i]); out_b.append(rows[j]); out_c.append(g[i, j])
+    a, b, c = (np.concatenate(v) for v in (out_a, out_b, out_c))
+    return _recheck(x, np.minimum(a, b), np.maximum(a, b), c, t)
+
+
 def worker_clustered(root: str, t: float, info: dict, max_spill: int, k: int, sample_size: int, niter: int):
     from models.dedup import kernels as dedup
 
@@ -288,7 +312,11 @@ def worker_clustered(root: str, t: float, info: dict, max_spill: int, k: int, sa
     assignment = dedup.assign_with_spill(x, centroids, t, max_spill)
     home, (indptr, _) = assignment
     t2 = time.perf_counter()
-    a, b, _ = dedup.search_partitioned(np.arange(n, dtype=np.int64), x, centroids, t, max_spill, assignment=assignment)
+    if max_spill == 0:  # SemDeDup: each cluster's full similarity matrix, its upper triangle thresholded
+        a, b = semdedup_pairs(x, home, t)
+    else:
+        a, b, _ = dedup.search_partitioned(np.arange(n, dtype=np.int64), x, centroids, t, max_spill,
+                                           assignment=assignment)
     t3 = time.perf_counter()
     sizes = np.bincount(home, minlength=len(centroids))
     info.update(compute_s=t3 - t0, train_s=t1 - t0, assign_s=t2 - t1, search_s=t3 - t2, k=len(centroids),
