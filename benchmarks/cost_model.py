@@ -7,12 +7,11 @@ Measured here (one core each: BLAS and torch limited to one thread):
 * pair search: seconds per (home x candidate) cosine of :func:`models.dedup.search.partition_pairs`
   on one partition-sized problem (``--rows-per-partition`` homes x as many candidates, at ``--dim``);
 * assignment: seconds per row-centroid dot product of :func:`models.dedup.partition.assign_with_spill`
-  with 4,096 direct centroids (the two-level quantizer scores ``K1 + c K / K1`` centroids a row,
-  c the coarse cells a row is present in; the model multiplies that count by this constant);
+  with 4,096 direct centroids (the two-level quantizer scores ``K1 + nprobe K / K1`` fine
+  centroids a row; the model multiplies that count by this constant);
 * spill: mean partition memberships per row (home + visitors) and the largest partition / mean,
   from k-means + assignment on a topic-clustered synthetic sample (the benchmark's
-  ``--background topics`` generator: within-topic cosine ~0.5, 2% planted near copies), flat and
-  with the two-level quantizer (cells and memberships per row);
+  ``--background topics`` generator: within-topic cosine ~0.5, 2% planted near copies);
 * mine: captions per second of the keyword extractor (spaCy blank + lookups), keywords per
   caption, and the vocabulary's growth (Heaps' law fit V(n) = a n^b on real LAION captions,
   ``../shared/data/laion_meta``) to size the tested family at N rows;
@@ -97,12 +96,8 @@ def measure_dedup(dim: int, rows_per_partition: int, threshold: float, max_spill
     c = partition.train_centroids(x[: min(len(x), 256 * k)], k, seed=0, niter=10)
     home, (indptr, spill) = partition.assign_with_spill(x, c, threshold, max_spill)
     sizes = np.bincount(home, minlength=k) + np.bincount(spill, minlength=k)
-    two = partition.train_two_level(x[: min(len(x), 256 * k)], k, max(1, round(math.sqrt(k))), seed=0, niter=10)
-    m = partition.assign_two_level(x, two, threshold, max_spill)
     return {"seconds_per_pair": per_pair, "seconds_per_centroid_dot": per_dot,
             "memberships_per_row": (len(home) + len(spill)) / len(home),
-            "two_level_cells_per_row": len(m.row) / len(x),
-            "two_level_memberships_per_row": (len(m.row) + len(m.visits)) / len(x),
             "largest_partition_over_mean": float(sizes.max() / sizes.mean()),
             "spill_sample": f"{spill_rows} topic-clustered rows, K {k}, t {threshold}, max_spill {max_spill}"}
 
@@ -187,13 +182,12 @@ def model_costs(m: dict, n: float, d: int, w: int, args) -> list[dict]:
     cap = mi.get("caption_bytes", args.caption_bytes)
     meta = cap + 200  # url, key, sizes, hashes
     emb_bytes = 2 * d  # float16 a vector
+    s = dd["memberships_per_row"]
     p = args.rows_per_partition
     k = math.ceil(n / p)
     k1 = max(1, round(math.sqrt(k)))
     direct = k <= args.max_direct_k
-    s = dd["memberships_per_row"] if direct else dd["two_level_memberships_per_row"]
-    dots_per_row = k if direct else k1 + dd["two_level_cells_per_row"] * k / k1
-    quantizer = "direct" if direct else f"two-level, K1 {k1}, {dd['two_level_cells_per_row']:.2f} cells/row"
+    dots_per_row = k if direct else k1 + args.nprobe * k / k1
     pairs = n * p * s  # sum over partitions of homes x (homes + visitors), K p (p s)
     dup_rows = args.duplicate_fraction * n
     stages = []
@@ -218,7 +212,7 @@ def model_costs(m: dict, n: float, d: int, w: int, args) -> list[dict]:
                      f"centroids {centroid_bytes / GB:.2f} GB to every worker",
             flops=flops, core_hours=sec / 3600, memory=mem_partition + centroid_bytes,
             note="reread on an object store: every search task reads ~all parts" if transport == "reread" else
-            f"K {k:,} ({quantizer}), {s:.2f} memberships/row"))
+            f"K {k:,} ({'direct' if direct else f'two-level, K1 {k1}, nprobe {args.nprobe}'}), {s:.2f} memberships/row"))
     if "captions_per_second" in mi:
         distinct = mi["heaps_a"] * n ** mi["heaps_b"]
         family = n * mi["keywords_per_caption"] / args.min_support  # pigeonhole: occurrences / support
@@ -270,6 +264,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--max-spill", type=int, default=8, help="dedup's default (models.dedup.partition.DEFAULT_MAX_SPILL)")
     ap.add_argument("--max-direct-k", type=int, default=8192)
+    ap.add_argument("--nprobe", type=int, default=8)
     ap.add_argument("--max-train-rows", type=int, default=262144)
     ap.add_argument("--min-support", type=int, default=10, help="mine's --min-support")
     ap.add_argument("--part-rows", type=int, default=10000, help="rows per img2dataset shard")

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 
-from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_SPILL, DEFAULT_MAX_TRAIN_ROWS
+from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_SPILL, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
 from models.closed_sets import choice
 from models.dedup.plan import DEFAULT_EDGES, DEFAULT_MAX_PARTITION_ROWS, DEFAULT_VECTORS, EdgeMode, VectorTransport
 from models.storage.folders.dedup import DedupFolder
@@ -64,6 +64,7 @@ class DedupConfig:
                                positive_int)
     max_direct_k: int = _opt(DEFAULT_MAX_DIRECT_K, "most partitions trained and searched directly; above it a "
                              "two-level (coarse then fine) quantizer", positive_int)
+    nprobe: int = _opt(DEFAULT_NPROBE, "coarse cells scored per row by the two-level quantizer", positive_int)
     max_partition_rows: int = _opt(DEFAULT_MAX_PARTITION_ROWS, "homes above which a partition's search is cut into "
                                    "block-pair tasks of at most 2x this many rows (a hot partition is not one hot "
                                    "key; 0: never split)", int)

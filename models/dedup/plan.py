@@ -15,7 +15,7 @@ from typing import NamedTuple
 from fsspec.utils import get_protocol
 
 from models.closed_sets import choice
-from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_TRAIN_ROWS
+from models.dedup.partition import DEFAULT_MAX_DIRECT_K, DEFAULT_MAX_TRAIN_ROWS, DEFAULT_NPROBE
 from models.storage import layout, run_chain
 from models.storage.folders.dedup import DedupFolder
 
@@ -94,7 +94,8 @@ class DedupParams:
 
     Bounded k-means: ``sample_size`` is at most ``max_train_rows`` whatever
     ``n_rows``; ``k > max_direct_k`` trains a two-level quantizer of
-    ``round(sqrt(k))`` coarse cells (:class:`models.dedup.partition.TwoLevel`).
+    ``round(sqrt(k))`` coarse cells probed ``nprobe`` at a time
+    (:class:`models.dedup.partition.TwoLevel`).
     """
 
     embeddings: str
@@ -117,6 +118,7 @@ class DedupParams:
     slots: tuple[str, ...] = ()
     max_train_rows: int = DEFAULT_MAX_TRAIN_ROWS
     max_direct_k: int = DEFAULT_MAX_DIRECT_K
+    nprobe: int = DEFAULT_NPROBE
     vectors: VectorTransport = DEFAULT_VECTORS
     edges: EdgeMode = DEFAULT_EDGES
     max_partition_rows: int = DEFAULT_MAX_PARTITION_ROWS  # homes above which a partition is split (models.dedup.balance)
@@ -130,9 +132,9 @@ class DedupParams:
         object.__setattr__(self, "edges", choice(EdgeMode, self.edges))
         if self.max_partition_rows < 0:
             raise ValueError(f"max_partition_rows must be >= 0 (0: never split), got {self.max_partition_rows}")
-        if self.max_train_rows < 1 or self.max_direct_k < 1:
-            raise ValueError(f"max_train_rows and max_direct_k must be >= 1; got {self.max_train_rows} and "
-                             f"{self.max_direct_k}")
+        if self.max_train_rows < 1 or self.max_direct_k < 1 or self.nprobe < 1:
+            raise ValueError(f"max_train_rows, max_direct_k and nprobe must be >= 1; got {self.max_train_rows}, "
+                             f"{self.max_direct_k} and {self.nprobe}")
         if self.folders and len(self.folders) != len(self.parts):
             raise ValueError(f"{len(self.folders)} folders for {len(self.parts)} parts")
         if not 0 <= self.n_old <= len(self.parts) or len(self.part_runs) != self.n_old:
@@ -194,7 +196,7 @@ def inspect_parts(embeddings: str) -> tuple[list[str], int, int]:
     return parts, next(iter(dims)), int(sum(s[0] for s in shapes.values()))
 
 
-_BOUNDS = ("max_train_rows", "max_direct_k", "max_partition_rows")
+_BOUNDS = ("max_train_rows", "max_direct_k", "nprobe", "max_partition_rows")
 _CHOICES = ("vectors", "edges")
 
 

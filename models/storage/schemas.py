@@ -63,7 +63,6 @@ PARTITION_ROW_FIELDS = [
     ("is_home", pa.bool_()),            # the row's nearest centroid is q (else a spilled visitor)
     ("home", pa.int32()),               # the row's home partition
     ("spill", pa.list_(pa.int32())),    # homes: the partitions the row also visits (empty for visitors)
-    ("cells", pa.list_(pa.int32())),    # two-level quantizer: the coarse cells the row is present in (else empty)
 ]
 # index/hashes/bucket-{b}.parquet: exact hashes of the run's new rows, bucket = crc32(hash) mod buckets
 HASH_INDEX = pa.schema([("hash", pa.string()), ("gid", pa.int64()), ("key", pa.string())])

@@ -292,21 +292,6 @@ def test_increment_with_split_partitions_equals_the_unsplit_increment(runs):
     assert summary["increment"]["near_pairs"] == summaries["ddB"]["increment"]["near_pairs"]
 
 
-def test_two_level_chain_equals_the_one_shot_groups(runs):
-    """A chain partitioned by a two-level quantizer (3 partitions in 2 coarse cells, frozen with its coarse level
-    for the increment) gives the flat one-shot run's groups over A and B, and counts the same near pairs."""
-    root, folders, _, out, summaries = runs
-    first, second = str(root / "ddA_two"), str(root / "ddB_two")
-    dedup.run(["--embeddings", folders["A"], "--output", first, *DEDUP_FLAGS, "--max-direct-k", "2"])
-    offsets = np.load(os.path.join(first, "cell_offsets.npy"))
-    assert len(offsets) == 3 and offsets[-1] == 3  # K1 = round(sqrt(3)) = 2 cells
-    inc = dedup.run(["--embeddings", folders["B"], "--output", second, "--previous", first])
-    fields = ("group_id", "group_size", "is_representative", "representative_key")
-    got, want = _state(second), _state(out["ddAB"])
-    assert {k: tuple(r[f] for f in fields) for k, r in got.items()} == {k: tuple(r[f] for f in fields) for k, r in want.items()}
-    assert inc["increment"]["near_pairs"] == summaries["ddB"]["increment"]["near_pairs"]
-
-
 def test_a_chain_of_three_runs_never_reads_old_vectors(runs):
     """A, then 00002, then 00003, each run's vectors deleted once it is done: an increment reads only its new
     parts' vectors (old rows come from the chain's increment index, newest run first), and the three-run chain

@@ -9,7 +9,6 @@ import numpy as np
 from models.dedup import partition
 from models.dedup.plan import DedupParams
 from models.storage import layout
-from models.storage.folders.dedup import DedupFolder
 from transforms.dedup.read import block_rows
 from transforms.dedup.rows import Block, unit_float32
 
@@ -57,28 +56,18 @@ def train(sample: np.ndarray, params: DedupParams) -> "np.ndarray | partition.Tw
     k = min(params.k, len(sample))
     if k > params.max_direct_k:
         return partition.train_two_level(sample, k, max(1, round(math.sqrt(k))), seed=params.seed,
-                                         niter=params.niter)
+                                         niter=params.niter, nprobe=params.nprobe)
     return partition.train_centroids(sample, k, seed=params.seed, niter=params.niter)
 
 
-def load_centroids(path: str) -> "np.ndarray | partition.TwoLevel":
-    """The previous run's frozen centroids: (K, D) float32, or its :class:`~models.dedup.partition.TwoLevel`
-    when the coarse level was written beside them (:func:`write_centroids`)."""
-    fine = np.asarray(layout.read_npy(path, mmap=False), np.float32)
-    folder = DedupFolder(path.rsplit("/", 1)[0])
-    if not layout.exists(folder.coarse_centroids):
-        return fine
-    coarse = np.asarray(layout.read_npy(folder.coarse_centroids, mmap=False), np.float32)
-    offsets = np.asarray(layout.read_npy(folder.cell_offsets, mmap=False), np.int64)
-    return partition.TwoLevel(coarse, fine, offsets)
+def load_centroids(path: str) -> np.ndarray:
+    """The frozen (K, D) float32 centroids of the previous run."""
+    return np.asarray(layout.read_npy(path, mmap=False), np.float32)
 
 
 def write_centroids(centroids: "np.ndarray | partition.TwoLevel", params: DedupParams) -> int:
-    """``OUTPUT/centroids.npy``, the (K, D) partition (fine) centroids the next increment freezes, plus
-    ``coarse_centroids.npy`` and ``cell_offsets.npy`` for a two-level quantizer; returns K."""
+    """``OUTPUT/centroids.npy``, the (K, D) partition (fine) centroids the next increment freezes; returns K."""
     if isinstance(centroids, partition.TwoLevel):
-        layout.write_npy(params.out.coarse_centroids, np.asarray(centroids.coarse, np.float32))
-        layout.write_npy(params.out.cell_offsets, np.asarray(centroids.offsets, np.int64))
         centroids = centroids.fine
     layout.write_npy(params.out.centroids, np.asarray(centroids, np.float32))
     return int(centroids.shape[0])
@@ -110,7 +99,7 @@ class TrainCentroids(beam.PTransform):
 
 
 class FrozenCentroids(beam.PTransform):
-    """(ignored input) -> the previous run's centroids (:func:`load_centroids`)."""
+    """(ignored input) -> the previous run's (K, D) float32 centroids."""
 
     def __init__(self, path: str):
         super().__init__()

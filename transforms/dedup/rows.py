@@ -105,9 +105,7 @@ class Piece:
     (None for homes); for homes spill, the partitions each also visits
     (:class:`Spill`, None for visitors); vecs (n, D) the rows as stored
     (float16 for LAION / dupmine parts) with ``--vectors shuffle``, None with
-    ``reread``; cells (n, w) int32, with a :class:`models.dedup.partition.TwoLevel`
-    quantizer the coarse cells each row is present in (-1 pads; None when flat).
-    In the shuffle: 8 bytes a row (+ 4 per visit, + 4 w two-level) plus 2 D with vectors.
+    ``reread``. In the shuffle: 8 bytes a row (+ 4 per visit) plus 2 D with vectors.
     """
 
     role: Role
@@ -116,11 +114,10 @@ class Piece:
     homes: np.ndarray | None = None
     spill: Spill | None = None
     vecs: np.ndarray | None = None
-    cells: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.gids, self.homes, self.vecs, self.cells, *(self.spill or ()))
+        arrays = (self.gids, self.homes, self.vecs, *(self.spill or ()))
         return sum(a.nbytes for a in arrays if a is not None)
 
     @classmethod
@@ -135,8 +132,7 @@ class Piece:
             return None if values[0] is None else np.concatenate(values)
 
         return cls(first.role, first.part, joined("gids"), homes=joined("homes"),
-                   spill=None if first.spill is None else Spill.concat([b.spill for b in pieces]), vecs=joined("vecs"),
-                   cells=joined("cells"))
+                   spill=None if first.spill is None else Spill.concat([b.spill for b in pieces]), vecs=joined("vecs"))
 
 
 class Reject(NamedTuple):

@@ -33,34 +33,32 @@ from transforms.dedup.rows import (NAMESPACE, Block, Piece, Role, Spill, is_new_
                                    unit_float32)
 
 
-def assign(block: Block, centroids: "np.ndarray | partition.TwoLevel", params: DedupParams):
+def assign(block: Block, centroids: np.ndarray, params: DedupParams):
     """Block -> (partition, Piece) per touched partition and role.
 
     Reads the block's rows from its own part only (:func:`transforms.dedup.read.block_rows`).
-    Pieces carry row ids, visitors' home partitions (in the visited partition's coarse cell), homes' visited
-    partitions, with a two-level quantizer each row's coarse cells (:func:`models.dedup.partition.memberships`)
-    and, with ``--vectors shuffle``, the rows as stored (float16 for LAION / dupmine parts: the search then
-    needs no part).
+    Pieces carry row ids, visitors' home partitions, homes' visited partitions
+    and, with ``--vectors shuffle``, the rows as stored (float16 for LAION /
+    dupmine parts: the search then needs no part).
     """
     stored = block_rows(params, block)
-    m = partition.memberships(unit_float32(stored), centroids, params.threshold, params.max_spill)
+    home, (indptr, spill) = partition.assign_with_spill(unit_float32(stored), centroids, params.threshold,
+                                                        params.max_spill)
     ship = params.vectors is VectorTransport.SHUFFLE
-    visiting = np.repeat(np.arange(len(m.row)), np.diff(m.indptr))  # membership of each visit
-    for role, parts, which in ((Role.HOME, m.home, np.arange(len(m.row))), (Role.VISIT, m.visits, visiting)):
+    for role, parts, rows in ((Role.HOME, home, np.arange(len(home))),
+                              (Role.VISIT, spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
         if not len(parts):
             continue
         order = np.argsort(parts, kind="stable")
-        parts, which = parts[order], which[order]
+        parts, rows = parts[order], rows[order]
         bounds = np.flatnonzero(np.diff(parts)) + 1
         for seg in np.split(np.arange(len(parts)), bounds):
-            w = which[seg]
-            r = m.row[w]
+            r = rows[seg]
             visit = role is Role.VISIT
             yield int(parts[seg[0]]), Piece(role, block.part, block.gids[r],
-                                            homes=m.home[w].astype(np.int32) if visit else None,
-                                            spill=None if visit else Spill.of_rows(m.indptr, m.visits, w),
-                                            vecs=stored[r] if ship else None,
-                                            cells=None if m.cells is None else m.cells[r])
+                                            homes=home[r].astype(np.int32) if visit else None,
+                                            spill=None if visit else Spill.of_rows(indptr, spill, r),
+                                            vecs=stored[r] if ship else None)
 
 
 MERGE_BYTES = 256 << 20
@@ -107,7 +105,7 @@ class PartitionRows:
     """The rows of one partition in node order: new homes, old homes, new visitors, old visitors.
 
     gids (n,) int64; vecs (n, D) float32 unit rows (of the pieces' vectors,
-    :func:`with_vectors`); cells (n, w) int32 each row's coarse cells (two-level quantizer; else None); home (n,) int64 each
+    :func:`with_vectors`); home (n,) int64 each
     row's home partition; ``counts``: rows per section in that order;
     ``spill_keys``: sorted int64 ``node * M + q`` for every home node that
     also visits partition q (``M`` = ``self.modulus``). Memory O(n D) float32.
@@ -123,15 +121,6 @@ class PartitionRows:
         self.home = np.concatenate([np.full(len(b.gids), partition, np.int64) if b.homes is None
                                     else b.homes.astype(np.int64) for b in flat] or [np.zeros(0, np.int64)])
         self.vecs = self._vectors(flat, params)
-        cells = [b.cells for b in flat]
-        if any(c is None for c in cells) and not all(c is None for c in cells):
-            raise ValueError("pieces of one partition mix flat and two-level rows (cells)")
-        if cells and cells[0] is not None:  # widths differ when old rows come from the index: pad with -1
-            width = max(c.shape[1] for c in cells)
-            self.cells = np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=-1)
-                                         for c in cells])
-        else:
-            self.cells = None
         nodes, visited, start = [], [], 0
         for b in flat:
             if b.spill is not None:
@@ -172,29 +161,19 @@ def with_vectors(pieces: list[Piece], params: DedupParams) -> list[Piece]:
     return out
 
 
-def owned_pairs(rows: "PartitionRows", x: np.ndarray, y: np.ndarray, partition: int,
-                cell: int | None = None) -> np.ndarray:
+def owned_pairs(rows: "PartitionRows", x: np.ndarray, y: np.ndarray, partition: int) -> np.ndarray:
     """(m,) bool: which pairs (home node ``x``, node ``y``) this partition counts, so each pair counts once.
 
     Home x home pairs are found only here. A pair of home x and visitor y
     homed in q is also found in q exactly when x visits q (q then holds y as
     a home and x as a visitor, and searches homes x visitors: also in
     increments, see :meth:`transforms.dedup.strategy.IncrementalRun.select_pieces`);
-    then the smaller partition index counts it. With a two-level quantizer
-    (``rows.cells``; ``cell``: this partition's coarse cell) both rules hold
-    inside each coarse cell, and a pair is found in every cell where both rows
-    are present: the smallest such cell counts it (:mod:`models.dedup.partition`, Two levels).
+    then the smaller partition index counts it.
     """
     q = rows.home[y]
     visitor = q != partition
     twice = visitor & np.isin(x * rows.modulus + q, rows.spill_keys)
-    owned = ~twice | (partition < q)
-    if rows.cells is not None:
-        cx, cy = rows.cells[x], rows.cells[y]
-        both = (cx[:, :, None] == cy[:, None, :]) & (cx[:, :, None] >= 0)
-        first = np.where(both.any(axis=2), cx, np.iinfo(np.int32).max).min(axis=1)
-        owned &= first == cell
-    return owned
+    return ~twice | (partition < q)
 
 
 class SearchPartitionFn(beam.DoFn):
@@ -243,7 +222,6 @@ class SearchPartitionFn(beam.DoFn):
         keep = store.stored_pieces(task, pieces, p)
         self.stored.inc(store.write_partition_task(task, keep, p))
         rows = PartitionRows(pieces + store.old_rows_for_task(task, pieces, p), p, part)
-        cell = int(centroids.cell(part)) if isinstance(centroids, partition.TwoLevel) else None
         n_hn, n_ho, n_vn, _ = rows.counts
         if not n_hn and not (n_ho and n_vn):
             return
@@ -266,7 +244,7 @@ class SearchPartitionFn(beam.DoFn):
             for r, c, cos in search.tile_pairs(rows.vecs[q0:q1], rows.vecs[c0:c1], p.threshold, self_pairs=self_pairs):
                 x = r + q0
                 y = np.where(c < q1 - q0, c + q0, c - (q1 - q0) + c0)
-                reducer.add(x, y, cos, owned_pairs(rows, x, y, part, cell))
+                reducer.add(x, y, cos, owned_pairs(rows, x, y, part))
         found = reducer.result()
         self.edges.inc(found.n_pairs)
         yield pvalue.TaggedOutput("pairs", found.n_pairs)

@@ -102,20 +102,11 @@ def encode_pieces(pieces: list[Piece], partition: int) -> pa.Table:
     np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=offsets[1:])
     spill = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()),
                                      pa.array(np.concatenate(visited) if visited else np.zeros(0, np.int32), pa.int32()))
-    n = sum(len(b.gids) for b in pieces)
-    if pieces and pieces[0].cells is not None:  # the rows' coarse cells, without the -1 padding
-        cells = np.concatenate([b.cells for b in pieces])
-        present = cells >= 0
-        cell_ptr = np.zeros(n + 1, np.int32)
-        np.cumsum(present.sum(axis=1), out=cell_ptr[1:])
-        cell_lists = pa.ListArray.from_arrays(pa.array(cell_ptr, pa.int32()), pa.array(cells[present], pa.int32()))
-    else:
-        cell_lists = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array(np.zeros(0, np.int32)))
     schema = partition_schema(width, dtype)
     return pa.table({"gid": pa.array(np.concatenate(gids) if gids else np.zeros(0, np.int64), pa.int64()),
                      "is_home": pa.array(np.concatenate(is_home) if is_home else np.zeros(0, bool)),
                      "home": pa.array(np.concatenate(homes) if homes else np.zeros(0, np.int32), pa.int32()),
-                     "spill": spill, "cells": cell_lists, "vec": vec}, schema=schema)
+                     "spill": spill, "vec": vec}, schema=schema)
 
 
 def decode_pieces(table: pa.Table, dim: int, visitors: bool = True) -> list[Piece]:
@@ -133,35 +124,15 @@ def decode_pieces(table: pa.Table, dim: int, visitors: bool = True) -> list[Piec
     spill = table.column("spill").combine_chunks()
     offsets = spill.offsets.to_numpy()
     values = spill.values.to_numpy() if len(spill.values) else np.zeros(0, np.int32)
-    cells = _cells(table)
     parts = split_gid(gids)[0]
     out = []
     for role in (Role.HOME, Role.VISIT) if visitors else (Role.HOME,):
         for part in np.unique(parts[is_home == (role is Role.HOME)]).tolist():
             idx = np.flatnonzero((parts == part) & (is_home == (role is Role.HOME)))
-            rows_cells = None if cells is None else cells[idx]
             if role is Role.HOME:
-                out.append(Piece(role, int(part), gids[idx], spill=Spill.of_rows(offsets, values, idx), vecs=x[idx],
-                                 cells=rows_cells))
+                out.append(Piece(role, int(part), gids[idx], spill=Spill.of_rows(offsets, values, idx), vecs=x[idx]))
             else:
-                out.append(Piece(role, int(part), gids[idx], homes=home[idx].astype(np.int32), vecs=x[idx],
-                                 cells=rows_cells))
-    return out
-
-
-def _cells(table: pa.Table) -> np.ndarray | None:
-    """(n, w) int32 coarse cells of each stored row, -1 padded; None for a flat run (every list empty, or a
-    file written before the column existed)."""
-    if "cells" not in table.column_names:
-        return None
-    lists = table.column("cells").combine_chunks()
-    offsets = lists.offsets.to_numpy()
-    counts = np.diff(offsets)
-    if not counts.any():
-        return None
-    values = lists.values.to_numpy()[offsets[0]:offsets[-1]]
-    out = np.full((len(counts), int(counts.max())), -1, np.int32)
-    out[np.repeat(np.arange(len(counts)), counts), np.arange(len(values)) - np.repeat(offsets[:-1] - offsets[0], counts)] = values
+                out.append(Piece(role, int(part), gids[idx], homes=home[idx].astype(np.int32), vecs=x[idx]))
     return out
 
 

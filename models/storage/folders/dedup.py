@@ -15,8 +15,6 @@ Layout (``{part}`` is the embedding part suffix)::
     changed/changed_{part}.parquet       increments: old rows whose group fields changed
     merges.parquet                       increments: previous groups merged into others
     centroids.npy                        (K, D) float32 partition centroids (frozen by increments)
-    coarse_centroids.npy, cell_offsets.npy   two-level quantizer (K > --max-direct-k): (K1, D) float32 coarse
-                                         centroids, (K1 + 1,) int64 first partition of each cell
     nn_similarity.json                   histogram of sampled nearest-neighbour cosines
     partitions/{q}/{a}-{b}.parquet       PARTITION_ROWS: the rows this run added to partition q (search
                                          task (a, b)), vectors as stored; the next increment reads only
@@ -48,8 +46,6 @@ class DedupFolder(StageFolder):
     STAGE = "_stage"
     MANIFEST = "manifest.json"
     CENTROIDS = "centroids.npy"
-    COARSE_CENTROIDS = "coarse_centroids.npy"
-    CELL_OFFSETS = "cell_offsets.npy"
     MERGES = "merges.parquet"
     SUMMARY = "summary.json"
     CONFIG = "config.json"
@@ -59,8 +55,8 @@ class DedupFolder(StageFolder):
     INDEX_KINDS = ("hashes", "rows", "groups")
 
     # Cleared before a run; manifest.json first: it is the commit point an increment builds on.
-    OUTPUTS = (MANIFEST, GROUPS, CHANGED, EDGES, DROP_KEYS, REJECTS, STAGE, MERGES, CENTROIDS, COARSE_CENTROIDS,
-               CELL_OFFSETS, NN_SIMILARITY, SUMMARY, PARTITIONS, INDEX)
+    OUTPUTS = (MANIFEST, GROUPS, CHANGED, EDGES, DROP_KEYS, REJECTS, STAGE, MERGES, CENTROIDS, NN_SIMILARITY, SUMMARY,
+               PARTITIONS, INDEX)
 
     # per-part files
     def groups(self, part: str) -> str:
@@ -115,14 +111,6 @@ class DedupFolder(StageFolder):
     @property
     def centroids(self) -> str:
         return self._at(self.CENTROIDS)
-
-    @property
-    def coarse_centroids(self) -> str:
-        return self._at(self.COARSE_CENTROIDS)
-
-    @property
-    def cell_offsets(self) -> str:
-        return self._at(self.CELL_OFFSETS)
 
     @property
     def merges(self) -> str:
