@@ -81,7 +81,7 @@ def test_read_parts_blocks_and_rejects(beam_pipeline, params):
         read = p | beam.Create([0, 1]) | ReadParts(params)
         rows = read["blocks"] | beam.FlatMap(lambda b: b.gids.tolist())
         assert_that(rows, equal_to([_gid(0, r) for r in range(5)] + [_gid(1, r) for r in range(4)]), label="Rows")
-        hashed = read["hashes"] | beam.FlatMap(lambda e: zip(e[1].hashes, e[1].gids, e[1].keys))
+        hashed = read["hashes"] | beam.FlatMap(lambda e: e[1].rows())
         sha = {0: [f"h0{r}" for r in range(6)], 1: [f"h1{r}" for r in range(6)]}
         sha[0][2] = sha[1][1] = "same"  # the fixture's metadata; rejected rows have no hash row
         assert_that(hashed, equal_to([(f"sha256:{sha[p][r]}", _gid(p, r), _keys(p)[r])

@@ -15,9 +15,9 @@ from models.storage.folders.embed import PartIds, exact_hashes
 from transforms.dedup import store
 from transforms.dedup.rows import NAMESPACE, Block, Reject, gid_of, split_gid
 
-_KEYS: dict = {}  # per-process caches of parts' keys / sample ids and of their .npy headers
-_HEADERS: dict = {}  # (shape, dtype, offset) per part file, read once by range
-_CACHE_ENTRIES = 64  # headers held
+_KEYS: dict = {}  # per-process caches of parts' keys / sample ids and of remote parts' .npy headers
+_HEADERS: dict = {}  # (shape, dtype, offset) per remote part file, read once by range
+_CACHE_ENTRIES = 64  # remote headers held
 _KEY_ENTRIES = 256  # parts' keys / sample ids (~1 MB a 10k-row part): the edge writer meets rows of many parts
 REMOTE_GAP_BYTES = 1 << 20
 """Remote rows closer than this (bytes between them) are fetched in one range: fewer requests for at most this
@@ -232,7 +232,7 @@ class ReadPartFn(beam.DoFn):
         ids = p.folder(part_index).part_ids(part, meta)
         keys = np.asarray(ids.keys, dtype=object)
         sample_ids = np.asarray(ids.sample_ids, dtype=object)
-        hashes = np.asarray(exact_hashes(meta).values, dtype=object)
+        hashes = store.utf8_array(exact_hashes(meta).values)
         repeated = _repeated_ids(sample_ids)
         for start in range(0, n, p.block_rows):
             stop = min(n, start + p.block_rows)
@@ -253,8 +253,8 @@ class ReadPartFn(beam.DoFn):
             if len(rows):
                 gids = gid_of(part_index, rows)
                 yield Block(part_index, gids)
-                hashed = np.flatnonzero(hashes[rows] != "")
-                for key, batch in store.hash_batches(hashes[rows[hashed]].tolist(), gids[hashed].tolist(),
+                hashed = np.flatnonzero(hashes[rows] != b"")
+                for key, batch in store.hash_batches(hashes[rows[hashed]], gids[hashed],
                                                      [str(k) for k in keys[rows[hashed]].tolist()], self.shuffles):
                     yield pvalue.TaggedOutput("hashes", (key, batch))
 

@@ -384,10 +384,9 @@ def exact_groups(element, params: DedupParams):
     """
     shuffle_key, batches = element
     rows = store.HashRows.concat(batches)
-    if len(rows.hashes) < 2:
+    if len(rows) < 2:
         return
-    hashes = np.asarray(rows.hashes)
-    gids = np.asarray(rows.gids, np.int64)
+    hashes, gids = rows.hashes, rows.gids
     order = np.lexsort((gids, hashes))
     hashes, gids = hashes[order], gids[order]
     starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
@@ -397,7 +396,7 @@ def exact_groups(element, params: DedupParams):
         members = gids[s:s + n].tolist()
         if not is_new_gid(members[-1], params.n_old):
             continue
-        keys = [rows.keys[i] for i in order[s:s + n].tolist()]
+        keys = [k.decode() for k in rows.keys[order[s:s + n]].tolist()]
         edges += [{"key_a": keys[0], "key_b": key, "cosine": 1.0, "kind": "exact"}
                   for gid, key in zip(members[1:], keys[1:]) if is_new_gid(gid, params.n_old)]
         for gid in members:
