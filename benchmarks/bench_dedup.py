@@ -376,8 +376,11 @@ def trace_stages(path: str) -> None:
     threading.Thread(target=sample, daemon=True).start()
 
     def patched(self, ctx, bcm, bundle_input):
-        names = re.findall(r"ref_AppliedPTransform_(?:Deduplicate|AnalyzeParts)?-?([A-Za-z]+)", bcm.stage.name)
-        short = "+".join(dict.fromkeys(n for n in names if n not in ("ListParts", "Impulse")))[:90] or bcm.stage.name[:90]
+        # Composite and step: "AssignAndSearch-ExactGroups", not one "AssignAndSearch" for a dozen stages.
+        names = re.findall(r"ref_AppliedPTransform_(?:Deduplicate-|AnalyzeParts-)?([A-Za-z]+(?:-[A-Za-z]+)?)",
+                           bcm.stage.name)
+        short = ("+".join(dict.fromkeys(n for n in names if n.split("-")[0] not in ("ListParts", "Impulse")))[:120]
+                 or bcm.stage.name[:120])
         start, r0 = time.perf_counter(), _rss_mib()
         peak[0] = r0
         log.write(f"START {start - t0:8.1f} {r0:7d} {short}\n")

@@ -22,6 +22,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from models.dedup.plan import ChainRun, DedupParams, EdgeMode, VectorTransport
 from models.storage import ids, layout
+from models.storage.folders.dedup import DedupFolder
 from transforms.dedup.centroids import TrainCentroids
 from transforms.dedup.components import ConnectComponents
 from transforms.dedup.label import LabelGroups
@@ -252,3 +253,9 @@ def test_exact_groups_join_batches_of_one_shuffle_key(params):
     assert sorted(o.value for o in out if getattr(o, "tag", None) == "max_cos") == sorted([(old1, 1.0), (new1, 1.0)])
     rows = pq.read_table(inc.out.exact_edges("hash-00007")).to_pylist()
     assert rows == [{"key_a": "o1", "key_b": "n1", "cosine": 1.0, "kind": "exact"}]
+    # The key's task writes its increment-index buckets: this run's new rows only, sorted by (hash, gid).
+    out = list(exact_groups((0, batches), inc))
+    assert [o.value for o in out if getattr(o, "tag", None) == "index_rows"] == [3]
+    index = pq.read_table(DedupFolder(inc.output).index_bucket("hashes", 0)).to_pylist()
+    assert index == [{"hash": "sha256:aa", "gid": new1, "key": "n1"}, {"hash": "sha256:bb", "gid": new0, "key": "n0"},
+                     {"hash": "sha256:dd", "gid": new2, "key": "n2"}]

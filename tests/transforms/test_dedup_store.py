@@ -115,7 +115,7 @@ def test_buckets_are_deterministic_and_in_range():
 
 def test_hash_rows_keep_every_row_compactly_and_bucket_like_strings():
     """HashRows hold arrays: built from strings they give the same strings back (UTF-8 keys included), concat
-    keeps order across widths, batches by bytes fall in the buckets of their strings, and a pickled batch of
+    keeps order across widths, batches by bytes fall in the keys of their strings' index buckets, and a pickled batch of
     sha256 rows costs < 100 B a row (lists of str cost ~150 B pickled and ~250 B decoded)."""
     import pickle
     import hashlib
@@ -130,10 +130,11 @@ def test_hash_rows_keep_every_row_compactly_and_bucket_like_strings():
     both = store.HashRows.concat([rows.take([3, 1]), store.HashRows(["md5:ab"], [7], ["k"])])
     assert both.rows() == [rows.rows()[3], rows.rows()[1], ("md5:ab", 7, "k")]
     assert len(store.HashRows.concat([])) == 0
-    batches = store.hash_batches(rows.hashes, rows.gids, rows.keys, 5)
+    batches = store.hash_batches(rows.hashes, rows.gids, rows.keys, 40)  # keys: index buckets // 16
     assert sorted(r for _, b in batches for r in b.rows()) == sorted(rows.rows())
+    assert [key for key, _ in batches] == [0, 1, 2]
     for key, b in batches:
-        assert {store.text_bucket(h, 5) for h in b.hash_strings()} == {key}
+        assert {store.text_bucket(h, 40) // store.HASH_SHUFFLE_INDEX_BUCKETS for h in b.hash_strings()} == {key}
     with pytest.raises(ValueError, match="differ in length"):
         store.HashRows(["a"], [1, 2], ["k"])
 
@@ -158,7 +159,9 @@ def test_written_index_answers_lookups_and_the_newest_run_wins(tmp_path, beam_pi
                (0, store.HashRows(["sha:y"], [int(gid_of(1, [0])[0])], ["k10"]))]
     for params, rows, hashes in ((run0, rows0, hashes0), (run1, rows1, [])):
         with beam_pipeline_factory() as p:
-            stats = ({"hashes": p | "H" >> beam.Create(hashes), "rows": p | "R" >> beam.Create(rows)}
+            hash_rows = (p | "H" >> beam.Create(hashes) | store.GroupHashes(params)
+                         | beam.Map(lambda e, q: store.write_hash_index(q, e[0], store.HashRows.concat(e[1])), params))
+            stats = ({"hash_rows": hash_rows, "rows": p | "R" >> beam.Create(rows)}
                      | store.WriteIndex(params) | beam.CombineGlobally(sum_counters))
             n_hashed = sum(len(b.hashes) for _, b in hashes)
             assert_that(stats | beam.Map(dict), equal_to([{"index_hashes_rows": n_hashed, "index_rows_rows": len(rows),

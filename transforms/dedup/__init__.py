@@ -113,7 +113,7 @@ class Deduplicate(beam.PTransform):
         groups = ({"labels": connected["labels"], "max_cos": found["max_cos"], "previous": previous["state"],
                    "meta": previous["meta"]}
                   | "LabelGroups" >> LabelGroups(p, run.keep_components))
-        index = {"hashes": read["hashes"], "rows": groups["rows"]} | "WriteIndex" >> WriteIndex(p)
+        index = {"hash_rows": found["hash_index_rows"], "rows": groups["rows"]} | "WriteIndex" >> WriteIndex(p)
         k = centroids | "WriteCentroids" >> beam.Map(write_centroids, p)
         outputs = {**groups, "rejects": read["rejects"], "parts": part_indices,
                    "edges_written": found["edges_written"], "nn_sampled": found["nn_sampled"],

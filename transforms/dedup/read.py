@@ -216,7 +216,6 @@ class ReadPartFn(beam.DoFn):
 
     def __init__(self, params: DedupParams):
         self.params = params
-        self.shuffles = store.hash_shuffles(params)
         self.read = Metrics.counter(NAMESPACE, "rows_read")
         self.rejected = Metrics.counter(NAMESPACE, "rows_rejected")
 
@@ -255,7 +254,7 @@ class ReadPartFn(beam.DoFn):
                 yield Block(part_index, gids)
                 hashed = np.flatnonzero(hashes[rows] != b"")
                 for key, batch in store.hash_batches(hashes[rows[hashed]], gids[hashed],
-                                                     [str(k) for k in keys[rows[hashed]].tolist()], self.shuffles):
+                                                     [str(k) for k in keys[rows[hashed]].tolist()], p.index_buckets):
                     yield pvalue.TaggedOutput("hashes", (key, batch))
 
 

@@ -374,7 +374,9 @@ def write_edges(element, params: DedupParams) -> int:
 
 
 def exact_groups(element, params: DedupParams):
-    """(shuffle key, [HashRows]) -> (gid, root) for the hash groups of 2+ among them, plus one edges file.
+    """(shuffle key, [HashRows]) -> (gid, root) for the hash groups of 2+ among them, plus one edges file and
+    the key's increment-index buckets (:func:`transforms.dedup.store.write_hash_index`; their row count is
+    tagged ``index_rows``).
 
     Every row of a hash is in the same shuffle key (:func:`transforms.dedup.store.hash_batches`). The edges of
     a hash group are a star from its first member (smallest gid; cosine 1.0 by definition: identical bytes give
@@ -384,6 +386,8 @@ def exact_groups(element, params: DedupParams):
     """
     shuffle_key, batches = element
     rows = store.HashRows.concat(batches)
+    if params.write_index:
+        yield pvalue.TaggedOutput("index_rows", store.write_hash_index(params, shuffle_key, rows))
     if len(rows) < 2:
         return
     hashes, gids = rows.hashes, rows.gids
@@ -416,13 +420,14 @@ _TAGS = ("roots", "max_cos", "edges", "nn_best", "pairs")
 
 
 class AssignAndSearch(beam.PTransform):
-    """``{"blocks", "hashes", "centroids"}`` (:class:`transforms.dedup.read.ReadParts`' blocks and hashes) -> ``{"roots", "max_cos", "edges_written", "nn_sampled"}``.
+    """``{"blocks", "hashes", "centroids"}`` (:class:`transforms.dedup.read.ReadParts`' blocks and hashes) -> ``{"roots", "max_cos", "edges_written", "nn_sampled", "hash_index_rows"}``.
 
     ``roots``: (gid, local root) from partitions and hash groups; ``max_cos``:
     (gid, cosine) per edge endpoint (not yet maximised over partitions);
     ``edges_written``: one count per written near-edges file; ``near_pairs``:
     the number of distinct near pairs found (one element); ``nn_sampled``:
-    the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`). ``old_hashes`` (from the run
+    the number of rows in ``nn_similarity.json`` (:mod:`models.dedup.nn_similarity`); ``hash_index_rows``: rows
+    written to the hash buckets of the increment index, per exact-hash key. ``old_hashes`` (from the run
     strategy) gives the old rows whose exact hash equals a new row's; an increment's search tasks read the
     old rows of their partition themselves (:func:`transforms.dedup.store.old_rows_for_task`).
     """
@@ -461,10 +466,11 @@ class AssignAndSearch(beam.PTransform):
         exact = (
             (new_hashes, self.old_hashes(new_hashes))
             | "NewAndOldHashes" >> beam.Flatten()
-            | "GroupByHash" >> beam.GroupByKey()
-            | "ExactGroups" >> beam.FlatMap(exact_groups, p).with_outputs("max_cos", main="roots")
+            | "GroupByHash" >> store.GroupHashes(p)
+            | "ExactGroups" >> beam.FlatMap(exact_groups, p).with_outputs("max_cos", "index_rows", main="roots")
         )
         roots = (searched.roots, exact.roots) | "SearchAndHashRoots" >> beam.Flatten()
         max_cos = (searched.max_cos, exact.max_cos) | "SearchAndHashCosines" >> beam.Flatten()
         return {"roots": roots, "max_cos": max_cos, "edges_written": edges_written, "nn_sampled": nn_sampled,
-                "near_pairs": near_pairs, "partitions_split": balanced["partitions_split"]}
+                "near_pairs": near_pairs, "partitions_split": balanced["partitions_split"],
+                "hash_index_rows": exact.index_rows}

@@ -9,7 +9,8 @@ Every run (fresh or increment) writes, beside its outputs:
   then reads the files of its own partition (one listing and the files per
   chain run, :func:`old_rows_for_task`): old vectors are never re-read from
   their parts, re-assigned or shuffled.
-* ``index/hashes/bucket-{b}.parquet`` -- (hash, gid, key) of its new rows;
+* ``index/hashes/bucket-{b}.parquet`` -- (hash, gid, key) of its new rows,
+  written by the task that groups those hashes (:func:`write_hash_index`);
   an increment reads only the buckets of its new rows' hashes.
 * ``index/rows/bucket-{b}.parquet`` (gid -> group id) and
   ``index/groups/bucket-{b}.parquet`` (group id -> members, with key, sample
@@ -42,7 +43,7 @@ from models.dedup.balance import TaskKey, chunk_of
 from models.dedup.plan import ChainRun, DedupParams
 from models.storage import layout, schemas
 from models.storage.folders.dedup import DedupFolder
-from transforms.dedup.rows import Piece, PreviousGroup, Role, Spill, gid_of, split_gid
+from transforms.dedup.rows import ROW_BITS, Piece, PreviousGroup, Role, Spill, gid_of, split_gid
 
 def gid_bucket(gid: int, buckets: int) -> int:
     """A gid's bucket in [0, buckets): the Fibonacci hash that also picks a row's chunk of a split partition
@@ -267,43 +268,68 @@ class HashRows:
         return cls(*(np.concatenate([getattr(b, c) for b in batches]) for c in ("hashes", "gids", "keys")))
 
 
-HASH_SHUFFLE_INDEX_BUCKETS = 16  # increment-index buckets per exact-hash shuffle key: ~1M new rows a key
+HASH_SHUFFLE_INDEX_BUCKETS = 16
+"""Increment-index hash buckets per exact-hash shuffle key: ~1M new rows a key. Key k holds index buckets
+[16 k, 16 k + 16), so the task that groups a key's rows also writes those buckets (no second shuffle)."""
 
 
 def hash_shuffles(params: DedupParams) -> int:
-    """Keys of the exact-hash shuffle: one per ~1M new rows (``HASH_SHUFFLE_INDEX_BUCKETS`` index buckets), so a
-    block sends one batch per key it touches, whatever the number of rows (at 400M rows, 382 keys)."""
+    """Keys of the exact-hash shuffle: one per ``HASH_SHUFFLE_INDEX_BUCKETS`` index buckets, so a block sends one
+    batch per key it touches, whatever the number of rows (at 400M rows, 382 keys)."""
     return max(1, -(-params.index_buckets // HASH_SHUFFLE_INDEX_BUCKETS))
 
 
-def _by_text_bucket(texts, buckets: int) -> list[tuple[int, np.ndarray]]:
-    """[(bucket, rows)] for the buckets (:func:`text_bucket`) the texts (str, or UTF-8 bytes) fall in, by bucket."""
+def _by_text_bucket(texts, buckets: int, per: int = 1) -> list[tuple[int, np.ndarray]]:
+    """[(bucket // per, rows)] for the buckets (:func:`text_bucket`) the texts (str, or UTF-8 bytes) fall in,
+    in bucket order."""
+    if not len(texts):
+        return []
     if buckets <= 1:
-        return [(0, np.arange(len(texts)))] if len(texts) else []
-    of = np.fromiter((text_bucket(t, buckets) for t in texts), np.int64, count=len(texts))
+        return [(0, np.arange(len(texts)))]
+    of = np.fromiter((text_bucket(t, buckets) // per for t in texts), np.int64, count=len(texts))
     order = np.argsort(of, kind="stable")
-    starts = np.flatnonzero(np.r_[True, of[order][1:] != of[order][:-1]]) if len(of) else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, of[order][1:] != of[order][:-1]])
     ends = np.r_[starts[1:], len(of)]
     return [(int(of[order[s]]), order[s:e]) for s, e in zip(starts.tolist(), ends.tolist())]
 
 
-def hash_batches(hashes, gids, keys, shuffles: int) -> list[tuple[int, HashRows]]:
+def hash_batches(hashes, gids, keys, index_buckets: int) -> list[tuple[int, HashRows]]:
     """Rows with an exact hash (strings or ``S`` arrays, gids) -> ``(shuffle key, HashRows)``, one element per
-    key they touch."""
+    key they touch; a row's key is its index bucket (of ``index_buckets``) // ``HASH_SHUFFLE_INDEX_BUCKETS``."""
     rows = HashRows(hashes, gids, keys)
-    return [(key, rows.take(idx)) for key, idx in _by_text_bucket(rows.hashes.tolist(), shuffles)]
+    return [(key, rows.take(idx))
+            for key, idx in _by_text_bucket(rows.hashes.tolist(), index_buckets, HASH_SHUFFLE_INDEX_BUCKETS)]
 
 
-def hash_index_tables(element, buckets: int):
-    """(shuffle key, HashRows) -> ``(bucket, HASH_INDEX table)`` per index bucket its rows fall in (one element
-    per bucket and batch, never one per row)."""
-    _, batch = element
-    for bucket, rows in _by_text_bucket(batch.hashes.tolist(), buckets):
-        part = batch.take(rows)
-        yield bucket, pa.table({"hash": pa.array(part.hash_strings(), pa.string()),
-                                "gid": pa.array(part.gids, pa.int64()),
-                                "key": pa.array(part.key_strings(), pa.string())},
-                               schema=schemas.HASH_INDEX)
+def write_hash_index(params: DedupParams, shuffle_key: int, rows: HashRows) -> int:
+    """Writes the index buckets of one exact-hash shuffle key (every one of its buckets, empty ones too) with
+    its new rows (gids of this run's parts; old rows that joined from lookups are in their runs' index),
+    each sorted by (hash, gid). Returns the rows written."""
+    new = rows.take(np.flatnonzero((rows.gids >> ROW_BITS) >= params.n_old))
+    n = params.index_buckets
+    by_bucket = dict(_by_text_bucket(new.hashes.tolist(), n))
+    first = shuffle_key * HASH_SHUFFLE_INDEX_BUCKETS
+    for b in range(first, min(first + HASH_SHUFFLE_INDEX_BUCKETS, n)):
+        part = new.take(by_bucket.get(b, np.zeros(0, np.int64)))
+        table = pa.table({"hash": pa.array(part.hash_strings(), pa.string()), "gid": pa.array(part.gids, pa.int64()),
+                          "key": pa.array(part.key_strings(), pa.string())}, schema=schemas.HASH_INDEX)
+        layout.write_parquet(params.out.index_bucket("hashes", b),
+                             table.sort_by([("hash", "ascending"), ("gid", "ascending")]))
+    return len(new)
+
+
+class GroupHashes(beam.PTransform):
+    """``(shuffle key, HashRows)`` -> ``(shuffle key, [HashRows])`` for every key of the run, empty ones too (a
+    key's task writes its index buckets, which must exist even when no row falls in them)."""
+
+    def __init__(self, params: DedupParams):
+        super().__init__()
+        self.params = params
+
+    def expand(self, keyed):
+        every = (keyed.pipeline | "EveryHashKey" >> beam.Create(list(range(hash_shuffles(self.params))))
+                 | "EmptyHashRows" >> beam.Map(lambda k: (k, HashRows.concat([]))))
+        return (keyed, every) | "WithEveryKey" >> beam.Flatten() | "GroupByHashKey" >> beam.GroupByKey()
 
 
 def group_index_rows(element):
@@ -318,9 +344,11 @@ def group_index_rows(element):
 
 
 class WriteIndex(beam.PTransform):
-    """``{"hashes": the new rows' (shuffle key, HashRows), "rows": (part, GroupRow) labelled}`` -> the index buckets.
+    """``{"hash_rows": rows written per exact-hash key, "rows": (part, GroupRow) labelled}`` -> the index buckets.
 
-    Returns one stats Counter per kind (rows written); each waits on its files.
+    The hash buckets are written by the exact-hash grouping (:func:`write_hash_index`, one task per shuffle
+    key, which holds those rows anyway); the row and group buckets here. Returns one stats Counter per kind
+    (rows written); each waits on its files.
     """
 
     def __init__(self, params: DedupParams):
@@ -331,10 +359,9 @@ class WriteIndex(beam.PTransform):
         p = self.params
         n = p.index_buckets
         if not p.write_index:
-            return inputs["hashes"].pipeline | "NoIndex" >> beam.Create([])
-        hashes = (inputs["hashes"]
-                  | "HashBuckets" >> beam.FlatMap(hash_index_tables, n)
-                  | "WriteHashIndex" >> WriteIndexBuckets(p, "hashes", schemas.HASH_INDEX))
+            return inputs["rows"].pipeline | "NoIndex" >> beam.Create([])
+        hashes = (inputs["hash_rows"] | "HashIndexRows" >> beam.CombineGlobally(sum)
+                  | "HashIndexStat" >> beam.Map(lambda n: Counter({"index_hashes_rows": n})))
         split = inputs["rows"] | "GroupIndexRows" >> beam.FlatMap(group_index_rows)
         rows = (split | "RowKind" >> beam.Filter(lambda e: e[0] == "rows")
                 | "RowBuckets" >> beam.Map(lambda e: (gid_bucket(e[1], n), e[2]))
@@ -443,12 +470,12 @@ def hash_lookups(element, chain: tuple[ChainRun, ...]):
             yield (r, bucket), [distinct[i] for i in rows.tolist()]
 
 
-def lookup_hashes(element, params: DedupParams, shuffles: int):
+def lookup_hashes(element, params: DedupParams):
     """((run index, bucket), [[hash]]) -> (shuffle key, HashRows) of the old rows with one of those hashes."""
     (r, bucket), lists = element
     table = _read_bucket(params.chain[r], "hashes", bucket, "hash", sorted({h for hs in lists for h in hs}))
     if table.num_rows:
-        yield from hash_batches(*(table.column(c).to_pylist() for c in ("hash", "gid", "key")), shuffles)
+        yield from hash_batches(*(table.column(c).to_pylist() for c in ("hash", "gid", "key")), params.index_buckets)
 
 
 class LookupOldHashes(beam.PTransform):
@@ -464,4 +491,4 @@ class LookupOldHashes(beam.PTransform):
         return (new_hashes
                 | "HashLookups" >> beam.FlatMap(hash_lookups, p.chain)
                 | "GroupHashLookups" >> beam.GroupByKey()
-                | "ReadHashIndex" >> beam.FlatMap(lookup_hashes, p, hash_shuffles(p)))
+                | "ReadHashIndex" >> beam.FlatMap(lookup_hashes, p))
