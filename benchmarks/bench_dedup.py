@@ -278,22 +278,18 @@ def worker_brute(root: str, t: float, info: dict):
 def semdedup_pairs(x: np.ndarray, home: np.ndarray, t: float):
     """All pairs >= t inside each cluster as SemDeDup computes them (Abbas et al. 2023, arXiv:2303.09540,
     Algorithm 1): the cluster's full similarity matrix X X^T (one sgemm), then its strict upper triangle, scanned
-    with the pipeline kernel's row-max prefilter; candidates within the float32 band re-decided in float64 (the
-    pipeline's pair rule)."""
+    by the pipeline's own tile kernel (its row-max prefilter); candidates within the float32 band re-decided in
+    float64 (the pipeline's pair rule)."""
+    from models.dedup.search import _tile_edges
+
     order = np.argsort(home, kind="stable")
     bounds = np.flatnonzero(np.diff(home[order])) + 1
     lo = np.float32(t - _band(x.shape[1]))
     out_a, out_b, out_c = [], [], []
     for rows in np.split(order, bounds):
         xc = x[rows]
-        g = xc @ xc.T
-        np.fill_diagonal(g, -np.inf)
-        hit = np.flatnonzero(g.max(axis=1) >= lo)  # the row-max prefilter of the pipeline's kernel
-        i, j = np.nonzero(g[hit] >= lo)
-        i = hit[i]
-        keep = j > i  # the strict upper triangle
-        i, j = i[keep], j[keep]
-        out_a.append(rows[i]); out_b.append(rows[j]); out_c.append(g[i, j])
+        i, j, c = _tile_edges(xc, xc, lo, diagonal=True)  # the full X X^T, its strict upper triangle kept
+        out_a.append(rows[i]); out_b.append(rows[j]); out_c.append(c)
     a, b, c = (np.concatenate(v) for v in (out_a, out_b, out_c))
     return _recheck(x, np.minimum(a, b), np.maximum(a, b), c, t)
 

@@ -226,8 +226,9 @@ class ReadPartFn(beam.DoFn):
         emb_path = folder.img_emb(part)
         meta = layout.read_parquet(folder.metadata(part))
         n = meta.num_rows
-        if npy_shape(emb_path)[0] != n:
-            raise ValueError(f"{emb_path} has {npy_shape(emb_path)[0]} rows but {folder.metadata(part)} has {n}")
+        stored = npy_shape(emb_path)[0]
+        if stored != n:
+            raise ValueError(f"{emb_path} has {stored} rows but {folder.metadata(part)} has {n}")
         ids = p.folder(part_index).part_ids(part, meta)
         keys = np.asarray(ids.keys, dtype=object)
         sample_ids = np.asarray(ids.sample_ids, dtype=object)

@@ -43,7 +43,7 @@ from models.dedup.balance import TaskKey, chunk_of
 from models.dedup.plan import ChainRun, DedupParams
 from models.storage import layout, schemas
 from models.storage.folders.dedup import DedupFolder
-from transforms.dedup.rows import ROW_BITS, Piece, PreviousGroup, Role, Spill, gid_of, split_gid
+from transforms.dedup.rows import Piece, PreviousGroup, Role, Spill, gid_of, split_gid
 
 def gid_bucket(gid: int, buckets: int) -> int:
     """A gid's bucket in [0, buckets): the Fibonacci hash that also picks a row's chunk of a split partition
@@ -305,7 +305,7 @@ def write_hash_index(params: DedupParams, shuffle_key: int, rows: HashRows) -> i
     """Writes the index buckets of one exact-hash shuffle key (every one of its buckets, empty ones too) with
     its new rows (gids of this run's parts; old rows that joined from lookups are in their runs' index),
     each sorted by (hash, gid). Returns the rows written."""
-    new = rows.take(np.flatnonzero((rows.gids >> ROW_BITS) >= params.n_old))
+    new = rows.take(np.flatnonzero(split_gid(rows.gids)[0] >= params.n_old))
     n = params.index_buckets
     by_bucket = dict(_by_text_bucket(new.hashes.tolist(), n))
     first = shuffle_key * HASH_SHUFFLE_INDEX_BUCKETS
