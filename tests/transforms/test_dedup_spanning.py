@@ -21,7 +21,7 @@ from tests.models.dedup.planted import K, T, _pair_keys, _pipeline_edges, make_p
 from tests.pipelines.test_dedup_pipeline import planted_folder
 from transforms.dedup.read import ReadPartFn
 from transforms.dedup.rows import Piece, Role, Spill, split_gid
-from transforms.dedup.search import MergePiecesFn, SearchPartitionFn, assign
+from transforms.dedup.search import AssignPiecesFn, SearchPartitionFn, assign
 
 PARTS = 4
 
@@ -47,16 +47,18 @@ def folder(planted, tmp_path_factory):
 
 def _search(root, offsets, centroids, vectors, edges, block_rows=4096, merge_bytes=None):
     """Every partition's search outputs, outside Beam: (edges {(row, row): cos}, roots, max_cos, pairs); with
-    ``merge_bytes`` the assigned pieces go through :class:`MergePiecesFn` first (one bundle)."""
+    ``merge_bytes`` the blocks are assigned by :class:`AssignPiecesFn` (one bundle, pieces cut from the held
+    blocks), else block by block (:func:`assign`)."""
     params = DedupParams(embeddings=root, output=root + "_out", parts=tuple(f"{p:05d}" for p in range(PARTS)),
                          dim=64, threshold=T, max_spill=kernels.DEFAULT_MAX_SPILL, sample_size=0, seed=0, niter=1,
                          k=K, block_rows=block_rows, n_rows=int(offsets[-1]), vectors=vectors, edges=edges)
-    assigned = [e for part in range(PARTS) for block in ReadPartFn(params).process(part)
-                for e in assign(block, centroids, params)]
-    if merge_bytes is not None:
-        fn = MergePiecesFn(params, merge_bytes)
+    blocks = [block for part in range(PARTS) for block in ReadPartFn(params).process(part)]
+    if merge_bytes is None:
+        assigned = [e for block in blocks for e in assign(block, centroids, params)]
+    else:
+        fn = AssignPiecesFn(params, merge_bytes)
         fn.start_bundle()
-        assigned = [e for x in assigned for e in fn.process(x)] + [w.value for w in fn.finish_bundle()]
+        assigned = [e for block in blocks for e in fn.process(block, centroids)] + [w.value for w in fn.finish_bundle()]
     by_partition: dict = {}
     for partition, piece in assigned:
         by_partition.setdefault(partition, []).append(piece)
@@ -127,7 +129,7 @@ def test_spanning_edges_have_the_components_of_all_pairs(planted, results):
     assert sorted(set(span["roots"])) == sorted(set(every["roots"]))
 
 
-@pytest.mark.parametrize("merge_bytes", [0, 40_000, 1 << 30])  # every piece alone, some merged, all merged
+@pytest.mark.parametrize("merge_bytes", [0, 40_000, 1 << 30])  # every block alone, some held together, all
 def test_merged_pieces_search_as_the_block_pieces(planted, folder, results, merge_bytes):
     root, offsets = folder
     for vectors in VectorTransport.SHUFFLE, VectorTransport.REREAD:

@@ -99,7 +99,7 @@ class Spill(NamedTuple):
 @dataclass
 class Piece:
     """Rows that go to one partition in one role: of one block (:func:`transforms.dedup.search.assign`), or
-    of several blocks of equally new parts merged (:class:`transforms.dedup.search.MergePiecesFn`).
+    of the blocks of equally new parts an assign bundle held (:class:`transforms.dedup.search.AssignPiecesFn`).
 
     gids (n,) int64; for visitors homes (n,) int32, each row's home partition
     (None for homes); for homes spill, the partitions each also visits

@@ -33,61 +33,114 @@ from transforms.dedup.rows import (NAMESPACE, Block, Piece, Role, Spill, is_new_
                                    unit_float32)
 
 
-def assign(block: Block, centroids: np.ndarray, params: DedupParams):
-    """Block -> (partition, Piece) per touched partition and role.
+class BlockAssignment(NamedTuple):
+    """One block's rows with their partitions, as arrays (:func:`assign_block`).
 
-    Reads the block's rows from its own part only (:func:`transforms.dedup.read.block_rows`).
-    Pieces carry row ids, visitors' home partitions, homes' visited partitions
-    and, with ``--vectors shuffle``, the rows as stored (float16 for LAION /
-    dupmine parts: the search then needs no part).
+    gids (n,) int64; home (n,) int32, each row's home partition; ``indptr`` (n + 1,) int64 and ``spill`` (m,)
+    int32, the CSR lists of the partitions each row visits (:func:`models.dedup.partition.assign_with_spill`);
+    vecs (n, D) the rows as stored with ``--vectors shuffle``, else None.
+    """
+
+    part: int
+    gids: np.ndarray
+    home: np.ndarray
+    indptr: np.ndarray
+    spill: np.ndarray
+    vecs: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.gids, self.home, self.indptr, self.spill, self.vecs) if a is not None)
+
+
+def assign_block(block: Block, centroids: np.ndarray, params: DedupParams,
+                 distances: "partition.CentroidDistances | None" = None) -> BlockAssignment:
+    """A block's home and spill partitions (``distances``: the centroids' distances kept between blocks).
+
+    Reads the block's rows from its own part only (:func:`transforms.dedup.read.block_rows`); keeps them, as
+    stored (float16 for LAION / dupmine parts), with ``--vectors shuffle`` (the search then needs no part).
     """
     stored = block_rows(params, block)
     home, (indptr, spill) = partition.assign_with_spill(unit_float32(stored), centroids, params.threshold,
-                                                        params.max_spill)
+                                                        params.max_spill, distances=distances)
     ship = params.vectors is VectorTransport.SHUFFLE
-    for role, parts, rows in ((Role.HOME, home, np.arange(len(home))),
+    return BlockAssignment(block.part, block.gids, home.astype(np.int32), indptr, spill.astype(np.int32),
+                           stored if ship else None)
+
+
+def assigned_pieces(assigned: list[BlockAssignment]):
+    """Blocks' assignments (parts equally new or old) -> (partition, Piece) per touched partition and role.
+
+    One piece per partition and role for all the blocks together: the rows are sorted by partition once
+    (stable: block order within a partition) and cut, so the number of pieces is K per role whatever the
+    number of blocks. Pieces carry row ids, visitors' home partitions, homes' visited partitions and, with
+    ``--vectors shuffle``, the rows as stored; ``part`` is the first block's (it only says new or old).
+    """
+    first = assigned[0]
+    if len(assigned) == 1:
+        gids, home, indptr, spill, vecs = first.gids, first.home, first.indptr, first.spill, first.vecs
+    else:
+        gids = np.concatenate([a.gids for a in assigned])
+        home = np.concatenate([a.home for a in assigned])
+        ends = np.cumsum([0] + [int(a.indptr[-1]) for a in assigned[:-1]])
+        indptr = np.concatenate([[0]] + [a.indptr[1:] + e for a, e in zip(assigned, ends)])
+        spill = np.concatenate([a.spill for a in assigned])
+        vecs = None if first.vecs is None else np.concatenate([a.vecs for a in assigned])
+    for role, parts, rows in ((Role.HOME, home, None),
                               (Role.VISIT, spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
         if not len(parts):
             continue
         order = np.argsort(parts, kind="stable")
-        parts, rows = parts[order], rows[order]
-        bounds = np.flatnonzero(np.diff(parts)) + 1
-        for seg in np.split(np.arange(len(parts)), bounds):
-            r = rows[seg]
-            visit = role is Role.VISIT
-            yield int(parts[seg[0]]), Piece(role, block.part, block.gids[r],
-                                            homes=home[r].astype(np.int32) if visit else None,
-                                            spill=None if visit else Spill.of_rows(indptr, spill, r),
-                                            vecs=stored[r] if ship else None)
+        parts = parts[order]
+        rows = order if rows is None else rows[order]
+        bounds = np.r_[0, np.flatnonzero(np.diff(parts)) + 1, len(parts)]
+        visit = role is Role.VISIT
+        for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+            r = rows[lo:hi]
+            yield int(parts[lo]), Piece(role, first.part, gids[r],
+                                        homes=home[r] if visit else None,
+                                        spill=None if visit else Spill.of_rows(indptr, spill, r),
+                                        vecs=None if vecs is None else vecs[r])
+
+
+def assign(block: Block, centroids: np.ndarray, params: DedupParams):
+    """Block -> (partition, Piece) per touched partition and role (:func:`assign_block`, :func:`assigned_pieces`)."""
+    yield from assigned_pieces([assign_block(block, centroids, params)])
 
 
 MERGE_BYTES = 256 << 20
-"""Piece bytes a :class:`MergePiecesFn` holds before it emits its merged pieces."""
+"""Assignment bytes an :class:`AssignPiecesFn` holds before it emits its pieces."""
 
 
-class MergePiecesFn(beam.DoFn):
-    """(partition, Piece) -> (partition, Piece): a bundle's pieces of one partition, role and newness concatenated
-    (:meth:`transforms.dedup.rows.Piece.concat`), emitted when they pass ``max_bytes`` and at the bundle's end.
+class AssignPiecesFn(beam.DoFn):
+    """Block -> (partition, Piece): a bundle's blocks assigned (:func:`assign_block`) and held, per newness,
+    until they pass ``max_bytes`` and at the bundle's end, then cut into one piece per partition and role
+    (:func:`assigned_pieces`).
 
-    Every block sends a piece to almost every partition, so a search task met one piece per block and role
-    (10M x 256: ~300 of ~10 rows each, against ~30 at 1M), and its per-piece work (decoding, sections,
-    reads, the index write) grew as N K / block rows; merged, a task gets a few pieces whatever N. Memory:
-    at most ``max_bytes`` of pieces (plus one piece); nothing is lost or repeated (a retried bundle
-    re-emits its own rows only).
+    Every block has rows in almost every partition, so cutting each block apart made N K / block rows
+    pieces (10M x 256: ~2M of ~10 rows each, ~100 s of Python in the assign step, against ~10k pieces
+    cut from the held blocks at once), and a search task met one piece per block and role. Memory: at most
+    ``max_bytes`` of assignments (about 24 B a row plus the stored rows with ``--vectors shuffle``) and
+    their pieces, and the centroid distances the spill test computed (:class:`models.dedup.partition.CentroidDistances`,
+    at most 64 MiB); nothing is lost or repeated (a retried bundle re-emits its own rows only).
     """
 
     def __init__(self, params: DedupParams, max_bytes: int = MERGE_BYTES):
         self.params = params
         self.max_bytes = int(max_bytes)
+        self._distances = (None, None)  # (centroids, their CentroidDistances): kept while the side input is
 
     def start_bundle(self):
         self._held: dict = {}
         self._bytes = 0
 
-    def process(self, element):
-        q, piece = element
-        self._held.setdefault((q, piece.role, self.params.is_new(piece.part)), []).append(piece)
-        self._bytes += piece.nbytes
+    def process(self, block, centroids):
+        if self._distances[0] is not centroids:
+            fine = centroids.fine if isinstance(centroids, partition.TwoLevel) else centroids
+            self._distances = (centroids, partition.CentroidDistances(fine))
+        assigned = assign_block(block, centroids, self.params, self._distances[1])
+        self._held.setdefault(self.params.is_new(block.part), []).append(assigned)
+        self._bytes += assigned.nbytes
         if self._bytes >= self.max_bytes:
             yield from self._flush()
 
@@ -97,8 +150,8 @@ class MergePiecesFn(beam.DoFn):
 
     def _flush(self):
         held, self._held, self._bytes = self._held, {}, 0
-        for (q, _, _), pieces in held.items():
-            yield q, Piece.concat(pieces)
+        for assigned in held.values():
+            yield from assigned_pieces(assigned)
 
 
 class PartitionRows:
@@ -441,8 +494,7 @@ class AssignAndSearch(beam.PTransform):
         p = self.params
         blocks = inputs["blocks"]
         centroids = pvalue.AsSingleton(inputs["centroids"])
-        pieces = (blocks | "AssignPartitions" >> beam.FlatMap(assign, centroids, p)
-                  | "MergePieces" >> beam.ParDo(MergePiecesFn(p)))
+        pieces = blocks | "AssignPartitions" >> beam.ParDo(AssignPiecesFn(p), centroids)
         balanced = pieces | "BalancePartitions" >> BalancePartitions(p.max_partition_rows)
         shares = balanced["tasks"] | "SplitShuffle" >> beam.Partition(lambda e, n: e[0][0] % n, SHUFFLES)
         outputs = [share | f"GroupByPartition{s}" >> beam.GroupByKey()

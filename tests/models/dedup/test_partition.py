@@ -114,6 +114,32 @@ def test_assign_with_spill_coincident_centroids():
             assert twin in part[indptr[r] : indptr[r + 1]]  # margin 0 to the twin: always spilled
 
 
+def test_centroid_distances_are_kept_and_equal_the_direct_ones(planted):
+    """Cached distances are bit-identical to the direct computation, within and past the pair cap, and a
+    shared cache gives the same assignment as none; a cache of other centroids is refused."""
+    c = planted["centroids"]
+    rng = np.random.default_rng(5)
+    h, j = rng.integers(0, len(c), (2, 400)), rng.integers(0, len(c), (2, 400))
+    want = [partition._centroid_distances(c.astype(np.float64), a, b) for a, b in zip(h, j)]
+    for cap in (1 << 20, 50):  # everything kept; past the cap new pairs are computed, not kept
+        cache = partition.CentroidDistances(c, max_pairs=cap)
+        for _ in range(2):
+            got = [cache(a, b) for a, b in zip(h, j)]
+            assert all(np.array_equal(g, w) for g, w in zip(got, want))
+        assert len(cache._keys) <= cap and np.all(np.diff(cache._keys) > 0)
+    two_d = cache(h.reshape(2, 20, 20)[0], j.reshape(2, 20, 20)[0])
+    assert two_d.shape == (20, 20) and np.array_equal(two_d.ravel(), want[0])
+    x = planted["x"][:4000]
+    shared = partition.CentroidDistances(c)
+    first = partition.assign_with_spill(x[:2000], c, T, 4, distances=shared)
+    again = partition.assign_with_spill(x[:2000], c, T, 4, distances=shared)  # every pair now cached
+    alone = partition.assign_with_spill(x[:2000], c, T, 4)
+    for a, b in ((first, alone), (again, alone)):
+        assert np.array_equal(a[0], b[0]) and all(np.array_equal(u, v) for u, v in zip(a[1], b[1]))
+    with pytest.raises(ValueError, match="other centroids"):
+        partition.assign_with_spill(x[:10], c[::-1].copy(), T, 4, distances=shared)
+
+
 def test_assign_with_spill_errors():
     c = _unit(np.eye(4, dtype=np.float32))
     x = c[:2]
