@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections import Counter
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
 from apache_beam import pvalue
 from apache_beam.metrics import Metrics
 
@@ -45,29 +47,47 @@ class WritePartFn(beam.DoFn):
         part = p.parts[part_index]
         ids = part_ids(p, part_index)
         n = len(ids.keys)
-        dups = {r.row: r for r in inputs["rows"]}
         rejected = {r.row: r for r in inputs["rejects"]}
-        groups, drops = [], []
-        for row in range(n):
-            if row in rejected:
-                continue
-            if row in dups:
-                dup = dups[row]
-                groups.append(group_record(dup, part))
-                if not dup.is_representative:
-                    drops.append(drop_row(dup))
-            else:
-                key, sid = ids.keys[row], ids.sample_ids[row]
-                groups.append({"key": key, "sample_id": sid, "group_id": sid, "group_size": 1,
-                               "is_representative": True, "representative_key": key, "max_cosine": None,
-                               "part": part})
+        dups = sorted((r for r in inputs["rows"] if r.row not in rejected), key=lambda r: r.row)
+        layout.write_parquet(p.out.groups(part), group_table(ids, dups, sorted(rejected), part))
+        drops = [drop_row(dup) for dup in dups if not dup.is_representative]
         rejects = [{"key": r.key, "sample_id": ids.sample_ids[r.row], "shard": part, "url": None, "reason": r.reason,
                     "stage": "dedup"} for r in sorted(rejected.values())]
-        layout.write_parquet(p.out.groups(part), schemas.table(groups, schemas.DEDUP_GROUPS))
         layout.write_parquet(p.out.drop_keys_part(part), schemas.table(drops, schemas.DROP_KEYS))
         layout.write_parquet(p.out.rejects(part), schemas.table(rejects, schemas.REJECTS))
         self.dropped.inc(len(drops))
-        yield Counter({"rows": n, "grouped_rows": len(groups), "dropped": len(drops), "rejects": len(rejects)})
+        yield Counter({"rows": n, "grouped_rows": n - len(rejected), "dropped": len(drops), "rejects": len(rejects)})
+
+
+def group_table(ids, dups: list[GroupRow], rejected: list[int], part: str) -> pa.Table:
+    """DEDUP_GROUPS of one part: every row not in ``rejected`` (sorted rows), in row order; a singleton unless it
+    is in ``dups`` (its GroupRows, sorted by row).
+
+    Built by column (the singleton values are the part's keys and sample ids, the few group rows written
+    over them), not row by row: 100k-row dicts a part took 34 s of a 10M-row run (2.2 s at 1M).
+    """
+    n = len(ids.keys)
+    keys, sample_ids = list(ids.keys), list(ids.sample_ids)
+    group_id, rep_key = list(sample_ids), list(keys)
+    size = np.ones(n, np.int64)
+    is_rep = np.ones(n, bool)
+    max_cos = np.zeros(n, np.float32)
+    has_cos = np.zeros(n, bool)
+    for dup in dups:
+        r = dup.row
+        group_id[r], rep_key[r], size[r], is_rep[r] = dup.group_id, dup.representative_key, dup.group_size, dup.is_representative
+        max_cos[r], has_cos[r] = dup.max_cos, True
+        keys[r], sample_ids[r] = dup.key, dup.sample_id
+    columns = {"key": keys, "sample_id": sample_ids, "group_id": group_id, "group_size": size,
+               "is_representative": is_rep, "representative_key": rep_key,
+               "max_cosine": pa.array(max_cos, pa.float32(), mask=~has_cos), "part": pa.array([part] * n, pa.string())}
+    table = pa.table({name: pa.array(col, schemas.DEDUP_GROUPS.field(name).type) if not isinstance(col, pa.Array)
+                      else col for name, col in columns.items()}, schema=schemas.DEDUP_GROUPS)
+    if rejected:
+        keep = np.ones(n, bool)
+        keep[np.asarray(rejected, np.int64)] = False
+        table = table.filter(pa.array(keep))
+    return table
 
 
 class WriteChangedFn(beam.DoFn):
