@@ -143,21 +143,18 @@ def test_merged_pieces_search_as_the_block_pieces(planted, folder, results, merg
         assert all(abs(got["max_cos"][n] - c) < 1e-6 for n, c in want["max_cos"].items())
 
 
-def test_piece_concat_keeps_rows_and_spill_lists():
-    homes = [Piece(Role.HOME, 0, np.array([1, 2]), spill=Spill(np.array([0, 2, 3], np.int32), np.array([4, 5, 6], np.int32)),
-                   vecs=np.ones((2, 3), np.float16)),
-             Piece(Role.HOME, 1, np.array([7]), spill=Spill(np.array([0, 0], np.int32), np.zeros(0, np.int32)),
-                   vecs=np.zeros((1, 3), np.float16)),
-             Piece(Role.HOME, 1, np.array([9]), spill=Spill(np.array([0, 1], np.int32), np.array([8], np.int32)),
-                   vecs=np.full((1, 3), 2, np.float16))]
-    merged = Piece.concat(homes)
-    assert merged.gids.tolist() == [1, 2, 7, 9] and merged.homes is None
-    lists = [merged.spill.parts[merged.spill.indptr[r]:merged.spill.indptr[r + 1]].tolist() for r in range(4)]
-    assert lists == [[4, 5], [6], [], [8]] and merged.vecs[:, 0].tolist() == [1, 1, 0, 2]
-    assert merged.nbytes == sum(p.nbytes for p in homes) - 4 * (len(homes) - 1)  # one leading indptr 0 for all
-    visitors = Piece.concat([Piece(Role.VISIT, 0, np.array([3]), homes=np.array([2], np.int32)),
-                             Piece(Role.VISIT, 1, np.array([5, 6]), homes=np.array([0, 1], np.int32))])
-    assert visitors.homes.tolist() == [2, 0, 1] and visitors.spill is None and visitors.vecs is None
+def test_spill_concat_keeps_each_rows_lists():
+    spills = [Spill(np.array([0, 2, 3], np.int64), np.array([4, 5, 6], np.int32)),
+              Spill(np.array([0, 0], np.int64), np.zeros(0, np.int32)),
+              Spill(np.array([0, 1], np.int32), np.array([8], np.int32))]
+    merged = Spill.concat(spills)
+    lists = [merged.parts[merged.indptr[r]:merged.indptr[r + 1]].tolist() for r in range(4)]
+    assert lists == [[4, 5], [6], [], [8]] and merged.indptr.dtype == merged.parts.dtype == np.int32
+    rows = np.array([3, 0])
+    picked = Spill.of_rows(merged.indptr, merged.parts, rows)
+    assert [picked.parts[picked.indptr[r]:picked.indptr[r + 1]].tolist() for r in range(2)] == [[8], [4, 5]]
+    piece = Piece(Role.HOME, 0, np.array([1, 2, 7, 9]), spill=merged, vecs=np.ones((4, 3), np.float16))
+    assert piece.nbytes == 4 * 8 + 5 * 4 + 3 * 4 + 4 * 3 * 2
 
 
 @pytest.mark.parametrize("edges", ["spanning", "all"])

@@ -120,20 +120,6 @@ class Piece:
         arrays = (self.gids, self.homes, self.vecs, *(self.spill or ()))
         return sum(a.nbytes for a in arrays if a is not None)
 
-    @classmethod
-    def concat(cls, pieces: "list[Piece]") -> "Piece":
-        """One piece of the rows of ``pieces`` (one role; parts equally new or old: ``part`` is the first's)."""
-        first = pieces[0]
-        if len(pieces) == 1:
-            return first
-
-        def joined(name):
-            values = [getattr(b, name) for b in pieces]
-            return None if values[0] is None else np.concatenate(values)
-
-        return cls(first.role, first.part, joined("gids"), homes=joined("homes"),
-                   spill=None if first.spill is None else Spill.concat([b.spill for b in pieces]), vecs=joined("vecs"))
-
 
 class Reject(NamedTuple):
     """A row of a part without a usable embedding, and why."""

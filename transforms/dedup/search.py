@@ -82,9 +82,7 @@ def assigned_pieces(assigned: list[BlockAssignment]):
     else:
         gids = np.concatenate([a.gids for a in assigned])
         home = np.concatenate([a.home for a in assigned])
-        ends = np.cumsum([0] + [int(a.indptr[-1]) for a in assigned[:-1]])
-        indptr = np.concatenate([[0]] + [a.indptr[1:] + e for a, e in zip(assigned, ends)])
-        spill = np.concatenate([a.spill for a in assigned])
+        indptr, spill = Spill.concat([Spill(a.indptr, a.spill) for a in assigned])
         vecs = None if first.vecs is None else np.concatenate([a.vecs for a in assigned])
     for role, parts, rows in ((Role.HOME, home, None),
                               (Role.VISIT, spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
