@@ -154,7 +154,7 @@ def test_spill_concat_keeps_each_rows_lists():
     picked = Spill.of_rows(merged.indptr, merged.parts, rows)
     assert [picked.parts[picked.indptr[r]:picked.indptr[r + 1]].tolist() for r in range(2)] == [[8], [4, 5]]
     piece = Piece(Role.HOME, 0, np.array([1, 2, 7, 9]), spill=merged, vecs=np.ones((4, 3), np.float16))
-    assert piece.nbytes == 4 * 8 + 5 * 4 + 3 * 4 + 4 * 3 * 2
+    assert piece.nbytes == 4 * 8 + 5 * 4 + 4 * 4 + 4 * 3 * 2  # gids, indptr, the 4 visits, float16 rows
 
 
 @pytest.mark.parametrize("edges", ["spanning", "all"])
