@@ -35,7 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 T_SWEEP = (10, 50, 100, 200, 400)
 P_SWEEP = (1.0, 2.0)
 AGGREGATES = {"mean": np.mean, "max": np.max}
-WEN_K = (1, 3, 5, 10)
+WEN_K = (1, 3, 5, 10, 15, 20, 25)
+WEN_WINDOWS = ((5, 15), (10, 20), (10, 25), (15, 25), (20, 25))
+"""Wen's magnitude over steps [a, b) of the 25 (1-based a + 1 .. b): later in sampling a caption that names the
+digit has settled the class, a memorized one still pulls to one image (the hypothesis the windows test)."""
 
 
 def auc_tpr(pos, neg) -> dict:
@@ -146,6 +149,9 @@ def conditional_bench(target, data, truth, cfg, n_gt: int, n_unique_prompts: int
         for k in WEN_K:  # Wen Sec. 3.1: the magnitude averaged over the first k steps (k = 1 is the stage default)
             row["stats"][f"wen@k{k}"] = float(wen.per_step[0, :, :k].mean())
             row["cost"][f"wen@k{k}"] = (2 * cfg.wen_n * k, sec * k / max(WEN_K))
+        for a, b in WEN_WINDOWS:  # the same magnitude over a later window only (steps before a are sampled too)
+            row["stats"][f"wen@w{a}-{b}"] = float(wen.per_step[0, :, a:b].mean())
+            row["cost"][f"wen@w{a}-{b}"] = (2 * cfg.wen_n * b, sec * b / max(WEN_K))
         r, sec = timed(lambda: jeon_check(target, prompt, None, prompt, cfg))
         row["stats"]["jeon"], row["cost"]["jeon"] = r.statistic, (r.cost_evals, sec)
         (x0, evals), sec = timed(lambda: plaplace_samples(target, prompt, prompt, cfg))
