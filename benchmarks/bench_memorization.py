@@ -242,7 +242,7 @@ def joint_choice(parts: list) -> dict:
 
 
 def unconditional_bench(target, data, truth, group_ids, cfg, n_gt: int, n_unique_items: int, side_ng: int,
-                        lambdas, n_boot: int, seed: int) -> dict:
+                        lambdas, n_boot: int, seed: int, side_k: int = 20) -> dict:
     """Per group: ground truth from unconditional generations; p-Laplace at the group's images; SIDE."""
     import torch
 
@@ -271,7 +271,7 @@ def unconditional_bench(target, data, truth, group_ids, cfg, n_gt: int, n_unique
         plaplace_sweep(row, "plaplace-train", target, None, f"g{g}", x_train[it["rows"][:8]], cfg)
         rows.append(row)
     bands = pixel_l2_bands()
-    side_cfg = SideConfig(n_syn=side_ng, k=20, tau=0.5, n_g=side_ng, steps=cfg.steps, hidden=(128, 128),
+    side_cfg = SideConfig(n_syn=side_ng, k=side_k, tau=0.5, n_g=side_ng, steps=cfg.steps, hidden=(128, 128),
                           time_dim=32, train_steps=600, batch_size=64, lr=1e-3, bands=bands, seed=seed)
     stage, sec_stage = timed(lambda: build_side_stage(target, side_cfg))
     side = {"K_prime": stage.condition.k_kept, "N_G": side_ng, "part1_seconds": round(sec_stage, 1),
@@ -369,6 +369,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-gt", type=int, default=16, help="generations per prompt for the ground truth")
     ap.add_argument("--prompts", type=int, default=60, help="unique prompts scored (plus half as many held-out)")
     ap.add_argument("--side-n-g", type=int, default=512)
+    ap.add_argument("--side-k", type=int, default=20, help="SIDE's k-means clusters K of the N_G synthetic samples")
     ap.add_argument("--boot", type=int, default=200)
     ap.add_argument("--guidance", type=float, default=3.0, help="CFG scale of generations (ground truth and checks)")
     ap.add_argument("--only", choices=("cond", "uncond"), help="run one model's part only")
@@ -399,7 +400,7 @@ def main(argv=None) -> dict:
     if False in models:
         results["unconditional"] = uncond = unconditional_bench(
             load_target(models[False].spec, device="cpu"), data, truth, group_ids, cfg, max(256, 32 * args.n_gt),
-            args.prompts, args.side_n_g, (0, 1, 2, 5), args.boot, seed=0)
+            args.prompts, args.side_n_g, (0, 1, 2, 5), args.boot, seed=0, side_k=args.side_k)
         print_table("unconditional model, per group", uncond["table"], only=lambda c: ":" not in c or ":p1:mean" in c)
         print_sweep("unconditional, p-Laplace at the group's training images", uncond, "plaplace-train")
         print_chosen("unconditional", uncond)
