@@ -52,6 +52,16 @@ class BlockAssignment(NamedTuple):
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.gids, self.home, self.indptr, self.spill, self.vecs) if a is not None)
 
+    @classmethod
+    def concat(cls, blocks: "list[BlockAssignment]") -> "BlockAssignment":
+        """The rows of ``blocks`` one after another (``part``: the first's)."""
+        if len(blocks) == 1:
+            return blocks[0]
+        indptr, spill = Spill.concat([Spill(b.indptr, b.spill) for b in blocks])
+        vecs = None if blocks[0].vecs is None else np.concatenate([b.vecs for b in blocks])
+        return cls(blocks[0].part, np.concatenate([b.gids for b in blocks]), np.concatenate([b.home for b in blocks]),
+                   indptr, spill, vecs)
+
 
 def assign_block(block: Block, centroids: np.ndarray, params: DedupParams,
                  distances: "partition.CentroidDistances | None" = None) -> BlockAssignment:
@@ -68,22 +78,16 @@ def assign_block(block: Block, centroids: np.ndarray, params: DedupParams,
                            stored if ship else None)
 
 
-def assigned_pieces(assigned: list[BlockAssignment]):
-    """Blocks' assignments (parts equally new or old) -> (partition, Piece) per touched partition and role.
+def assigned_pieces(assigned: BlockAssignment):
+    """Assigned rows (of one block, or of blocks of equally new parts, :meth:`BlockAssignment.concat`) ->
+    (partition, Piece) per touched partition and role.
 
-    One piece per partition and role for all the blocks together: the rows are sorted by partition once
+    One piece per partition and role for all the rows together: they are sorted by partition once
     (stable: block order within a partition) and cut, so the number of pieces is K per role whatever the
     number of blocks. Pieces carry row ids, visitors' home partitions, homes' visited partitions and, with
     ``--vectors shuffle``, the rows as stored; ``part`` is the first block's (it only says new or old).
     """
-    first = assigned[0]
-    if len(assigned) == 1:
-        gids, home, indptr, spill, vecs = first.gids, first.home, first.indptr, first.spill, first.vecs
-    else:
-        gids = np.concatenate([a.gids for a in assigned])
-        home = np.concatenate([a.home for a in assigned])
-        indptr, spill = Spill.concat([Spill(a.indptr, a.spill) for a in assigned])
-        vecs = None if first.vecs is None else np.concatenate([a.vecs for a in assigned])
+    gids, home, indptr, spill, vecs = assigned.gids, assigned.home, assigned.indptr, assigned.spill, assigned.vecs
     for role, parts, rows in ((Role.HOME, home, None),
                               (Role.VISIT, spill, np.repeat(np.arange(len(home)), np.diff(indptr)))):
         if not len(parts):
@@ -95,7 +99,7 @@ def assigned_pieces(assigned: list[BlockAssignment]):
         visit = role is Role.VISIT
         for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
             r = rows[lo:hi]
-            yield int(parts[lo]), Piece(role, first.part, gids[r],
+            yield int(parts[lo]), Piece(role, assigned.part, gids[r],
                                         homes=home[r] if visit else None,
                                         spill=None if visit else Spill.of_rows(indptr, spill, r),
                                         vecs=None if vecs is None else vecs[r])
@@ -103,7 +107,7 @@ def assigned_pieces(assigned: list[BlockAssignment]):
 
 def assign(block: Block, centroids: np.ndarray, params: DedupParams):
     """Block -> (partition, Piece) per touched partition and role (:func:`assign_block`, :func:`assigned_pieces`)."""
-    yield from assigned_pieces([assign_block(block, centroids, params)])
+    yield from assigned_pieces(assign_block(block, centroids, params))
 
 
 MERGE_BYTES = 256 << 20
@@ -116,9 +120,9 @@ class AssignPiecesFn(beam.DoFn):
     (:func:`assigned_pieces`).
 
     Every block has rows in almost every partition, so cutting each block apart made N K / block rows
-    pieces (10M x 256: ~2M of ~10 rows each, ~100 s of Python in the assign step, against ~10k pieces
-    cut from the held blocks at once), and a search task met one piece per block and role. Memory: at most
-    ``max_bytes`` of assignments (about 24 B a row plus the stored rows with ``--vectors shuffle``) and
+    pieces (10M x 256: ~2M of ~10 rows each, and the assign step took 251 s; cut from the held blocks at
+    once, ~10k pieces and 234 s), and a search task met one piece per block and role. Memory: at most
+    ``max_bytes`` of assignments (20 B a row plus 4 a visit, and the stored rows with ``--vectors shuffle``) and
     their pieces, and the centroid distances the spill test computed (:class:`models.dedup.partition.CentroidDistances`,
     at most 64 MiB); nothing is lost or repeated (a retried bundle re-emits its own rows only).
     """
@@ -148,8 +152,8 @@ class AssignPiecesFn(beam.DoFn):
 
     def _flush(self):
         held, self._held, self._bytes = self._held, {}, 0
-        for assigned in held.values():
-            yield from assigned_pieces(assigned)
+        while held:  # each newness's blocks are dropped once joined, before their pieces are cut
+            yield from assigned_pieces(BlockAssignment.concat(held.popitem()[1]))
 
 
 class PartitionRows:
