@@ -259,3 +259,27 @@ def test_exact_groups_join_batches_of_one_shuffle_key(params):
     index = pq.read_table(DedupFolder(inc.output).index_bucket("hashes", 0)).to_pylist()
     assert index == [{"hash": "sha256:aa", "gid": new1, "key": "n1"}, {"hash": "sha256:bb", "gid": new0, "key": "n0"},
                      {"hash": "sha256:dd", "gid": new2, "key": "n2"}]
+
+
+def test_group_table_writes_singletons_group_rows_and_skips_rejects():
+    """A part's groups file by column: singletons from the part's ids, group rows over them, rejected rows left
+    out, a group row without a cosine null (never NaN)."""
+    from types import SimpleNamespace
+
+    from models.storage import schemas
+    from transforms.dedup.rows import GroupRow
+    from transforms.dedup.write import group_table
+
+    ids = SimpleNamespace(keys=[f"k{i}" for i in range(5)], sample_ids=[f"s{i}" for i in range(5)])
+    dups = [GroupRow(1, "k1", "s1", "s1", 2, True, "k1", 0.97, None),
+            GroupRow(3, "k3", "s3", "s1", 2, False, "k1", 0.97, None),
+            GroupRow(4, "k4", "s4", "s4", 2, True, "k4", None, None)]
+    table = group_table(ids, dups, [2], "00007")
+    assert table.schema == schemas.DEDUP_GROUPS
+    rows = table.to_pylist()
+    assert [r["key"] for r in rows] == ["k0", "k1", "k3", "k4"]
+    assert rows[0] == {"key": "k0", "sample_id": "s0", "group_id": "s0", "group_size": 1, "is_representative": True,
+                       "representative_key": "k0", "max_cosine": None, "part": "00007"}
+    assert (rows[2]["group_id"], rows[2]["group_size"], rows[2]["is_representative"], rows[2]["representative_key"]) \
+        == ("s1", 2, False, "k1")
+    assert abs(rows[2]["max_cosine"] - 0.97) < 1e-6 and rows[3]["max_cosine"] is None

@@ -76,7 +76,8 @@ def group_table(ids, dups: list[GroupRow], rejected: list[int], part: str) -> pa
     for dup in dups:
         r = dup.row
         group_id[r], rep_key[r], size[r], is_rep[r] = dup.group_id, dup.representative_key, dup.group_size, dup.is_representative
-        max_cos[r], has_cos[r] = dup.max_cos, True
+        if dup.max_cos is not None:  # null as in a singleton's row, never NaN
+            max_cos[r], has_cos[r] = dup.max_cos, True
         keys[r], sample_ids[r] = dup.key, dup.sample_id
     columns = {"key": keys, "sample_id": sample_ids, "group_id": group_id, "group_size": size,
                "is_representative": is_rep, "representative_key": rep_key,
