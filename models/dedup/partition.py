@@ -454,7 +454,8 @@ class CentroidDistances:
     1.8M distinct pairs, 16 a row before the test's filter). Kept: sorted int64
     keys ``h * K + j`` and their distances, at most ``max_pairs`` (16 B each; past it new pairs are
     computed, not kept), so memory is O(min(distinct pairs, max_pairs)), never O(K^2) unless that is smaller.
-    Values are exactly :func:`_centroid_distances`', cached or not.
+    Each call computes its distinct new pairs once (neighbouring rows share them); values are exactly
+    :func:`_centroid_distances`', cached or not.
     """
 
     def __init__(self, centroids: np.ndarray, max_pairs: int = 1 << 22):
@@ -475,28 +476,22 @@ class CentroidDistances:
         if len(new):
             uh, uj = np.divmod(new, self.k)
             out[~known] = _centroid_distances(self.c64, uh, uj)
-            if len(self._keys) + len(new) <= self.max_pairs:
-                keys = np.concatenate([self._keys, new])
-                order = np.argsort(keys, kind="stable")
-                self._keys, self._values = keys[order], np.concatenate([self._values, out[~known]])[order]
+            if len(self._keys) + len(new) <= self.max_pairs:  # new is sorted: inserted in place, no re-sort
+                at = np.searchsorted(self._keys, new)
+                self._keys, self._values = np.insert(self._keys, at, new), np.insert(self._values, at, out[~known])
         return out[inv.reshape(np.shape(h))]
 
 
 def _centroid_distances(c64: np.ndarray, h: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """float64 ``|c64[h] - c64[j]|`` for index arrays of equal shape.
-
-    Distances are computed once per distinct (h, j) pair (neighbouring rows
-    share them), in chunks of at most 64 MiB of float64 scratch, so memory is
-    O(h.size) plus the scratch, never O(k^2) or O(h.size * d).
-    """
-    k, d = c64.shape
-    key, inv = np.unique(h.astype(np.int64) * k + j, return_inverse=True)
-    uh, uj = np.divmod(key, k)
-    out = np.empty(key.size, dtype=np.float64)
+    """float64 ``|c64[h] - c64[j]|`` for 1-D index arrays of equal length (the distinct pairs of
+    :class:`CentroidDistances`), in chunks of at most 64 MiB of float64 scratch, so memory is O(h.size) plus
+    the scratch, never O(k^2) or O(h.size * d)."""
+    d = c64.shape[1]
+    out = np.empty(len(h), dtype=np.float64)
     step = max(1, _SCRATCH_BYTES // (2 * 8 * d))  # two gathered (step, d) float64 blocks
-    for s in range(0, key.size, step):
-        diff = c64[uh[s : s + step]]
-        diff -= c64[uj[s : s + step]]
+    for s in range(0, len(h), step):
+        diff = c64[h[s : s + step]]
+        diff -= c64[j[s : s + step]]
         out[s : s + step] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    return out[inv.reshape(h.shape)]
+    return out
 

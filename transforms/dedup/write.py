@@ -79,11 +79,10 @@ def group_table(ids, dups: list[GroupRow], rejected: list[int], part: str) -> pa
         if dup.max_cos is not None:  # null as in a singleton's row, never NaN
             max_cos[r], has_cos[r] = dup.max_cos, True
         keys[r], sample_ids[r] = dup.key, dup.sample_id
-    columns = {"key": keys, "sample_id": sample_ids, "group_id": group_id, "group_size": size,
-               "is_representative": is_rep, "representative_key": rep_key,
-               "max_cosine": pa.array(max_cos, pa.float32(), mask=~has_cos), "part": pa.array([part] * n, pa.string())}
-    table = pa.table({name: pa.array(col, schemas.DEDUP_GROUPS.field(name).type) if not isinstance(col, pa.Array)
-                      else col for name, col in columns.items()}, schema=schemas.DEDUP_GROUPS)
+    table = pa.table({"key": keys, "sample_id": sample_ids, "group_id": group_id, "group_size": size,
+                      "is_representative": is_rep, "representative_key": rep_key,
+                      "max_cosine": pa.array(max_cos, pa.float32(), mask=~has_cos), "part": [part] * n},
+                     schema=schemas.DEDUP_GROUPS)
     if rejected:
         keep = np.ones(n, bool)
         keep[np.asarray(rejected, np.int64)] = False
